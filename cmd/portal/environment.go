@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ehealth-nl/portal/internal/config"
+	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/postgres"
+)
+
+// environment is what a database command works with: the configuration, a
+// logger, the pool and the key lifecycle objects built on it.
+type environment struct {
+	cfg     config.Config
+	log     *slog.Logger
+	pool    *pgxpool.Pool
+	sealer  *keys.Sealer
+	store   *keys.Store
+	rotator *keys.Rotator
+	clock   func() time.Time
+}
+
+func (e *environment) close() {
+	if e.pool != nil {
+		e.pool.Close()
+	}
+}
+
+// newLogger returns the JSON logger every command writes to stderr.
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// openEnvironment loads the configuration, connects to the database and
+// builds the key store, sealer and rotator.
+func openEnvironment(ctx context.Context, c *cli) (*environment, error) {
+	cfg, err := config.Load(c.getenv)
+	if err != nil {
+		return nil, err
+	}
+	e := &environment{cfg: cfg, log: newLogger(c.stderr, cfg.LogLevel), clock: time.Now}
+	keks := cfg.KEKs
+	if len(keks) == 0 {
+		kek, err := developmentKEK(cfg.DevKEKFile)
+		if err != nil {
+			return nil, err
+		}
+		e.log.Warn("using the development KEK; set PORTAL_KEK outside development", "file", cfg.DevKEKFile, "kek_id", kek.ID)
+		keks = []keys.KEK{kek}
+	}
+	if e.sealer, err = keys.NewSealer(keks); err != nil {
+		return nil, err
+	}
+	if e.pool, err = postgres.Connect(ctx, cfg.DatabaseURL); err != nil {
+		return nil, err
+	}
+	e.store = keys.NewStore(e.pool)
+	e.rotator = keys.NewRotator(e.store, e.sealer, e.clock, e.log)
+	return e, nil
+}
+
+// developmentKEK reads the development KEK from path, creating the file with
+// a random key the first time, so that a restart opens the same keys.
+func developmentKEK(path string) (keys.KEK, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		key := make([]byte, keys.KEKSize)
+		if _, err := rand.Read(key); err != nil {
+			return keys.KEK{}, err
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", err)
+		}
+		encoded := base64.StdEncoding.EncodeToString(key) + "\n"
+		// O_EXCL: if another instance created it meanwhile, read theirs.
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			_, werr := f.WriteString(encoded)
+			if cerr := f.Close(); werr == nil {
+				werr = cerr
+			}
+			if werr != nil {
+				return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", werr)
+			}
+			return keys.KEK{ID: keys.KEKIDFor(key), Key: key}, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", err)
+		}
+		raw, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || len(key) != keys.KEKSize {
+		return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %s does not hold base64 of %d bytes", path, keys.KEKSize)
+	}
+	return keys.KEK{ID: keys.KEKIDFor(key), Key: key}, nil
+}
+
+func newKeyring(e *environment) *keys.Keyring {
+	return keys.NewKeyring(e.store, e.sealer, e.clock, e.log)
+}

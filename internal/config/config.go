@@ -1,0 +1,356 @@
+// Package config turns the environment into a validated Config. It is the one
+// place that knows the variable names, their defaults and the safety rules
+// between them (DESIGN 2.3, 2.6); a bad value is reported as one line naming
+// the variable and the rule.
+package config
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ehealth-nl/portal/internal/keys"
+)
+
+// Config is the validated configuration of the service and its commands.
+type Config struct {
+	// Dev relaxes rules meant for production (plain-http public URL, a
+	// generated development KEK) and fills in demo defaults.
+	Dev bool
+	// Demo serves the demo portal page and demo module (never by default).
+	Demo bool
+
+	DatabaseURL string
+	ListenAddr  string
+	// PublicURL is how browsers and modules reach this service, without a
+	// trailing slash.
+	PublicURL string
+
+	// DefaultIssuer is created or updated from these values at start-up.
+	DefaultIssuer keys.Issuer
+
+	// KEKs is the key-encryption key ring, the sealing KEK first. Empty only
+	// in development mode, where the caller supplies a development KEK.
+	KEKs       []keys.KEK
+	DevKEKFile string
+
+	RotationCheckInterval time.Duration
+	JWKSMaxAge            time.Duration
+	KeyringRefresh        time.Duration
+	TokenLifetime         time.Duration
+	TicketLifetime        time.Duration
+	ShutdownTimeout       time.Duration
+	LogLevel              slog.Level
+}
+
+// Limits are the service-wide durations every issuer's policy must respect.
+func (c Config) Limits() keys.TimingLimits {
+	return keys.TimingLimits{JWKSMaxAge: c.JWKSMaxAge, RefreshInterval: c.KeyringRefresh, TokenLifetime: c.TokenLifetime}
+}
+
+// Error names the variable whose value breaks a rule.
+type Error struct {
+	Var    string
+	Reason string
+}
+
+func (e *Error) Error() string { return e.Var + ": " + e.Reason }
+
+// Variable documents one environment variable, for --help and the README.
+type Variable struct {
+	Name    string
+	Default string
+	Doc     string
+}
+
+// Variables lists every environment variable the service reads.
+func Variables() []Variable {
+	return []Variable{
+		{"DATABASE_URL", "(required)", "PostgreSQL connection string, e.g. postgres://portal@db:5432/portal?sslmode=verify-full"},
+		{"PORTAL_DEV", "false", "development mode: allows a plain-http public URL and a generated development KEK; never in production"},
+		{"PORTAL_LISTEN_ADDR", ":8080", "address the HTTP server listens on"},
+		{"PORTAL_PUBLIC_URL", "(required; dev: http://localhost:<port>)", "how browsers and modules reach this service; https unless the host is loopback"},
+		{"PORTAL_DEFAULT_ISSUER", "default", "slug of the default issuer, whose JWKS is /.well-known/jwks.json"},
+		{"PORTAL_CLIENT_ID", "(required; dev: portal-dev)", "Koppeltaal client_id of the default issuer: the JWT iss claim"},
+		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss"},
+		{"PORTAL_KEK", "(required outside dev)", "key-encryption key: base64 of 32 random bytes (openssl rand -base64 32)"},
+		{"PORTAL_KEKS", "", "KEK ring instead of PORTAL_KEK: id:base64,id:base64 — the first seals, all open"},
+		{"PORTAL_DEV_KEK_FILE", ".dev/kek", "dev only: file holding the generated development KEK"},
+		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384, PS256, PS384, PS512, ES256 or ES384"},
+		{"PORTAL_RSA_KEY_BITS", "2048", "default issuer's RSA key size: 2048, 3072 or 4096"},
+		{"PORTAL_ROTATION_PERIOD", "24h", "how long a key signs before the next one takes over; at least the publish lead"},
+		{"PORTAL_PUBLISH_LEAD", "1h", "how long a next key is published before it signs; at least JWKS max-age + keyring refresh"},
+		{"PORTAL_RETIRE_GRACE", "1h", "how long a retired key stays published; at least token lifetime + JWKS max-age + keyring refresh"},
+		{"PORTAL_ROTATION_CHECK_INTERVAL", "1m", "how often each instance checks whether a rotation is due"},
+		{"PORTAL_JWKS_MAX_AGE", "60s", "Cache-Control max-age of the JWKS (whole seconds, 1s to 1h)"},
+		{"PORTAL_KEYRING_REFRESH", "30s", "how often each instance reloads keys even without a notification"},
+		{"PORTAL_LAUNCH_TOKEN_TTL", "300s", "lifetime of a launch token (exp - iat), at most 300s"},
+		{"PORTAL_TICKET_TTL", "120s", "lifetime of a one-time launch link, at most 10m"},
+		{"PORTAL_SHUTDOWN_TIMEOUT", "15s", "how long a stopping instance lets in-flight requests finish"},
+		{"PORTAL_LOG_LEVEL", "info", "debug, info, warn or error"},
+		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it)"},
+	}
+}
+
+var kekIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// Load reads and validates the configuration from getenv. It returns the
+// first broken rule as an *Error.
+func Load(getenv func(string) string) (Config, error) {
+	p := parser{getenv: getenv}
+	var c Config
+	c.Dev = p.bool("PORTAL_DEV", false)
+	c.Demo = p.bool("PORTAL_DEMO", false)
+	c.DatabaseURL = p.str("DATABASE_URL", "")
+	c.ListenAddr = p.str("PORTAL_LISTEN_ADDR", ":8080")
+	c.DevKEKFile = p.str("PORTAL_DEV_KEK_FILE", ".dev/kek")
+	c.RotationCheckInterval = p.duration("PORTAL_ROTATION_CHECK_INTERVAL", time.Minute)
+	c.JWKSMaxAge = p.duration("PORTAL_JWKS_MAX_AGE", 60*time.Second)
+	c.KeyringRefresh = p.duration("PORTAL_KEYRING_REFRESH", 30*time.Second)
+	c.TokenLifetime = p.duration("PORTAL_LAUNCH_TOKEN_TTL", 300*time.Second)
+	c.TicketLifetime = p.duration("PORTAL_TICKET_TTL", 120*time.Second)
+	c.ShutdownTimeout = p.duration("PORTAL_SHUTDOWN_TIMEOUT", 15*time.Second)
+	if p.err != nil {
+		return Config{}, p.err
+	}
+
+	if c.DatabaseURL == "" {
+		return Config{}, &Error{"DATABASE_URL", "required: a PostgreSQL connection string such as postgres://portal@localhost:5432/portal"}
+	}
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		return Config{}, &Error{"DATABASE_URL", "not a valid PostgreSQL connection string (postgres://user:password@host:5432/db?sslmode=...)"}
+	}
+	_, port, err := net.SplitHostPort(c.ListenAddr)
+	if err != nil || port == "" {
+		return Config{}, &Error{"PORTAL_LISTEN_ADDR", fmt.Sprintf("%q must be host:port or :port", c.ListenAddr)}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return Config{}, &Error{"PORTAL_LISTEN_ADDR", fmt.Sprintf("%q has no valid port", c.ListenAddr)}
+	}
+
+	devDefault := func(v string) string {
+		if c.Dev {
+			return v
+		}
+		return ""
+	}
+	if port == "0" {
+		port = "8080"
+	}
+	c.PublicURL = strings.TrimRight(p.str("PORTAL_PUBLIC_URL", devDefault("http://localhost:"+port)), "/")
+	if err := checkPublicURL(c.PublicURL, c.Dev); err != nil {
+		return Config{}, &Error{"PORTAL_PUBLIC_URL", err.Error()}
+	}
+
+	if err := c.loadKEKs(getenv); err != nil {
+		return Config{}, err
+	}
+
+	if err := c.LogLevel.UnmarshalText([]byte(p.str("PORTAL_LOG_LEVEL", "info"))); err != nil {
+		return Config{}, &Error{"PORTAL_LOG_LEVEL", fmt.Sprintf("%q must be debug, info, warn or error", getenv("PORTAL_LOG_LEVEL"))}
+	}
+
+	// Service-wide timings.
+	if c.TokenLifetime <= 0 || c.TokenLifetime > 300*time.Second {
+		return Config{}, &Error{"PORTAL_LAUNCH_TOKEN_TTL", fmt.Sprintf("%s must be more than 0 and at most 300s (HTI 2.0: a launch token lives at most five minutes)", c.TokenLifetime)}
+	}
+	if c.TokenLifetime%time.Second != 0 {
+		return Config{}, &Error{"PORTAL_LAUNCH_TOKEN_TTL", fmt.Sprintf("%s must be whole seconds (exp and iat are whole seconds)", c.TokenLifetime)}
+	}
+	if c.JWKSMaxAge < time.Second || c.JWKSMaxAge > time.Hour || c.JWKSMaxAge%time.Second != 0 {
+		return Config{}, &Error{"PORTAL_JWKS_MAX_AGE", fmt.Sprintf("%s must be whole seconds from 1s to 1h (TOP-KT-020 suggests 60s)", c.JWKSMaxAge)}
+	}
+	if c.KeyringRefresh < 100*time.Millisecond {
+		return Config{}, &Error{"PORTAL_KEYRING_REFRESH", fmt.Sprintf("%s must be at least 100ms", c.KeyringRefresh)}
+	}
+	if c.RotationCheckInterval < 100*time.Millisecond {
+		return Config{}, &Error{"PORTAL_ROTATION_CHECK_INTERVAL", fmt.Sprintf("%s must be at least 100ms", c.RotationCheckInterval)}
+	}
+	if c.TicketLifetime <= 0 || c.TicketLifetime > 10*time.Minute {
+		return Config{}, &Error{"PORTAL_TICKET_TTL", fmt.Sprintf("%s must be more than 0 and at most 10m (a launch link is meant to be followed at once)", c.TicketLifetime)}
+	}
+	if c.ShutdownTimeout <= 0 || c.ShutdownTimeout > 5*time.Minute {
+		return Config{}, &Error{"PORTAL_SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must be more than 0 and at most 5m", c.ShutdownTimeout)}
+	}
+
+	// The default issuer, with the timing rules of DESIGN 2.3.
+	is := keys.Issuer{
+		Slug:        p.str("PORTAL_DEFAULT_ISSUER", "default"),
+		ClientID:    p.str("PORTAL_CLIENT_ID", devDefault("portal-dev")),
+		FHIRBaseURL: p.str("PORTAL_FHIR_BASE_URL", devDefault("https://fhir.koppeltaal.example/fhir")),
+		Alg:         keys.Algorithm(p.str("PORTAL_SIGNING_ALG", string(keys.DefaultAlgorithm))),
+		RSABits:     p.int("PORTAL_RSA_KEY_BITS", keys.DefaultRSABits),
+		Policy: keys.Policy{
+			RotationPeriod: p.duration("PORTAL_ROTATION_PERIOD", 24*time.Hour),
+			PublishLead:    p.duration("PORTAL_PUBLISH_LEAD", time.Hour),
+			RetireGrace:    p.duration("PORTAL_RETIRE_GRACE", time.Hour),
+		},
+		IsDefault: true,
+	}
+	if p.err != nil {
+		return Config{}, p.err
+	}
+	if is.ClientID == "" {
+		return Config{}, &Error{"PORTAL_CLIENT_ID", "required: the Koppeltaal client_id of this portal (the JWT iss claim)"}
+	}
+	if is.FHIRBaseURL == "" {
+		return Config{}, &Error{"PORTAL_FHIR_BASE_URL", "required: the FHIR base URL of the Koppeltaal domain (the form field iss)"}
+	}
+	if err := is.Validate(c.Limits()); err != nil {
+		var ie *keys.IssuerError
+		if errors.As(err, &ie) {
+			return Config{}, &Error{issuerFieldVar[ie.Field], ie.Reason}
+		}
+		return Config{}, err
+	}
+	c.DefaultIssuer = is
+	return c, nil
+}
+
+// issuerFieldVar maps an issuer field to the variable that sets it for the
+// default issuer.
+var issuerFieldVar = map[string]string{
+	"slug":            "PORTAL_DEFAULT_ISSUER",
+	"client_id":       "PORTAL_CLIENT_ID",
+	"fhir_base_url":   "PORTAL_FHIR_BASE_URL",
+	"alg":             "PORTAL_SIGNING_ALG",
+	"rsa_bits":        "PORTAL_RSA_KEY_BITS",
+	"rotation_period": "PORTAL_ROTATION_PERIOD",
+	"publish_lead":    "PORTAL_PUBLISH_LEAD",
+	"retire_grace":    "PORTAL_RETIRE_GRACE",
+}
+
+func checkPublicURL(s string, dev bool) error {
+	if s == "" {
+		return errors.New("required: the URL browsers and modules use to reach this service, e.g. https://portal.example.org")
+	}
+	u, err := url.Parse(s)
+	if err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return fmt.Errorf("%q must be an absolute http(s) URL", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q must not have a query, fragment or user info", s)
+	}
+	if u.Scheme == "http" && !dev && !IsLoopbackHost(u.Hostname()) {
+		return fmt.Errorf("%q must use https outside development mode (plain http is allowed for loopback hosts)", s)
+	}
+	return nil
+}
+
+// IsLoopbackHost reports whether host names this machine: localhost or a
+// loopback IP address.
+func IsLoopbackHost(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// loadKEKs reads PORTAL_KEK or PORTAL_KEKS. In development mode both may be
+// absent; the caller then uses the development KEK file.
+func (c *Config) loadKEKs(getenv func(string) string) error {
+	single, ring := strings.TrimSpace(getenv("PORTAL_KEK")), strings.TrimSpace(getenv("PORTAL_KEKS"))
+	switch {
+	case single != "" && ring != "":
+		return &Error{"PORTAL_KEKS", "set either PORTAL_KEK or PORTAL_KEKS, not both"}
+	case single != "":
+		key, err := decodeKEK(single)
+		if err != nil {
+			return &Error{"PORTAL_KEK", err.Error()}
+		}
+		c.KEKs = []keys.KEK{{ID: keys.KEKIDFor(key), Key: key}}
+	case ring != "":
+		seen := map[string]bool{}
+		for i, entry := range strings.Split(ring, ",") {
+			id, b64, ok := strings.Cut(strings.TrimSpace(entry), ":")
+			if !ok || !kekIDPattern.MatchString(id) {
+				return &Error{"PORTAL_KEKS", fmt.Sprintf("entry %d must be id:base64 with an id of letters, digits, '.', '_' or '-'", i+1)}
+			}
+			if seen[id] {
+				return &Error{"PORTAL_KEKS", fmt.Sprintf("KEK id %q appears twice", id)}
+			}
+			seen[id] = true
+			key, err := decodeKEK(b64)
+			if err != nil {
+				return &Error{"PORTAL_KEKS", fmt.Sprintf("KEK %q: %s", id, err)}
+			}
+			c.KEKs = append(c.KEKs, keys.KEK{ID: id, Key: key})
+		}
+	case !c.Dev:
+		return &Error{"PORTAL_KEK", "required outside development mode: base64 of 32 random bytes (openssl rand -base64 32), or set PORTAL_KEKS"}
+	}
+	return nil
+}
+
+// decodeKEK accepts standard or URL-safe base64, padded or not. The error
+// never repeats the value.
+func decodeKEK(s string) ([]byte, error) {
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if key, err := enc.DecodeString(s); err == nil {
+			if len(key) != keys.KEKSize {
+				return nil, fmt.Errorf("must decode to %d bytes, got %d (openssl rand -base64 32)", keys.KEKSize, len(key))
+			}
+			return key, nil
+		}
+	}
+	return nil, errors.New("is not base64 (openssl rand -base64 32)")
+}
+
+// parser reads typed values, remembering the first error.
+type parser struct {
+	getenv func(string) string
+	err    error
+}
+
+func (p *parser) str(name, def string) string {
+	if v := strings.TrimSpace(p.getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (p *parser) bool(name string, def bool) bool {
+	v := p.str(name, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil && p.err == nil {
+		p.err = &Error{name, fmt.Sprintf("%q must be true or false", v)}
+	}
+	return b
+}
+
+func (p *parser) int(name string, def int) int {
+	v := p.str(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil && p.err == nil {
+		p.err = &Error{name, fmt.Sprintf("%q must be a whole number", v)}
+	}
+	return n
+}
+
+func (p *parser) duration(name string, def time.Duration) time.Duration {
+	v := p.str(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil && p.err == nil {
+		p.err = &Error{name, fmt.Sprintf("%q must be a Go duration such as 90s, 15m or 24h", v)}
+	}
+	return d
+}

@@ -1,0 +1,322 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Issuer is a signing identity of the portal: the Koppeltaal client_id that
+// goes into the JWT iss claim, the FHIR base URL that goes into the form's iss
+// field, and how its keys are made and rotated.
+type Issuer struct {
+	Slug        string    // short name in URLs and commands, e.g. "default"
+	ClientID    string    // JWT iss (DESIGN 1.1): the Koppeltaal client_id
+	FHIRBaseURL string    // form field iss (DESIGN 1.2): the Koppeltaal FHIR base
+	Alg         Algorithm // algorithm of new keys
+	RSABits     int       // modulus size of new RSA keys
+	Policy      Policy
+	IsDefault   bool // served at /.well-known/jwks.json
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// Policy is an issuer's rotation schedule (DESIGN 2.3).
+type Policy struct {
+	// RotationPeriod is how long a key stays active before the next one takes over.
+	RotationPeriod time.Duration
+	// PublishLead is how long a next key is published before it may sign.
+	PublishLead time.Duration
+	// RetireGrace is how long a retired key stays published.
+	RetireGrace time.Duration
+}
+
+// TimingLimits are the service-wide durations every rotation policy must
+// respect: how long verifiers may cache a JWKS, how stale an instance's
+// keyring may be, and how long a token lives.
+type TimingLimits struct {
+	JWKSMaxAge      time.Duration
+	RefreshInterval time.Duration
+	TokenLifetime   time.Duration
+}
+
+// PolicyError says which policy field breaks which rule.
+type PolicyError struct {
+	Field  string // "rotation_period", "publish_lead" or "retire_grace"
+	Reason string
+}
+
+func (e *PolicyError) Error() string { return e.Field + ": " + e.Reason }
+
+// Validate checks the timing rules of DESIGN 2.3 against the service limits.
+func (p Policy) Validate(l TimingLimits) error {
+	// A verifier that fetched the JWKS just before a next key appeared must
+	// find it by the time the key signs.
+	if minLead := l.JWKSMaxAge + l.RefreshInterval; p.PublishLead < minLead {
+		return &PolicyError{"publish_lead", fmt.Sprintf("%s is shorter than JWKS max-age + keyring refresh interval (%s + %s = %s): a verifier could meet a token before it can see its key", p.PublishLead, l.JWKSMaxAge, l.RefreshInterval, minLead)}
+	}
+	// Every token signed by a key must stay verifiable until it expires,
+	// including tokens an instance signs before it notices the rotation.
+	if minGrace := l.TokenLifetime + l.JWKSMaxAge + l.RefreshInterval; p.RetireGrace < minGrace {
+		return &PolicyError{"retire_grace", fmt.Sprintf("%s is shorter than token lifetime + JWKS max-age + keyring refresh interval (%s + %s + %s = %s): tokens could outlive their key in the JWKS", p.RetireGrace, l.TokenLifetime, l.JWKSMaxAge, l.RefreshInterval, minGrace)}
+	}
+	if p.RotationPeriod <= 0 {
+		return &PolicyError{"rotation_period", "must be positive"}
+	}
+	// The next key is created when the current one activates; a period shorter
+	// than the lead would silently stretch to the lead.
+	if p.RotationPeriod < p.PublishLead {
+		return &PolicyError{"rotation_period", fmt.Sprintf("%s is shorter than the publish lead %s: keys could not rotate that often", p.RotationPeriod, p.PublishLead)}
+	}
+	return nil
+}
+
+// IssuerError says which issuer field is invalid and why.
+type IssuerError struct {
+	Field  string // "slug", "client_id", "fhir_base_url", "alg", "rsa_bits" or a policy field
+	Reason string
+}
+
+func (e *IssuerError) Error() string { return e.Field + ": " + e.Reason }
+
+var slugPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ValidSlug reports whether s can name an issuer (or a module): lower-case
+// letters, digits and dashes, at most 63 characters.
+func ValidSlug(s string) bool { return slugPattern.MatchString(s) }
+
+// Validate checks every field of the issuer, including its policy.
+func (is Issuer) Validate(l TimingLimits) error {
+	if !ValidSlug(is.Slug) {
+		return &IssuerError{"slug", fmt.Sprintf("%q must be 1-63 lower-case letters, digits or dashes, starting with a letter or digit", is.Slug)}
+	}
+	if err := ValidateClientID(is.ClientID); err != nil {
+		return &IssuerError{"client_id", err.Error()}
+	}
+	if err := ValidateFHIRBaseURL(is.FHIRBaseURL); err != nil {
+		return &IssuerError{"fhir_base_url", err.Error()}
+	}
+	if _, err := ParseAlgorithm(string(is.Alg)); err != nil {
+		return &IssuerError{"alg", err.Error()}
+	}
+	if !ValidRSABits(is.RSABits) {
+		return &IssuerError{"rsa_bits", fmt.Sprintf("%d is not 2048, 3072 or 4096", is.RSABits)}
+	}
+	if err := is.Policy.Validate(l); err != nil {
+		var pe *PolicyError
+		if errors.As(err, &pe) {
+			return &IssuerError{pe.Field, pe.Reason}
+		}
+		return err
+	}
+	return nil
+}
+
+// ValidateClientID checks a Koppeltaal client_id: a non-empty string of
+// printable characters without spaces (it is compared byte for byte by
+// verifiers), at most 255 characters.
+func ValidateClientID(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	if len(s) > 255 {
+		return errors.New("must be at most 255 characters")
+	}
+	for _, r := range s {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return fmt.Errorf("%q must not contain spaces or control characters", s)
+		}
+	}
+	return nil
+}
+
+// ValidateFHIRBaseURL checks the FHIR base URL of a Koppeltaal domain: an
+// absolute http(s) URL without query or fragment. Modules forward it to the
+// auth server, which compares it as a string with its own FHIR base.
+func ValidateFHIRBaseURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || !u.IsAbs() || u.Host == "" {
+		return fmt.Errorf("%q must be an absolute URL such as https://fhir.example.org/fhir", s)
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return fmt.Errorf("%q must use https (or http for development)", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(s, " \t\n") {
+		return fmt.Errorf("%q must not have a query, fragment or spaces", s)
+	}
+	return nil
+}
+
+// ErrIssuerNotFound means no issuer has the given slug.
+var ErrIssuerNotFound = errors.New("issuer not found")
+
+// ErrIssuerExists means an issuer with that slug or client_id already exists.
+var ErrIssuerExists = errors.New("issuer already exists")
+
+const issuerColumns = `slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at`
+
+func scanIssuer(row pgx.Row) (Issuer, error) {
+	var (
+		is                  Issuer
+		alg                 string
+		period, lead, grace int64
+	)
+	err := row.Scan(&is.Slug, &is.ClientID, &is.FHIRBaseURL, &alg, &is.RSABits,
+		&period, &lead, &grace, &is.IsDefault, &is.CreatedAt, &is.UpdatedAt)
+	if err != nil {
+		return Issuer{}, err
+	}
+	is.Alg = Algorithm(alg)
+	is.Policy = Policy{
+		RotationPeriod: time.Duration(period) * time.Millisecond,
+		PublishLead:    time.Duration(lead) * time.Millisecond,
+		RetireGrace:    time.Duration(grace) * time.Millisecond,
+	}
+	is.CreatedAt, is.UpdatedAt = is.CreatedAt.UTC(), is.UpdatedAt.UTC()
+	return is, nil
+}
+
+// issuerConfigLock serialises changes to the issuers table between
+// instances that start at the same time (advisory lock key pair).
+const issuerConfigLock = `SELECT pg_advisory_xact_lock(1886351988, 0)`
+
+const sqlClearOtherDefault = `UPDATE issuers SET is_default = false, updated_at = $2 WHERE is_default AND slug <> $1`
+
+const sqlUpsertDefaultIssuer = `
+INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9)
+ON CONFLICT (slug) DO UPDATE SET
+	client_id = EXCLUDED.client_id,
+	fhir_base_url = EXCLUDED.fhir_base_url,
+	signing_alg = EXCLUDED.signing_alg,
+	rsa_key_bits = EXCLUDED.rsa_key_bits,
+	rotation_period_ms = EXCLUDED.rotation_period_ms,
+	publish_lead_ms = EXCLUDED.publish_lead_ms,
+	retire_grace_ms = EXCLUDED.retire_grace_ms,
+	is_default = true,
+	updated_at = CASE WHEN (issuers.client_id, issuers.fhir_base_url, issuers.signing_alg, issuers.rsa_key_bits,
+			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default)
+		IS DISTINCT FROM (EXCLUDED.client_id, EXCLUDED.fhir_base_url, EXCLUDED.signing_alg, EXCLUDED.rsa_key_bits,
+			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true)
+		THEN EXCLUDED.updated_at ELSE issuers.updated_at END`
+
+const sqlInsertIssuer = `
+INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9)`
+
+const sqlUpdateIssuer = `
+UPDATE issuers SET client_id = $2, fhir_base_url = $3, signing_alg = $4, rsa_key_bits = $5,
+	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9
+WHERE slug = $1`
+
+const sqlSelectIssuer = `SELECT ` + issuerColumns + ` FROM issuers WHERE slug = $1`
+
+const sqlSelectIssuers = `SELECT ` + issuerColumns + ` FROM issuers ORDER BY is_default DESC, slug`
+
+func issuerArgs(is Issuer, now time.Time) []any {
+	return []any{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Alg), is.RSABits,
+		is.Policy.RotationPeriod.Milliseconds(), is.Policy.PublishLead.Milliseconds(),
+		is.Policy.RetireGrace.Milliseconds(), now.UTC()}
+}
+
+// UpsertDefaultIssuer creates or updates the default issuer from the
+// service configuration, and makes it the only default one. Several
+// instances may call it at once.
+func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Time) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, issuerConfigLock); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, sqlClearOtherDefault, is.Slug, now.UTC()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, sqlUpsertDefaultIssuer, issuerArgs(is, now)...); err != nil {
+			return translateIssuerError(err)
+		}
+		return notifyChange(ctx, tx, is.Slug)
+	})
+}
+
+// notifyChange tells every instance to reload the issuer (delivered at commit).
+func notifyChange(ctx context.Context, tx pgx.Tx, slug string) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, NotifyChannel, slug)
+	return err
+}
+
+// CreateIssuer stores a new, non-default issuer.
+func (s *Store) CreateIssuer(ctx context.Context, is Issuer, now time.Time) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, sqlInsertIssuer, issuerArgs(is, now)...); err != nil {
+			return translateIssuerError(err)
+		}
+		return notifyChange(ctx, tx, is.Slug)
+	})
+	if err != nil {
+		return fmt.Errorf("create issuer %q: %w", is.Slug, err)
+	}
+	return nil
+}
+
+// UpdateIssuer replaces the settings of an existing issuer. Keys already made
+// keep their algorithm; the rotator replaces the next key when it no longer
+// matches.
+func (s *Store) UpdateIssuer(ctx context.Context, is Issuer, now time.Time) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, sqlUpdateIssuer, issuerArgs(is, now)...)
+		if err != nil {
+			return translateIssuerError(err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrIssuerNotFound
+		}
+		return notifyChange(ctx, tx, is.Slug)
+	})
+	if err != nil {
+		return fmt.Errorf("update issuer %q: %w", is.Slug, err)
+	}
+	return nil
+}
+
+// Issuer returns the issuer with the given slug.
+func (s *Store) Issuer(ctx context.Context, slug string) (Issuer, error) {
+	is, err := scanIssuer(s.pool.QueryRow(ctx, sqlSelectIssuer, slug))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Issuer{}, fmt.Errorf("issuer %q: %w", slug, ErrIssuerNotFound)
+	}
+	if err != nil {
+		return Issuer{}, fmt.Errorf("read issuer %q: %w", slug, err)
+	}
+	return is, nil
+}
+
+// Issuers returns every issuer, the default one first.
+func (s *Store) Issuers(ctx context.Context) ([]Issuer, error) {
+	rows, err := s.pool.Query(ctx, sqlSelectIssuers)
+	if err != nil {
+		return nil, fmt.Errorf("list issuers: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Issuer, error) { return scanIssuer(r) })
+	if err != nil {
+		return nil, fmt.Errorf("list issuers: %w", err)
+	}
+	return list, nil
+}
+
+func translateIssuerError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return fmt.Errorf("%w (%s)", ErrIssuerExists, pgErr.ConstraintName)
+	}
+	return err
+}

@@ -1,0 +1,73 @@
+package keys
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+)
+
+// jwksOrder puts the active key first, then the next key, then retired keys
+// newest first: verifiers that try keys in order find the likely one first.
+func jwksOrder(ks []Key) {
+	rank := map[State]int{StateActive: 0, StateNext: 1, StateRetired: 2}
+	sort.SliceStable(ks, func(i, j int) bool {
+		if rank[ks[i].State] != rank[ks[j].State] {
+			return rank[ks[i].State] < rank[ks[j].State]
+		}
+		if !ks[i].CreatedAt.Equal(ks[j].CreatedAt) {
+			return ks[i].CreatedAt.After(ks[j].CreatedAt)
+		}
+		return ks[i].Kid < ks[j].Kid
+	})
+}
+
+// buildJWKS serializes the public keys as a JWK Set (DESIGN 1.3). Each stored
+// JWK is parsed again and reduced to its public part, so a private member
+// that somehow reached the table can never be published. The bytes depend
+// only on the keys, so every instance serves the same body and ETag.
+func buildJWKS(published []Key) (JWKS, error) {
+	ks := append([]Key(nil), published...)
+	jwksOrder(ks)
+	set := jwk.NewSet()
+	for _, k := range ks {
+		parsed, err := jwk.ParseKey(k.PublicJWK)
+		if err != nil {
+			return JWKS{}, fmt.Errorf("parse public JWK of kid %s: %w", k.Kid, err)
+		}
+		var raw any
+		if err := parsed.Raw(&raw); err != nil {
+			return JWKS{}, fmt.Errorf("public JWK of kid %s: %w", k.Kid, err)
+		}
+		pub, err := jwk.PublicRawKeyOf(raw)
+		if err != nil {
+			return JWKS{}, fmt.Errorf("public JWK of kid %s: %w", k.Kid, err)
+		}
+		key, err := publicJWKKey(pub, k.Kid, k.Alg)
+		if err != nil {
+			return JWKS{}, err
+		}
+		if err := set.AddKey(key); err != nil {
+			return JWKS{}, fmt.Errorf("add kid %s to JWKS: %w", k.Kid, err)
+		}
+	}
+	body, err := json.Marshal(set)
+	if err != nil {
+		return JWKS{}, fmt.Errorf("marshal JWKS: %w", err)
+	}
+	return JWKS{Body: body, ETag: etagOf(body)}, nil
+}
+
+func emptyJWKS() JWKS {
+	body := []byte(`{"keys":[]}`)
+	return JWKS{Body: body, ETag: etagOf(body)}
+}
+
+// etagOf is a strong entity tag: a hash of the exact bytes served.
+func etagOf(body []byte) string {
+	sum := sha256.Sum256(body)
+	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
+}

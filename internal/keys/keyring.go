@@ -1,0 +1,302 @@
+package keys
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jws"
+)
+
+// Keyring is an instance's in-memory view of every issuer's keys: the active
+// signer and the serialized JWKS. Refresh rebuilds it from the database and
+// swaps it in atomically; Signer and JWKS read it without touching the
+// database, so signing and JWKS requests keep working while the database is
+// away.
+type Keyring struct {
+	store  *Store
+	sealer *Sealer
+	now    func() time.Time
+	log    *slog.Logger
+
+	refreshMu sync.Mutex // one Refresh at a time
+	// opened maps a kid to its private key once unsealed; retired keys map
+	// to nil (proven to open, not kept). Guarded by refreshMu.
+	opened  map[string]crypto.Signer
+	current atomic.Pointer[ringSnapshot]
+}
+
+// ringSnapshot is one immutable state of the keyring.
+type ringSnapshot struct {
+	issuers       map[string]*issuerRing
+	defaultIssuer string
+	loadedAt      time.Time
+}
+
+// issuerRing is one issuer's part of a snapshot.
+type issuerRing struct {
+	issuer    Issuer
+	signer    *Signer // nil when the issuer has no active key
+	jwks      JWKS
+	published []Key
+}
+
+// JWKS is an issuer's JWK Set, serialized once per change, with its strong
+// entity tag.
+type JWKS struct {
+	Body []byte
+	ETag string
+}
+
+// Signer signs launch tokens with an issuer's active key. It is immutable;
+// a rotation makes the keyring hand out a new one.
+type Signer struct {
+	Issuer      Issuer
+	Kid         string
+	Alg         Algorithm
+	ActiveSince time.Time
+	key         crypto.Signer
+}
+
+// Sign returns the compact JWS of payload with the header alg, kid and
+// typ: JWT (DESIGN 1.1: kid is required, no jku or x5u).
+func (s *Signer) Sign(payload []byte) ([]byte, error) {
+	hdr := jws.NewHeaders()
+	if err := hdr.Set(jws.KeyIDKey, s.Kid); err != nil {
+		return nil, err
+	}
+	if err := hdr.Set(jws.TypeKey, "JWT"); err != nil {
+		return nil, err
+	}
+	token, err := jws.Sign(payload, jws.WithKey(s.Alg.jwa(), s.key, jws.WithProtectedHeaders(hdr)))
+	if err != nil {
+		return nil, fmt.Errorf("sign with kid %s of issuer %q: %w", s.Kid, s.Issuer.Slug, err)
+	}
+	return token, nil
+}
+
+// ErrUnknownIssuer means the keyring holds no issuer with that slug.
+var ErrUnknownIssuer = errors.New("unknown issuer")
+
+// ErrNoActiveKey means the issuer exists but has no key that can sign.
+var ErrNoActiveKey = errors.New("issuer has no active signing key")
+
+// ErrNotLoaded means the keyring has not been loaded from the database yet.
+var ErrNotLoaded = errors.New("keyring not loaded yet")
+
+// NewKeyring returns an empty keyring; call Refresh before use.
+func NewKeyring(store *Store, sealer *Sealer, clock func() time.Time, logger *slog.Logger) *Keyring {
+	return &Keyring{store: store, sealer: sealer, now: clock, log: logger, opened: map[string]crypto.Signer{}}
+}
+
+// Signer returns the signer of an issuer's active key; an empty slug means
+// the default issuer.
+func (k *Keyring) Signer(issuer string) (*Signer, error) {
+	ir, err := k.issuer(issuer)
+	if err != nil {
+		return nil, err
+	}
+	if ir.signer == nil {
+		return nil, fmt.Errorf("issuer %q: %w", ir.issuer.Slug, ErrNoActiveKey)
+	}
+	return ir.signer, nil
+}
+
+// JWKS returns an issuer's published key set; an empty slug means the
+// default issuer.
+func (k *Keyring) JWKS(issuer string) (JWKS, error) {
+	ir, err := k.issuer(issuer)
+	if err != nil {
+		return JWKS{}, err
+	}
+	return ir.jwks, nil
+}
+
+// Issuer returns an issuer's settings as last loaded; an empty slug means
+// the default issuer.
+func (k *Keyring) Issuer(slug string) (Issuer, error) {
+	ir, err := k.issuer(slug)
+	if err != nil {
+		return Issuer{}, err
+	}
+	return ir.issuer, nil
+}
+
+func (k *Keyring) issuer(slug string) (*issuerRing, error) {
+	snap := k.current.Load()
+	if snap == nil {
+		return nil, ErrNotLoaded
+	}
+	if slug == "" {
+		slug = snap.defaultIssuer
+	}
+	ir, ok := snap.issuers[slug]
+	if !ok {
+		return nil, fmt.Errorf("issuer %q: %w", slug, ErrUnknownIssuer)
+	}
+	return ir, nil
+}
+
+// IssuerStatus is what the keyring knows of one issuer's keys, for probes
+// and metrics.
+type IssuerStatus struct {
+	Slug         string
+	ActiveKid    string    // empty when the issuer has no active key
+	ActiveSince  time.Time // when the active key started signing
+	NextRotation time.Time // when the active key is due to be replaced
+	Published    int       // keys in the JWKS
+}
+
+// Status describes every issuer in the current snapshot, default first.
+func (k *Keyring) Status() []IssuerStatus {
+	snap := k.current.Load()
+	if snap == nil {
+		return nil
+	}
+	var out []IssuerStatus
+	for _, ir := range snap.issuers {
+		st := IssuerStatus{Slug: ir.issuer.Slug, Published: len(ir.published)}
+		if ir.signer != nil {
+			st.ActiveKid, st.ActiveSince = ir.signer.Kid, ir.signer.ActiveSince
+			st.NextRotation = ir.signer.ActiveSince.Add(ir.issuer.Policy.RotationPeriod)
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if (out[i].Slug == snap.defaultIssuer) != (out[j].Slug == snap.defaultIssuer) {
+			return out[i].Slug == snap.defaultIssuer
+		}
+		return out[i].Slug < out[j].Slug
+	})
+	return out
+}
+
+// Ready returns nil when the keyring is loaded and every issuer has an
+// active key; otherwise an error that says which issuers cannot sign.
+func (k *Keyring) Ready() error {
+	snap := k.current.Load()
+	if snap == nil {
+		return ErrNotLoaded
+	}
+	var missing []string
+	for slug, ir := range snap.issuers {
+		if ir.signer == nil {
+			missing = append(missing, slug)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("%w: %s", ErrNoActiveKey, strings.Join(missing, ", "))
+	}
+	if len(snap.issuers) == 0 {
+		return errors.New("no issuer configured")
+	}
+	return nil
+}
+
+// Refresh reloads every issuer's keys from the database and swaps in the new
+// snapshot. A key whose private part does not open under the configured KEKs
+// is an error naming its kid; that issuer then keeps its previous state, so
+// one bad row does not stop the others from rotating.
+func (k *Keyring) Refresh(ctx context.Context) error {
+	k.refreshMu.Lock()
+	defer k.refreshMu.Unlock()
+
+	issuers, stored, err := k.store.publishedKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("refresh keyring: %w", err)
+	}
+	now := k.now().UTC()
+	prev := k.current.Load()
+	snap := &ringSnapshot{issuers: map[string]*issuerRing{}, loadedAt: now}
+	byIssuer := map[string][]storedKey{}
+	for _, sk := range stored {
+		byIssuer[sk.Issuer] = append(byIssuer[sk.Issuer], sk)
+	}
+	keep := map[string]bool{}
+	var errs []error
+	for _, is := range issuers {
+		if is.IsDefault {
+			snap.defaultIssuer = is.Slug
+		}
+		ir, err := k.buildIssuer(is, byIssuer[is.Slug], now, keep)
+		if err != nil {
+			errs = append(errs, err)
+			if prev != nil && prev.issuers[is.Slug] != nil {
+				ir = prev.issuers[is.Slug]
+				for _, pk := range ir.published {
+					keep[pk.Kid] = true
+				}
+			} else {
+				ir = &issuerRing{issuer: is, jwks: emptyJWKS()}
+			}
+		}
+		snap.issuers[is.Slug] = ir
+	}
+	// Forget private keys that left the JWKS.
+	for kid := range k.opened {
+		if !keep[kid] {
+			delete(k.opened, kid)
+		}
+	}
+	k.current.Store(snap)
+	return errors.Join(errs...)
+}
+
+// buildIssuer opens an issuer's keys and serializes its JWKS.
+func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep map[string]bool) (*issuerRing, error) {
+	ir := &issuerRing{issuer: is}
+	var jwksKeys []Key
+	for _, sk := range stored {
+		// A retired key past its grace leaves the JWKS even before the rotator
+		// has marked it expired.
+		if sk.State == StateRetired && !now.Before(sk.ExpiresAt) {
+			continue
+		}
+		priv, err := k.open(sk)
+		if err != nil {
+			return nil, err
+		}
+		keep[sk.Kid] = true
+		if sk.State == StateActive {
+			ir.signer = &Signer{Issuer: is, Kid: sk.Kid, Alg: sk.Alg, ActiveSince: sk.ActivatedAt, key: priv}
+		}
+		jwksKeys = append(jwksKeys, sk.Key)
+	}
+	jwks, err := buildJWKS(jwksKeys)
+	if err != nil {
+		return nil, fmt.Errorf("issuer %q: %w", is.Slug, err)
+	}
+	ir.jwks, ir.published = jwks, jwksKeys
+	return ir, nil
+}
+
+// open returns the private key of a stored key, unsealing it the first time
+// the keyring meets it. A retired key is opened once, to prove the KEK ring
+// still opens it, and not kept.
+func (k *Keyring) open(sk storedKey) (crypto.Signer, error) {
+	if priv, ok := k.opened[sk.Kid]; ok && (priv != nil || sk.State == StateRetired) {
+		return priv, nil
+	}
+	der, err := k.sealer.Open(sk.KEKID, sk.Issuer, sk.Kid, sk.Alg, sk.sealed)
+	if err != nil {
+		return nil, err
+	}
+	priv, err := parsePrivate(der, sk.Alg)
+	if err != nil {
+		return nil, fmt.Errorf("open kid %s of issuer %q: %w", sk.Kid, sk.Issuer, err)
+	}
+	if sk.State == StateRetired {
+		k.opened[sk.Kid] = nil
+		return nil, nil
+	}
+	k.opened[sk.Kid] = priv
+	return priv, nil
+}

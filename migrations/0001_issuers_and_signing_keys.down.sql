@@ -1,0 +1,4 @@
+BEGIN;
+DROP TABLE signing_keys;
+DROP TABLE issuers;
+COMMIT;

@@ -1,0 +1,178 @@
+package keys
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// TestSealing_StoredColumnHoldsNoKeyMaterialInClear opens every stored key
+// with the KEK and checks that neither its PKCS#8 encoding nor its private
+// scalars appear in the column.
+func TestSealing_StoredColumnHoldsNoKeyMaterialInClear(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
+	f.addIssuer(t, testIssuer("sealed-rsa", RS512))
+	f.addIssuer(t, testIssuer("sealed-ec", ES384))
+
+	rows, err := f.pool.Query(ctx, `SELECT kid, issuer, alg, kek_id, sealed_private FROM signing_keys`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var kid, issuer, alg, kek string
+		var sealed []byte
+		if err := rows.Scan(&kid, &issuer, &alg, &kek, &sealed); err != nil {
+			t.Fatal(err)
+		}
+		der, err := f.sealer.Open(kek, issuer, kid, Algorithm(alg), sealed)
+		if err != nil {
+			t.Fatalf("open %s: %v", kid, err)
+		}
+		priv, err := parsePrivate(der, Algorithm(alg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets := [][]byte{der[len(der)/2 : len(der)/2+16]}
+		switch k := priv.(type) {
+		case *rsa.PrivateKey:
+			secrets = append(secrets, k.D.Bytes()[:16], k.Primes[0].Bytes()[:16], k.Primes[1].Bytes()[:16])
+		case *ecdsa.PrivateKey:
+			d, err := k.Bytes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			secrets = append(secrets, d[:16])
+		}
+		for _, s := range secrets {
+			if bytes.Contains(sealed, s) {
+				t.Fatalf("sealed column of %s contains private key bytes in clear", kid)
+			}
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 {
+		t.Fatalf("checked %d keys, want 4", n)
+	}
+}
+
+func TestSealing_WrongKEKFailsNamingTheKid(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	url := testDB.Fresh(t)
+	f := newFixture(t, url, clock, newSealer(t, newKEK(t, "main")))
+	f.addIssuer(t, testIssuer("wrong-kek", ES256))
+	f.refresh(t)
+	active, _ := f.keyring.Signer("wrong-kek")
+
+	// Same KEK id, other key material: what a mistyped PORTAL_KEKS gives.
+	other := newFixture(t, url, clock, newSealer(t, newKEK(t, "main")))
+	err := other.keyring.Refresh(ctx)
+	if err == nil {
+		t.Fatal("keyring loaded keys sealed under another KEK")
+	}
+	if !errors.Is(err, ErrOpenFailed) || !strings.Contains(err.Error(), active.Kid) {
+		t.Fatalf("error %q should say the key did not open and name a kid such as %s", err, active.Kid)
+	}
+	if _, err := other.keyring.Signer("wrong-kek"); err == nil {
+		t.Fatal("keyring offers a signer although its key did not open")
+	}
+
+	// A KEK id that is not configured at all.
+	missing := newFixture(t, url, clock, newSealer(t, newKEK(t, "other-id")))
+	err = missing.keyring.Refresh(ctx)
+	if !errors.Is(err, ErrUnknownKEK) || !strings.Contains(err.Error(), "main") {
+		t.Fatalf("error %q should say KEK \"main\" is not configured", err)
+	}
+}
+
+func TestSealing_RowsCannotBeSwapped(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
+	f.addIssuer(t, testIssuer("swap", ES256))
+	// Put the next key's sealed bytes on the active row (same issuer, same
+	// algorithm): the AAD names the kid, so it must not open.
+	_, err := f.pool.Exec(ctx, `UPDATE signing_keys a SET sealed_private = b.sealed_private
+		FROM signing_keys b WHERE a.issuer = 'swap' AND b.issuer = 'swap' AND a.state = 'active' AND b.state = 'next'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.keyring.Refresh(ctx); !errors.Is(err, ErrOpenFailed) {
+		t.Fatalf("refresh after swapping sealed rows: err = %v, want ErrOpenFailed", err)
+	}
+}
+
+func TestReseal_OldKEKCanBeRemovedAfterwards(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	url := testDB.Fresh(t)
+	oldKEK, newKEKv := newKEK(t, "old"), newKEK(t, "new")
+	f := newFixture(t, url, clock, newSealer(t, oldKEK))
+	f.addIssuer(t, testIssuer("reseal-a", RS512))
+	f.addIssuer(t, testIssuer("reseal-b", ES256))
+	f.refresh(t)
+	before, _ := f.keyring.Signer("reseal-a")
+
+	ring := newFixture(t, url, clock, newSealer(t, newKEKv, oldKEK))
+	res, err := ring.rotator.Reseal(ctx, "reseal-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Resealed) != 2 || res.Remaining["old"] != 2 {
+		t.Fatalf("reseal of one issuer: %+v, want 2 resealed and 2 left under old", res)
+	}
+	res, err = ring.rotator.Reseal(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Resealed) != 2 || len(res.Remaining) != 0 {
+		t.Fatalf("reseal of all issuers: %+v, want 2 more resealed and nothing left", res)
+	}
+
+	onlyNew := newFixture(t, url, clock, newSealer(t, newKEKv))
+	if err := onlyNew.keyring.Refresh(ctx); err != nil {
+		t.Fatalf("with the old KEK removed: %v", err)
+	}
+	after, err := onlyNew.keyring.Signer("reseal-a")
+	if err != nil || after.Kid != before.Kid {
+		t.Fatalf("signer after reseal: %v, %v; want kid %s", after, err, before.Kid)
+	}
+	if _, err := after.Sign([]byte(`{"sub":"Patient/1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	var stale int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM signing_keys WHERE kek_id = 'old'`).Scan(&stale); err != nil || stale != 0 {
+		t.Fatalf("rows still under the old KEK: %d (%v)", stale, err)
+	}
+}
+
+func TestSealer_RejectsBadKEKs(t *testing.T) {
+	for name, ring := range map[string][]KEK{
+		"empty":     nil,
+		"short key": {{ID: "a", Key: make([]byte, 16)}},
+		"no id":     {{ID: "", Key: make([]byte, 32)}},
+		"duplicate": {{ID: "a", Key: make([]byte, 32)}, {ID: "a", Key: make([]byte, 32)}},
+	} {
+		if _, err := NewSealer(ring); err == nil {
+			t.Errorf("%s: NewSealer accepted it", name)
+		}
+	}
+}
+
+func TestKEK_StringHidesKey(t *testing.T) {
+	k := newKEK(t, "visible")
+	if s := k.String(); strings.Contains(s, string(k.Key)) || !strings.Contains(s, "visible") {
+		t.Fatalf("KEK prints as %q", s)
+	}
+}

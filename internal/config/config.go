@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -83,7 +82,7 @@ func Variables() []Variable {
 		{"PORTAL_CLIENT_ID", "(required; dev: portal-dev)", "Koppeltaal client_id of the default issuer: the JWT iss claim"},
 		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss"},
 		{"PORTAL_KEK", "(required outside dev)", "key-encryption key: base64 of 32 random bytes (openssl rand -base64 32)"},
-		{"PORTAL_KEKS", "", "KEK ring instead of PORTAL_KEK: id:base64,id:base64 — the first seals, all open"},
+		{"PORTAL_KEKS", "", "KEK ring instead of PORTAL_KEK: base64,base64 — the first seals, all open; ids are derived from the keys"},
 		{"PORTAL_DEV_KEK_FILE", ".dev/kek", "dev only: file holding the generated development KEK"},
 		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384, PS256, PS384, PS512, ES256 or ES384"},
 		{"PORTAL_RSA_KEY_BITS", "2048", "default issuer's RSA key size: 2048, 3072 or 4096"},
@@ -100,8 +99,6 @@ func Variables() []Variable {
 		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it)"},
 	}
 }
-
-var kekIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // Load reads and validates the configuration from getenv. It returns the
 // first broken rule as an *Error.
@@ -272,18 +269,15 @@ func (c *Config) loadKEKs(getenv func(string) string) error {
 	case ring != "":
 		seen := map[string]bool{}
 		for i, entry := range strings.Split(ring, ",") {
-			id, b64, ok := strings.Cut(strings.TrimSpace(entry), ":")
-			if !ok || !kekIDPattern.MatchString(id) {
-				return &Error{"PORTAL_KEKS", fmt.Sprintf("entry %d must be id:base64 with an id of letters, digits, '.', '_' or '-'", i+1)}
+			key, err := decodeKEK(strings.TrimSpace(entry))
+			if err != nil {
+				return &Error{"PORTAL_KEKS", fmt.Sprintf("entry %d %s; the list is base64,base64 with the sealing KEK first (ids are derived from the keys)", i+1, err)}
 			}
+			id := keys.KEKIDFor(key)
 			if seen[id] {
-				return &Error{"PORTAL_KEKS", fmt.Sprintf("KEK id %q appears twice", id)}
+				return &Error{"PORTAL_KEKS", fmt.Sprintf("entry %d repeats KEK %s", i+1, id)}
 			}
 			seen[id] = true
-			key, err := decodeKEK(b64)
-			if err != nil {
-				return &Error{"PORTAL_KEKS", fmt.Sprintf("KEK %q: %s", id, err)}
-			}
 			c.KEKs = append(c.KEKs, keys.KEK{ID: id, Key: key})
 		}
 	case !c.Dev:

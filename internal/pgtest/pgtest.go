@@ -96,6 +96,22 @@ func (p *Package) Fresh(t testing.TB) string {
 	return p.urlFor(name)
 }
 
+// Empty returns the URL of a new database without any schema, for tests
+// of the migrations themselves; it is dropped when the test ends.
+func (p *Package) Empty(t testing.TB) string {
+	t.Helper()
+	name := strings.TrimSuffix(p.template, p.template[strings.LastIndex(p.template, "_"):]) + "_" + randomSuffix()
+	if err := p.exec("CREATE DATABASE " + pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("create test database: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.drop(name); err != nil {
+			t.Logf("drop test database %s: %v", name, err)
+		}
+	})
+	return p.urlFor(name)
+}
+
 func (p *Package) drop(name string) error {
 	return p.exec("DROP DATABASE IF EXISTS " + pgx.Identifier{name}.Sanitize() + " WITH (FORCE)")
 }

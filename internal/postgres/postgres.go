@@ -54,9 +54,10 @@ type MigrationStatus struct {
 // golang-migrate's advisory lock, so several instances may call Up at once:
 // the first applies the migrations, the others wait and find nothing to do.
 type Migrator struct {
-	m      *migrate.Migrate
-	db     *sql.DB
-	latest uint
+	m        *migrate.Migrate
+	db       *sql.DB
+	latest   uint
+	versions []uint // every embedded migration version, ascending
 }
 
 // NewMigrator opens a migrator over the pool's connection settings.
@@ -77,28 +78,29 @@ func NewMigrator(pool *pgxpool.Pool) (*Migrator, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("prepare migrations: %w", err)
 	}
-	latest, err := latestVersion(src)
+	versions, err := embeddedVersions(src)
 	if err != nil {
 		_ = db.Close()
 		return nil, err
 	}
-	return &Migrator{m: m, db: db, latest: latest}, nil
+	return &Migrator{m: m, db: db, latest: versions[len(versions)-1], versions: versions}, nil
 }
 
-func latestVersion(src interface {
+func embeddedVersions(src interface {
 	First() (uint, error)
 	Next(uint) (uint, error)
-}) (uint, error) {
+}) ([]uint, error) {
 	v, err := src.First()
 	if err != nil {
-		return 0, fmt.Errorf("read embedded migrations: %w", err)
+		return nil, fmt.Errorf("read embedded migrations: %w", err)
 	}
+	versions := []uint{v}
 	for {
 		n, err := src.Next(v)
 		if err != nil {
-			return v, nil
+			return versions, nil
 		}
-		v = n
+		versions, v = append(versions, n), n
 	}
 }
 
@@ -120,6 +122,19 @@ func (m *Migrator) Up() error {
 func (m *Migrator) Down(steps int) error {
 	if steps <= 0 {
 		return fmt.Errorf("migrate down: steps must be at least 1, got %d", steps)
+	}
+	st, err := m.Status()
+	if err != nil {
+		return err
+	}
+	applied := 0
+	for _, v := range m.versions {
+		if st.Version != 0 && v <= st.Version {
+			applied++
+		}
+	}
+	if steps > applied {
+		return fmt.Errorf("migrate down %d: only %d migration(s) applied", steps, applied)
 	}
 	if err := m.m.Steps(-steps); err != nil && !errors.Is(err, migrate.ErrNoChange) {
 		return fmt.Errorf("migrate down %d: %w", steps, err)

@@ -1,0 +1,295 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/pgtest"
+	"github.com/ehealth-nl/portal/internal/postgres"
+)
+
+var testDB *pgtest.Package
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, "server", &testDB)) }
+
+// stack is a real keyring over a real database behind a real HTTP server on
+// loopback.
+type stack struct {
+	pool    *pgxpool.Pool
+	keyring *keys.Keyring
+	rotator *keys.Rotator
+	http    *httptest.Server
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func defaultIssuer(alg keys.Algorithm) keys.Issuer {
+	return keys.Issuer{Slug: "default", ClientID: "portal-test", FHIRBaseURL: "https://fhir.example.org/fhir", Alg: alg, RSABits: 2048,
+		Policy: keys.Policy{RotationPeriod: 24 * time.Hour, PublishLead: time.Hour, RetireGrace: time.Hour}, IsDefault: true}
+}
+
+// newStack builds the stack on databaseURL; when prepare is true it creates
+// the default issuer and its keys first.
+func newStack(t testing.TB, databaseURL string, alg keys.Algorithm) *stack {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := postgres.Connect(ctx, databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	kek := make([]byte, keys.KEKSize)
+	_, _ = rand.Read(kek)
+	sealer, err := keys.NewSealer([]keys.KEK{{ID: "test", Key: kek}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := keys.NewStore(pool)
+	if err := store.UpsertDefaultIssuer(ctx, defaultIssuer(alg), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{pool: pool, keyring: keys.NewKeyring(store, sealer, time.Now, quietLogger()), rotator: keys.NewRotator(store, sealer, time.Now, quietLogger())}
+	if _, err := s.rotator.EnsureKeys(ctx, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.http = httptest.NewServer(NewServer(Deps{Keyring: s.keyring, Database: pool, Logger: quietLogger(), JWKSMaxAge: 60 * time.Second}))
+	t.Cleanup(s.http.Close)
+	return s
+}
+
+func get(t testing.TB, url string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
+}
+
+// TestJWKS_TokenVerifiesWithJWKSFetchedOverHTTP verifies a token signed by
+// the keyring the way a strict module does: the JWKS fetched from the
+// server, kid required, only the issuer's algorithm.
+func TestJWKS_TokenVerifiesWithJWKSFetchedOverHTTP(t *testing.T) {
+	for _, alg := range []keys.Algorithm{keys.RS512, keys.ES384} {
+		t.Run(string(alg), func(t *testing.T) {
+			s := newStack(t, testDB.Fresh(t), alg)
+			signer, err := s.keyring.Signer("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			token, err := signer.Sign([]byte(`{"iss":"portal-test","sub":"Patient/1"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			set, err := jwk.Fetch(context.Background(), s.http.URL+"/.well-known/jwks.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, ok := set.LookupKeyID(signer.Kid)
+			if !ok {
+				t.Fatalf("kid %s is not in the fetched JWKS", signer.Kid)
+			}
+			if _, err := jws.Verify(token, jws.WithKey(jwa.SignatureAlgorithm(alg), key)); err != nil {
+				t.Fatalf("token does not verify with the fetched key: %v", err)
+			}
+			if _, err := jws.Verify(token, jws.WithKeySet(set, jws.WithRequireKid(true), jws.WithUseDefault(false), jws.WithInferAlgorithmFromKey(false))); err != nil {
+				t.Fatalf("token does not verify with the fetched set: %v", err)
+			}
+			other := keys.RS384
+			if alg == keys.RS384 {
+				other = keys.RS512
+			}
+			if _, err := jws.Verify(token, jws.WithKey(jwa.SignatureAlgorithm(other), key)); err == nil {
+				t.Fatalf("token verified under %s as well", other)
+			}
+		})
+	}
+}
+
+func TestJWKS_CacheHeadersETagAnd304(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	for _, path := range []string{"/.well-known/jwks.json", "/issuers/default/jwks.json"} {
+		resp, body := get(t, s.http.URL+path, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d", path, resp.StatusCode)
+		}
+		if cc := resp.Header.Get("Cache-Control"); cc != "public, max-age=60" {
+			t.Errorf("%s: Cache-Control %q", path, cc)
+		}
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s: Content-Type %q", path, ct)
+		}
+		etag := resp.Header.Get("ETag")
+		if !strings.HasPrefix(etag, `"`) || strings.HasPrefix(etag, "W/") {
+			t.Fatalf("%s: ETag %q is not a strong tag", path, etag)
+		}
+		var doc struct{ Keys []json.RawMessage }
+		if err := json.Unmarshal(body, &doc); err != nil || len(doc.Keys) != 2 {
+			t.Fatalf("%s: body %s", path, body)
+		}
+		for _, inm := range []string{etag, "W/" + etag, `"other", ` + etag, "*"} {
+			resp, body := get(t, s.http.URL+path, map[string]string{"If-None-Match": inm})
+			if resp.StatusCode != http.StatusNotModified || len(body) != 0 {
+				t.Errorf("%s with If-None-Match %s: status %d, %d bytes", path, inm, resp.StatusCode, len(body))
+			}
+			if resp.Header.Get("ETag") != etag || resp.Header.Get("Cache-Control") == "" {
+				t.Errorf("304 lacks ETag or Cache-Control")
+			}
+		}
+		resp, _ = get(t, s.http.URL+path, map[string]string{"If-None-Match": `"stale"`})
+		if resp.StatusCode != 200 {
+			t.Errorf("%s with a stale tag: status %d", path, resp.StatusCode)
+		}
+	}
+	// A rotation changes the body and the tag.
+	resp, _ := get(t, s.http.URL+"/.well-known/jwks.json", nil)
+	before := resp.Header.Get("ETag")
+	if _, err := s.rotator.Rotate(context.Background(), "default", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = get(t, s.http.URL+"/.well-known/jwks.json", map[string]string{"If-None-Match": before})
+	if resp.StatusCode != 200 || resp.Header.Get("ETag") == before {
+		t.Fatalf("after rotation: status %d, ETag %s (before %s)", resp.StatusCode, resp.Header.Get("ETag"), before)
+	}
+}
+
+func TestJWKS_UnknownIssuerIs404Problem(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	resp, body := get(t, s.http.URL+"/issuers/nobody/jwks.json", nil)
+	if resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("status %d, type %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var p Problem
+	if err := json.Unmarshal(body, &p); err != nil || p.Type != "urn:portal:problem:unknown-issuer" || p.Status != 404 {
+		t.Fatalf("problem %s", body)
+	}
+}
+
+// TestJWKS_ServedWhileDatabaseIsAway cuts the service off from PostgreSQL
+// through a proxy: the JWKS keeps answering from memory with the same
+// bytes, /readyz says 503, and recovers when the database is back.
+func TestJWKS_ServedWhileDatabaseIsAway(t *testing.T) {
+	url := testDB.Fresh(t)
+	proxy := pgtest.NewProxy(t, url)
+	s := newStack(t, proxy.URL(url), keys.ES256)
+	resp, before := get(t, s.http.URL+"/.well-known/jwks.json", nil)
+	etag := resp.Header.Get("ETag")
+	if resp, _ := get(t, s.http.URL+"/readyz", nil); resp.StatusCode != 200 {
+		t.Fatalf("readyz before the outage: %d", resp.StatusCode)
+	}
+
+	proxy.Cut()
+	for i := 0; i < 20; i++ {
+		resp, body := get(t, s.http.URL+"/.well-known/jwks.json", nil)
+		if resp.StatusCode != 200 || string(body) != string(before) || resp.Header.Get("ETag") != etag {
+			t.Fatalf("JWKS during the outage: status %d, same bytes %v", resp.StatusCode, string(body) == string(before))
+		}
+	}
+	resp, body := get(t, s.http.URL+"/readyz", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "database") {
+		t.Fatalf("readyz during the outage: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, s.http.URL+"/healthz", nil); resp.StatusCode != 200 {
+		t.Fatalf("healthz during the outage: %d", resp.StatusCode)
+	}
+
+	proxy.Restore()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, _ := get(t, s.http.URL+"/readyz", nil)
+		if resp.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz still %d after the database came back", resp.StatusCode)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestReadyz_UnavailableWithoutActiveKey(t *testing.T) {
+	ctx := context.Background()
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	store := keys.NewStore(s.pool)
+	is := defaultIssuer(keys.ES256)
+	is.Slug, is.ClientID, is.IsDefault = "second", "portal-second", false
+	if err := store.CreateIssuer(ctx, is, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := get(t, s.http.URL+"/readyz", nil)
+	if resp.StatusCode != 503 || !strings.Contains(string(body), "second") {
+		t.Fatalf("readyz with a keyless issuer: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestUnknownPathIs404Problem(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	resp, _ := get(t, s.http.URL+"/nothing-here", nil)
+	if resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("status %d, type %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
+
+// BenchmarkJWKSHandler measures the JWKS handler itself (no network):
+// what an instance spends per JWKS request, and the same for a 304.
+func BenchmarkJWKSHandler(b *testing.B) {
+	s := newStack(b, testDB.Fresh(b), keys.RS512)
+	h := NewServer(Deps{Keyring: s.keyring, Database: s.pool, Logger: quietLogger(), JWKSMaxAge: 60 * time.Second})
+	set, _ := s.keyring.JWKS("")
+	for _, tc := range []struct {
+		name string
+		inm  string
+		want int
+	}{{"200", "", 200}, {"304", set.ETag, 304}} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := httptest.NewRequest(http.MethodGet, "/.well-known/jwks.json", nil)
+			if tc.inm != "" {
+				req.Header.Set("If-None-Match", tc.inm)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, req)
+				if w.Code != tc.want {
+					b.Fatalf("status %d", w.Code)
+				}
+			}
+		})
+	}
+}

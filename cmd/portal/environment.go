@@ -77,27 +77,7 @@ func openEnvironment(ctx context.Context, c *cli) (*environment, error) {
 func developmentKEK(path string) (keys.KEK, error) {
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		key := make([]byte, keys.KEKSize)
-		if _, err := rand.Read(key); err != nil {
-			return keys.KEK{}, err
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", err)
-		}
-		encoded := base64.StdEncoding.EncodeToString(key) + "\n"
-		// O_EXCL: if another instance created it meanwhile, read theirs.
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err == nil {
-			_, werr := f.WriteString(encoded)
-			if cerr := f.Close(); werr == nil {
-				werr = cerr
-			}
-			if werr != nil {
-				return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", werr)
-			}
-			return keys.KEK{ID: keys.KEKIDFor(key), Key: key}, nil
-		}
-		if !errors.Is(err, fs.ErrExist) {
+		if err := createDevelopmentKEK(path); err != nil {
 			return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %w", err)
 		}
 		raw, err = os.ReadFile(path)
@@ -110,6 +90,34 @@ func developmentKEK(path string) (keys.KEK, error) {
 		return keys.KEK{}, fmt.Errorf("PORTAL_DEV_KEK_FILE: %s does not hold base64 of %d bytes", path, keys.KEKSize)
 	}
 	return keys.KEK{ID: keys.KEKIDFor(key), Key: key}, nil
+}
+
+// createDevelopmentKEK writes a random KEK to a temporary file and links it
+// into place, so instances starting together all end up with the same one.
+func createDevelopmentKEK(path string) error {
+	key := make([]byte, keys.KEKSize)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".kek-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(base64.StdEncoding.EncodeToString(key) + "\n")
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 func newKeyring(e *environment) *keys.Keyring {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -143,18 +142,18 @@ func startServe(t testing.TB, env map[string]string, args ...string) *instance {
 }
 
 // startServeErr runs "portal serve" expecting it to fail at start-up.
-func startServeErr(t testing.TB, env map[string]string) (error, string) {
+func startServeErr(t testing.TB, env map[string]string) (logs string, err error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	logs := newLogBuffer()
-	err := run(ctx, []string{"portal", "serve"}, func(k string) string { return env[k] }, io.Discard, logs)
+	buf := newLogBuffer()
+	err = run(ctx, []string{"portal", "serve"}, func(k string) string { return env[k] }, io.Discard, buf)
 	select {
-	case <-logs.listening:
+	case <-buf.listening:
 		t.Fatalf("serve started listening; want a start-up failure")
 	default:
 	}
-	return err, logs.String()
+	return buf.String(), err
 }
 
 // runCommand runs one CLI command and returns its standard output.
@@ -247,13 +246,4 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-}
-
-func lines(s string) []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		out = append(out, sc.Text())
-	}
-	return out
 }

@@ -71,7 +71,7 @@ func TestServe_WrongKEKStopsStartUpNamingTheKid(t *testing.T) {
 	active := kidIn(keyStates(t, env), "active")
 
 	wrong := with(env, "PORTAL_KEK", newKEKBase64(t))
-	err, logs := startServeErr(t, wrong)
+	logs, err := startServeErr(t, wrong)
 	if err == nil {
 		t.Fatalf("serve started with the wrong KEK\n%s", logs)
 	}
@@ -202,12 +202,12 @@ func TestServe_ConcurrentStartsOnAnEmptyDatabase(t *testing.T) {
 
 func TestRun_ConfigErrorIsOneLineNamingTheVariable(t *testing.T) {
 	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_LAUNCH_TOKEN_TTL", "10m")
-	err, _ := startServeErr(t, env)
+	_, err := startServeErr(t, env)
 	if err == nil || !strings.HasPrefix(err.Error(), "PORTAL_LAUNCH_TOKEN_TTL: ") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("error %q, want one line starting with the variable", err)
 	}
 	env = with(env, "PORTAL_LAUNCH_TOKEN_TTL", "", "PORTAL_KEK", "")
-	err, _ = startServeErr(t, env)
+	_, err = startServeErr(t, env)
 	if err == nil || !strings.HasPrefix(err.Error(), "PORTAL_KEK: ") {
 		t.Fatalf("without a KEK: %v", err)
 	}

@@ -72,17 +72,23 @@ func TestSealing_WrongKEKFailsNamingTheKid(t *testing.T) {
 	url := testDB.Fresh(t)
 	f := newFixture(t, url, clock, newSealer(t, newKEK(t, "main")))
 	f.addIssuer(t, testIssuer("wrong-kek", ES256))
-	f.refresh(t)
-	active, _ := f.keyring.Signer("wrong-kek")
+	stored, err := f.store.Keys(ctx, "wrong-kek")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// Same KEK id, other key material: what a mistyped PORTAL_KEKS gives.
 	other := newFixture(t, url, clock, newSealer(t, newKEK(t, "main")))
-	err := other.keyring.Refresh(ctx)
+	err = other.keyring.Refresh(ctx)
 	if err == nil {
 		t.Fatal("keyring loaded keys sealed under another KEK")
 	}
-	if !errors.Is(err, ErrOpenFailed) || !strings.Contains(err.Error(), active.Kid) {
-		t.Fatalf("error %q should say the key did not open and name a kid such as %s", err, active.Kid)
+	named := false
+	for _, k := range stored {
+		named = named || strings.Contains(err.Error(), "kid "+k.Kid)
+	}
+	if !errors.Is(err, ErrOpenFailed) || !named {
+		t.Fatalf("error %q should say the key did not open and name one of the issuer's kids", err)
 	}
 	if _, err := other.keyring.Signer("wrong-kek"); err == nil {
 		t.Fatal("keyring offers a signer although its key did not open")

@@ -1,0 +1,13 @@
+# The two commands of the README: `make run` starts the service with a demo,
+# `make test` runs every check. Both find or start PostgreSQL themselves
+# (scripts/postgres.sh) when DATABASE_URL is not set.
+.PHONY: run test build
+
+run:
+	@scripts/run.sh
+
+test:
+	@scripts/test.sh
+
+build:
+	CGO_ENABLED=0 go build -trimpath -o bin/portal ./cmd/portal

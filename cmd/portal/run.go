@@ -42,6 +42,9 @@ type command struct {
 // serviceEnv marks commands that read the whole service configuration.
 var serviceEnv = []string{"*"}
 
+// noEnv marks commands that read no environment variable.
+const noEnv = "(none)"
+
 func commands() *command {
 	return &command{
 		name:    "portal",
@@ -59,6 +62,10 @@ Run "portal COMMAND --help" for the variables a command reads.`,
 			migrateCommand(),
 			keysCommand(),
 			issuersCommand(),
+			modulesCommand(),
+			apikeysCommand(),
+			launchesCommand(),
+			tokenCommand(),
 		},
 	}
 }
@@ -114,7 +121,9 @@ func printHelp(w io.Writer, cmd *command, path string) {
 		}
 		_ = tw.Flush()
 	}
-	if len(cmd.env) > 0 {
+	if len(cmd.env) == 1 && cmd.env[0] == noEnv {
+		fmt.Fprintln(w, "\nEnvironment: none is read.")
+	} else if len(cmd.env) > 0 {
 		fmt.Fprintln(w, "\nEnvironment:")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, v := range config.Variables() {

@@ -10,9 +10,56 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/postgres"
 	"github.com/ehealth-nl/portal/internal/server"
+	"github.com/ehealth-nl/portal/pkg/hti"
 )
+
+// keyAdmin gives the admin API the key listing of the store and the forced
+// rotation of the rotator.
+type keyAdmin struct {
+	store   *keys.Store
+	rotator *keys.Rotator
+}
+
+func (a keyAdmin) Keys(ctx context.Context, issuer string) ([]keys.Key, error) {
+	return a.store.Keys(ctx, issuer)
+}
+
+func (a keyAdmin) Rotate(ctx context.Context, issuer string, ignoreLead bool) (keys.Change, error) {
+	return a.rotator.Rotate(ctx, issuer, ignoreLead)
+}
+
+// The demo module: registered at start-up when PORTAL_DEMO is true.
+const (
+	demoModuleSlug     = "demo"
+	demoModuleAudience = "Device/demo-module"
+)
+
+// setUpDemo registers the demo module (its launch endpoint is served by this
+// process) and builds its verifier, which fetches this service's JWKS over
+// HTTP like any module would.
+func setUpDemo(ctx context.Context, env *environment, registry *launch.Registry) (*server.Demo, error) {
+	cfg := env.cfg
+	m := launch.Module{Slug: demoModuleSlug, Issuer: cfg.DefaultIssuer.Slug, LaunchURL: cfg.PublicURL + "/demo/module/launch",
+		Audience: demoModuleAudience, DefaultDefinition: "ActivityDefinition/demo-diary", Method: launch.MethodPost, Fields: launch.FieldsKoppeltaal}
+	if _, _, err := registry.Put(ctx, m, env.clock()); err != nil {
+		return nil, fmt.Errorf("register the demo module: %w", err)
+	}
+	verifier, err := hti.NewVerifier(hti.VerifierConfig{
+		JWKSURL:  cfg.PublicURL + "/.well-known/jwks.json",
+		Issuer:   cfg.DefaultIssuer.ClientID,
+		Audience: demoModuleAudience,
+	})
+	if err != nil {
+		return nil, err
+	}
+	env.log.Info("demo enabled", "portal", cfg.PublicURL+"/", "module", m.LaunchURL)
+	return &server.Demo{Module: demoModuleSlug, Verifier: verifier}, nil
+}
 
 func serveCommand() *command {
 	return &command{
@@ -76,12 +123,34 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
 
-	handler := server.NewServer(server.Deps{
-		Keyring:    keyring,
-		Database:   env.pool,
-		Logger:     log,
-		JWKSMaxAge: cfg.JWKSMaxAge,
-	})
+	registry := launch.NewRegistry(env.pool, cfg.AllowHTTPModules)
+	launches := launch.NewService(env.pool, registry, keyring, launch.Config{
+		PublicURL: cfg.PublicURL, TokenLifetime: cfg.TokenLifetime, TicketLifetime: cfg.TicketLifetime,
+	}, env.clock, log)
+	deps := server.Deps{
+		Keyring:        keyring,
+		Database:       env.pool,
+		Launches:       launches,
+		Modules:        registry,
+		APIKeys:        apikeys.NewStore(env.pool),
+		KeyAdmin:       keyAdmin{env.store, env.rotator},
+		DefaultIssuer:  cfg.DefaultIssuer.Slug,
+		Logger:         log,
+		Clock:          env.clock,
+		PublicURL:      cfg.PublicURL,
+		JWKSMaxAge:     cfg.JWKSMaxAge,
+		FrameAncestors: cfg.FrameAncestors,
+		TrustedProxies: cfg.TrustedProxies,
+	}
+	if cfg.Demo {
+		if deps.Demo, err = setUpDemo(ctx, env, registry); err != nil {
+			return err
+		}
+	}
+	handler, err := server.NewServer(deps)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("PORTAL_LISTEN_ADDR: %w", err)

@@ -49,6 +49,15 @@ type Config struct {
 	TicketLifetime        time.Duration
 	ShutdownTimeout       time.Duration
 	LogLevel              slog.Level
+
+	// AllowHTTPModules permits plain-http module launch URLs on public
+	// hosts (loopback hosts are always allowed); development only.
+	AllowHTTPModules bool
+	// FrameAncestors is the CSP frame-ancestors source list of the
+	// launch page.
+	FrameAncestors string
+	// TrustedProxies are the networks whose X-Forwarded-For is believed.
+	TrustedProxies []*net.IPNet
 }
 
 // Limits are the service-wide durations every issuer's policy must respect.
@@ -97,6 +106,9 @@ func Variables() []Variable {
 		{"PORTAL_SHUTDOWN_TIMEOUT", "15s", "how long a stopping instance lets in-flight requests finish"},
 		{"PORTAL_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it)"},
+		{"PORTAL_ALLOW_HTTP_MODULES", "false", "allow plain-http module launch URLs on public hosts (development only; loopback is always allowed)"},
+		{"PORTAL_FRAME_ANCESTORS", "'none'", "CSP frame-ancestors of the launch page: 'none', 'self' or https origins, space-separated"},
+		{"PORTAL_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For gives the client address"},
 	}
 }
 
@@ -116,6 +128,8 @@ func Load(getenv func(string) string) (Config, error) {
 	c.TokenLifetime = p.duration("PORTAL_LAUNCH_TOKEN_TTL", 300*time.Second)
 	c.TicketLifetime = p.duration("PORTAL_TICKET_TTL", 120*time.Second)
 	c.ShutdownTimeout = p.duration("PORTAL_SHUTDOWN_TIMEOUT", 15*time.Second)
+	c.AllowHTTPModules = p.bool("PORTAL_ALLOW_HTTP_MODULES", false)
+	c.FrameAncestors = p.str("PORTAL_FRAME_ANCESTORS", "'none'")
 	if p.err != nil {
 		return Config{}, p.err
 	}
@@ -154,6 +168,27 @@ func Load(getenv func(string) string) (Config, error) {
 
 	if err := c.LogLevel.UnmarshalText([]byte(p.str("PORTAL_LOG_LEVEL", "info"))); err != nil {
 		return Config{}, &Error{"PORTAL_LOG_LEVEL", fmt.Sprintf("%q must be debug, info, warn or error", getenv("PORTAL_LOG_LEVEL"))}
+	}
+
+	if err := checkFrameAncestors(c.FrameAncestors); err != nil {
+		return Config{}, &Error{"PORTAL_FRAME_ANCESTORS", err.Error()}
+	}
+	if raw := p.str("PORTAL_TRUSTED_PROXIES", ""); raw != "" {
+		for _, entry := range strings.Split(raw, ",") {
+			entry = strings.TrimSpace(entry)
+			if !strings.Contains(entry, "/") {
+				if ip := net.ParseIP(entry); ip != nil && ip.To4() != nil {
+					entry += "/32"
+				} else {
+					entry += "/128"
+				}
+			}
+			_, n, err := net.ParseCIDR(entry)
+			if err != nil {
+				return Config{}, &Error{"PORTAL_TRUSTED_PROXIES", fmt.Sprintf("%q is not an IP address or CIDR such as 10.0.0.0/8", entry)}
+			}
+			c.TrustedProxies = append(c.TrustedProxies, n)
+		}
 	}
 
 	// Service-wide timings.
@@ -239,6 +274,31 @@ func checkPublicURL(s string, dev bool) error {
 	}
 	if u.Scheme == "http" && !dev && !IsLoopbackHost(u.Hostname()) {
 		return fmt.Errorf("%q must use https outside development mode (plain http is allowed for loopback hosts)", s)
+	}
+	return nil
+}
+
+// checkFrameAncestors accepts a CSP frame-ancestors source list of 'none',
+// 'self' and http(s) origins, which cannot smuggle in another directive.
+func checkFrameAncestors(s string) error {
+	sources := strings.Fields(s)
+	if len(sources) == 0 {
+		return errors.New("must not be empty")
+	}
+	for _, src := range sources {
+		switch src {
+		case "'none'":
+			if len(sources) > 1 {
+				return errors.New("'none' cannot be combined with other sources")
+			}
+			continue
+		case "'self'":
+			continue
+		}
+		u, err := url.Parse(src)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || strings.ContainsAny(src, ";,'\"") {
+			return fmt.Errorf("%q must be 'none', 'self' or an origin such as https://portal.example.org", src)
+		}
 	}
 	return nil
 }

@@ -127,6 +127,10 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"shutdown timeout", map[string]string{"PORTAL_SHUTDOWN_TIMEOUT": "0s"}, nil, "PORTAL_SHUTDOWN_TIMEOUT", "more than 0"},
 		{"log level", map[string]string{"PORTAL_LOG_LEVEL": "loud"}, nil, "PORTAL_LOG_LEVEL", "debug, info"},
 		{"dev flag", map[string]string{"PORTAL_DEV": "yes please"}, nil, "PORTAL_DEV", "true or false"},
+		{"allow http modules flag", map[string]string{"PORTAL_ALLOW_HTTP_MODULES": "maybe"}, nil, "PORTAL_ALLOW_HTTP_MODULES", "true or false"},
+		{"frame ancestors injection", map[string]string{"PORTAL_FRAME_ANCESTORS": "https://a.example; script-src *"}, nil, "PORTAL_FRAME_ANCESTORS", "origin"},
+		{"frame ancestors none plus", map[string]string{"PORTAL_FRAME_ANCESTORS": "'none' https://a.example"}, nil, "PORTAL_FRAME_ANCESTORS", "cannot be combined"},
+		{"trusted proxies", map[string]string{"PORTAL_TRUSTED_PROXIES": "10.0.0.0/8, proxy.internal"}, nil, "PORTAL_TRUSTED_PROXIES", "CIDR"},
 		// DESIGN 2.3: publish lead ≥ JWKS max-age + refresh interval.
 		{"publish lead below max-age + refresh", map[string]string{"PORTAL_PUBLISH_LEAD": "89s"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring refresh"},
 		{"publish lead vs raised max-age", map[string]string{"PORTAL_JWKS_MAX_AGE": "1h"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring refresh"},

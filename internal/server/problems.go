@@ -7,7 +7,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 // problemTypePrefix starts every problem type URI; the README lists them.
@@ -36,12 +38,48 @@ func newProblem(status int, kind, title, detail string) *Problem {
 // the problem the client sees. It is the only place that maps errors to
 // status codes. Unknown errors become a 500 whose detail reveals nothing.
 func problemFor(err error) *Problem {
-	var he *echo.HTTPError
+	var (
+		he        *echo.HTTPError
+		malformed *launch.MalformedError
+		invalid   *launch.ValidationError
+	)
 	switch {
-	case errors.Is(err, keys.ErrUnknownIssuer):
+	case errors.As(err, &malformed):
+		p := newProblem(http.StatusBadRequest, "malformed-request", "Malformed request", "The request body or query could not be read: "+malformed.Field+" "+malformed.Reason+".")
+		p.Errors = []FieldError{{Field: malformed.Field, Reason: malformed.Reason}}
+		return p
+	case errors.As(err, &invalid):
+		p := newProblem(http.StatusUnprocessableEntity, "invalid-request", "Invalid request", "Some fields are invalid; see errors.")
+		for _, f := range invalid.Fields {
+			p.Errors = append(p.Errors, FieldError{Field: f.Field, Reason: f.Reason})
+		}
+		return p
+	case errors.Is(err, errNotJSON):
+		p := newProblem(http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type", "Send the body as application/json.")
+		p.Errors = []FieldError{{Field: "Content-Type", Reason: "must be application/json"}}
+		return p
+	case errors.Is(err, errMissingAPIKey):
+		p := newProblem(http.StatusUnauthorized, "unauthenticated", "API key required", "Send an API key as Authorization: Bearer <key>.")
+		p.Errors = []FieldError{{Field: "Authorization", Reason: "must be Bearer followed by an API key"}}
+		return p
+	case errors.Is(err, apikeys.ErrUnauthenticated):
+		p := newProblem(http.StatusUnauthorized, "unauthenticated", "Unknown or revoked API key", "The API key is not valid (unknown, malformed or revoked).")
+		p.Errors = []FieldError{{Field: "Authorization", Reason: "is not a valid API key"}}
+		return p
+	case errors.Is(err, errWrongScope):
+		p := newProblem(http.StatusForbidden, "forbidden", "Wrong scope", "This API key's scope does not allow this request.")
+		p.Errors = []FieldError{{Field: "Authorization", Reason: "the key's scope does not allow this request"}}
+		return p
+	case errors.Is(err, launch.ErrUnavailable):
+		return newProblem(http.StatusServiceUnavailable, "unavailable", "Temporarily unavailable", "The database cannot be reached; nothing was changed. Retry shortly.")
+	case errors.Is(err, keys.ErrUnknownIssuer), errors.Is(err, keys.ErrIssuerNotFound):
 		return newProblem(http.StatusNotFound, "unknown-issuer", "Unknown issuer", "No issuer has that name.")
+	case errors.Is(err, launch.ErrModuleNotFound):
+		return newProblem(http.StatusNotFound, "unknown-module", "Unknown module", "No module has that slug.")
 	case errors.Is(err, keys.ErrNotLoaded), errors.Is(err, keys.ErrNoActiveKey):
 		return newProblem(http.StatusServiceUnavailable, "keys-unavailable", "Signing keys unavailable", "This instance has not loaded an active signing key yet; try again shortly.")
+	case errors.Is(err, keys.ErrNextKeyTooYoung), errors.Is(err, keys.ErrNoNextKey):
+		return newProblem(http.StatusConflict, "rotation-refused", "Rotation refused", err.Error())
 	case errors.As(err, &he):
 		switch he.Code {
 		case http.StatusNotFound:
@@ -49,7 +87,9 @@ func problemFor(err error) *Problem {
 		case http.StatusMethodNotAllowed:
 			return newProblem(he.Code, "method-not-allowed", "Method not allowed", "This path does not accept that method.")
 		case http.StatusRequestEntityTooLarge:
-			return newProblem(he.Code, "body-too-large", "Request body too large", "The request body is over the size limit.")
+			p := newProblem(he.Code, "body-too-large", "Request body too large", "The request body is over the size limit.")
+			p.Errors = []FieldError{{Field: "body", Reason: "is over the size limit"}}
+			return p
 		}
 		if he.Code >= 400 && he.Code < 500 {
 			return newProblem(he.Code, "bad-request", http.StatusText(he.Code), http.StatusText(he.Code))
@@ -65,6 +105,12 @@ func (s *server) handleError(err error, c echo.Context) {
 		return
 	}
 	p := problemFor(err)
+	switch p.Status {
+	case http.StatusUnauthorized:
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="portal"`)
+	case http.StatusServiceUnavailable:
+		c.Response().Header().Set("Retry-After", "5")
+	}
 	if p.Status >= 500 {
 		s.Logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "status", p.Status, "err", err)
 	}

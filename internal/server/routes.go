@@ -1,8 +1,13 @@
 package server
 
 import (
+	"strconv"
+
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 // routes installs the whole HTTP surface of the portal (DESIGN 2.5).
@@ -15,7 +20,31 @@ func (s *server) routes(e *echo.Echo) {
 	e.GET("/issuers/:issuer/jwks.json", s.handleJWKS)
 	e.HEAD("/issuers/:issuer/jwks.json", s.handleJWKS)
 
+	// The browser follows a one-time launch link.
+	e.GET("/launch/:ticket", s.handleLaunchPage)
+
+	// The API for portal backends (scope launch) and operators (scope admin).
+	api := e.Group("/api/v1", middleware.BodyLimit(strconv.Itoa(launch.MaxRequestBytes)+"B"))
+	launcher, admin := s.requireScope(apikeys.ScopeLaunch), s.requireScope(apikeys.ScopeAdmin)
+	api.POST("/launches", s.handleCreateLaunch, launcher)
+	api.POST("/launch-tokens", s.handleIssueToken, launcher)
+	api.GET("/launches", s.handleListLaunches, admin)
+	api.GET("/modules", s.handleListModules, admin)
+	api.GET("/modules/:slug", s.handleGetModule, admin)
+	api.PUT("/modules/:slug", s.handlePutModule, admin)
+	api.DELETE("/modules/:slug", s.handleDeleteModule, admin)
+	api.GET("/keys", s.handleListKeys, admin)
+	api.POST("/keys/rotate", s.handleRotateKeys, admin)
+
 	// Probes.
 	e.GET("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
+
+	// The demo portal and module (PORTAL_DEMO=true only).
+	if s.Demo != nil {
+		e.GET("/", s.handleDemoPortal)
+		e.POST("/demo/launch", s.handleDemoLaunch)
+		e.POST("/demo/module/launch", s.handleDemoModule)
+		e.GET("/demo/module/launch", s.handleDemoModule)
+	}
 }

@@ -1,23 +1,31 @@
 // Package server is the HTTP surface of the portal: an Echo application
 // built by NewServer from its dependencies. Every route is listed in
 // routes.go; handlers decode, call a domain package and encode, and every
-// domain error becomes a status code and problem+json in problems.go.
+// domain error becomes a status code and problem+json in problems.go (API)
+// or an HTML page in pages.go (browser).
 package server
 
 import (
 	"context"
+	"fmt"
+	"html/template"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/templates"
 )
 
 // Keyring is what the server needs of the in-memory keyring.
 type Keyring interface {
 	JWKS(issuer string) (keys.JWKS, error)
 	Ready() error
+	Refresh(ctx context.Context) error
 }
 
 // Pinger checks that the database answers.
@@ -25,26 +33,100 @@ type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
+// Launches is the launch flow.
+type Launches interface {
+	Create(ctx context.Context, req launch.Request, by launch.Caller) (launch.Created, error)
+	IssueToken(ctx context.Context, req launch.Request, by launch.Caller) (launch.IssuedToken, error)
+	Redeem(ctx context.Context, ticket string, b launch.Browser) (launch.Form, error)
+	List(ctx context.Context, f launch.Filter) (launch.Page, error)
+}
+
+// Modules is the module registry.
+type Modules interface {
+	Module(ctx context.Context, slug string) (launch.Module, error)
+	Modules(ctx context.Context) ([]launch.Module, error)
+	Put(ctx context.Context, m launch.Module, now time.Time) (launch.Module, bool, error)
+	Delete(ctx context.Context, slug string) error
+}
+
+// Authenticator checks API keys.
+type Authenticator interface {
+	Authenticate(ctx context.Context, presented string) (apikeys.Key, error)
+}
+
+// KeyAdmin lists and rotates signing keys for operators.
+type KeyAdmin interface {
+	Keys(ctx context.Context, issuer string) ([]keys.Key, error)
+	Rotate(ctx context.Context, issuer string, ignoreLead bool) (keys.Change, error)
+}
+
+// Demo configures the demo portal and module; nil turns them off.
+type Demo struct {
+	Module   string // slug of the demo module
+	Verifier TokenVerifier
+}
+
 // Deps are the dependencies of the HTTP server.
 type Deps struct {
-	Keyring    Keyring
-	Database   Pinger
-	Logger     *slog.Logger
+	Keyring       Keyring
+	Database      Pinger
+	Launches      Launches
+	Modules       Modules
+	APIKeys       Authenticator
+	KeyAdmin      KeyAdmin
+	DefaultIssuer string
+	Logger        *slog.Logger
+	Clock         func() time.Time
+
+	PublicURL  string
 	JWKSMaxAge time.Duration
+	// FrameAncestors is the CSP frame-ancestors source list of browser
+	// pages; "'none'" when empty.
+	FrameAncestors string
+	// TrustedProxies are the networks whose X-Forwarded-For is believed
+	// for the client address in the audit trail; none when empty.
+	TrustedProxies []*net.IPNet
+	Demo           *Demo
 }
 
 // server holds the dependencies the handlers use.
 type server struct {
 	Deps
 	jwksCacheControl string
+	pages            *template.Template
 }
 
 // NewServer returns the portal's HTTP handler with every route installed.
-func NewServer(d Deps) *echo.Echo {
-	s := &server{Deps: d, jwksCacheControl: jwksCacheControl(d.JWKSMaxAge)}
+func NewServer(d Deps) (*echo.Echo, error) {
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	if d.FrameAncestors == "" {
+		d.FrameAncestors = "'none'"
+	}
+	pages, err := template.ParseFS(templates.Files, "*.html")
+	if err != nil {
+		return nil, fmt.Errorf("parse page templates: %w", err)
+	}
+	s := &server{Deps: d, jwksCacheControl: jwksCacheControl(d.JWKSMaxAge), pages: pages}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
+	e.IPExtractor = clientAddress(d.TrustedProxies)
 	s.routes(e)
-	return e
+	return e, nil
+}
+
+// clientAddress decides where a request comes from: the peer address, or
+// X-Forwarded-For when the peer is a trusted proxy. Without trusted proxies
+// the header is ignored, so a client cannot forge its audited address.
+func clientAddress(trusted []*net.IPNet) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, n := range trusted {
+		opts = append(opts, echo.TrustIPRange(n))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }

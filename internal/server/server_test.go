@@ -1,15 +1,18 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +21,9 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
+	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 	"github.com/ehealth-nl/portal/internal/postgres"
 )
@@ -27,24 +32,65 @@ var testDB *pgtest.Package
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, "server", &testDB)) }
 
-// stack is a real keyring over a real database behind a real HTTP server on
-// loopback.
+// stack is the whole service — real keyring, launch service, registry and
+// API keys over a real database — behind a real HTTP server on loopback.
 type stack struct {
-	pool    *pgxpool.Pool
-	keyring *keys.Keyring
-	rotator *keys.Rotator
-	http    *httptest.Server
+	pool      *pgxpool.Pool
+	keyring   *keys.Keyring
+	rotator   *keys.Rotator
+	registry  *launch.Registry
+	launches  *launch.Service
+	apikeys   *apikeys.Store
+	clock     *testClock
+	http      *httptest.Server
+	logs      *syncBuffer
+	launchKey string // secret of an API key with scope launch
+	adminKey  string // secret of an API key with scope admin
 }
 
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+// testClock is the real time plus an offset a test may move forward.
+type testClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.offset += d
+}
+
+// syncBuffer collects log output from concurrent handlers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 func defaultIssuer(alg keys.Algorithm) keys.Issuer {
 	return keys.Issuer{Slug: "default", ClientID: "portal-test", FHIRBaseURL: "https://fhir.example.org/fhir", Alg: alg, RSABits: 2048,
 		Policy: keys.Policy{RotationPeriod: 24 * time.Hour, PublishLead: time.Hour, RetireGrace: time.Hour}, IsDefault: true}
 }
 
-// newStack builds the stack on databaseURL; when prepare is true it creates
-// the default issuer and its keys first.
+// newStack builds the service on databaseURL with a default issuer signing
+// with alg, and serves it on a loopback port.
 func newStack(t testing.TB, databaseURL string, alg keys.Algorithm) *stack {
 	t.Helper()
 	ctx := context.Background()
@@ -59,20 +105,62 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	clock := &testClock{}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store := keys.NewStore(pool)
-	if err := store.UpsertDefaultIssuer(ctx, defaultIssuer(alg), time.Now()); err != nil {
+	if err := store.UpsertDefaultIssuer(ctx, defaultIssuer(alg), clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{pool: pool, keyring: keys.NewKeyring(store, sealer, time.Now, quietLogger()), rotator: keys.NewRotator(store, sealer, time.Now, quietLogger())}
+	s := &stack{pool: pool, clock: clock, logs: logs,
+		keyring: keys.NewKeyring(store, sealer, clock.Now, logger), rotator: keys.NewRotator(store, sealer, clock.Now, logger)}
 	if _, err := s.rotator.EnsureKeys(ctx, "default"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.keyring.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s.http = httptest.NewServer(NewServer(Deps{Keyring: s.keyring, Database: pool, Logger: quietLogger(), JWKSMaxAge: 60 * time.Second}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publicURL := "http://" + ln.Addr().String()
+	s.registry = launch.NewRegistry(pool, false)
+	s.launches = launch.NewService(pool, s.registry, s.keyring, launch.Config{PublicURL: publicURL, TokenLifetime: 300 * time.Second, TicketLifetime: 120 * time.Second}, clock.Now, logger)
+	s.apikeys = apikeys.NewStore(pool)
+	if _, s.launchKey, err = s.apikeys.Create(ctx, "backend", apikeys.ScopeLaunch, clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, s.adminKey, err = s.apikeys.Create(ctx, "operator", apikeys.ScopeAdmin, clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	handler, err := NewServer(Deps{
+		Keyring: s.keyring, Database: pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
+		KeyAdmin: testKeyAdmin{store, s.rotator}, DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
+		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.http = httptest.NewUnstartedServer(handler)
+	_ = s.http.Listener.Close()
+	s.http.Listener = ln
+	s.http.Start()
 	t.Cleanup(s.http.Close)
 	return s
+}
+
+type testKeyAdmin struct {
+	store   *keys.Store
+	rotator *keys.Rotator
+}
+
+func (a testKeyAdmin) Keys(ctx context.Context, issuer string) ([]keys.Key, error) {
+	return a.store.Keys(ctx, issuer)
+}
+
+func (a testKeyAdmin) Rotate(ctx context.Context, issuer string, ignoreLead bool) (keys.Change, error) {
+	return a.rotator.Rotate(ctx, issuer, ignoreLead)
 }
 
 func get(t testing.TB, url string, header map[string]string) (*http.Response, []byte) {
@@ -270,7 +358,7 @@ func TestUnknownPathIs404Problem(t *testing.T) {
 // what an instance spends per JWKS request, and the same for a 304.
 func BenchmarkJWKSHandler(b *testing.B) {
 	s := newStack(b, testDB.Fresh(b), keys.RS512)
-	h := NewServer(Deps{Keyring: s.keyring, Database: s.pool, Logger: quietLogger(), JWKSMaxAge: 60 * time.Second})
+	h := s.http.Config.Handler
 	set, _ := s.keyring.JWKS("")
 	for _, tc := range []struct {
 		name string

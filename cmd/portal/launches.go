@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ehealth-nl/portal/internal/launch"
+)
+
+func launchesCommand() *command {
+	return &command{
+		name:    "launches",
+		summary: "read the launch audit trail",
+		usage:   "portal launches list [filters]",
+		sub: []*command{
+			{name: "list", summary: "show launches, newest first: who opened what for whom, when and from where",
+				usage: "portal launches list [--task Task/ID] [--user Type/ID] [--patient Patient/ID] [--module SLUG] [--issuer SLUG] [--from RFC3339] [--to RFC3339] [--limit N] [--cursor C] [--json]",
+				help:  "Tokens and launch links are never stored, so they are never shown; the jti identifies a token.",
+				env:   serviceEnv, run: launchesList},
+		},
+	}
+}
+
+func launchesList(ctx context.Context, c *cli, args []string) error {
+	fs := flag.NewFlagSet("launches list", flag.ContinueOnError)
+	var f launch.Filter
+	fs.StringVar(&f.Task, "task", "", "only this Task/<id>")
+	fs.StringVar(&f.User, "user", "", "only launches by this Patient, Practitioner or RelatedPerson")
+	fs.StringVar(&f.Patient, "patient", "", "only launches for this Patient/<id>")
+	fs.StringVar(&f.Module, "module", "", "only this module")
+	fs.StringVar(&f.Issuer, "issuer", "", "only this issuer")
+	from := fs.String("from", "", "created at or after (RFC 3339)")
+	to := fs.String("to", "", "created before (RFC 3339)")
+	fs.IntVar(&f.Limit, "limit", 50, "records per page, 1-500")
+	fs.StringVar(&f.Cursor, "cursor", "", "the cursor printed after the previous page")
+	asJSON := fs.Bool("json", false, "print JSON")
+	rest, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return wantArgs("launches list", rest, 0, "")
+	}
+	for _, p := range []struct {
+		name, value string
+		dst         *time.Time
+	}{{"--from", *from, &f.From}, {"--to", *to, &f.To}} {
+		if p.value != "" {
+			if *p.dst, err = time.Parse(time.RFC3339, p.value); err != nil {
+				return usagef("launches list: %s must be an RFC 3339 time such as 2026-11-24T09:00:00Z", p.name)
+			}
+		}
+	}
+	env, err := openEnvironment(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer env.close()
+	svc := launch.NewService(env.pool, nil, nil, launch.Config{}, env.clock, env.log)
+	page, err := svc.List(ctx, f)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(c.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(page)
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CREATED\tSTATUS\tMODULE\tTASK\tUSER\tPATIENT\tREDEEMED\tFROM\tJTI\tBY")
+	for _, r := range page.Records {
+		redeemed := "-"
+		if r.RedeemedAt != nil {
+			redeemed = stamp(*r.RedeemedAt)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.Status, r.Module, r.Task, r.User,
+			dash(r.Patient), redeemed, dash(r.ClientAddr), dash(r.JTI), r.CreatedBy)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if page.Next != "" {
+		fmt.Fprintf(c.stdout, "more: --cursor %s\n", page.Next)
+	}
+	return nil
+}

@@ -1,0 +1,187 @@
+package launch
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ehealth-nl/portal/pkg/hti"
+)
+
+// Record is one launch in the audit trail: who asked, for which task, user,
+// patient and module, the token's jti, when it was created and redeemed,
+// and from where. It carries what a FHIR AuditEvent (DCM 110100 / 110120,
+// trace id = jti) needs; it never holds a token or a ticket.
+type Record struct {
+	ID             string     `json:"id"`
+	Kind           string     `json:"kind"`   // "ticket" (a launch link) or "token" (handed to the backend)
+	Status         string     `json:"status"` // pending, redeemed, expired or issued
+	Issuer         string     `json:"issuer"`
+	ClientID       string     `json:"client_id,omitempty"`
+	Module         string     `json:"module"`
+	Audience       string     `json:"audience"`
+	LaunchURL      string     `json:"launch_url"`
+	Task           string     `json:"task"`
+	User           string     `json:"user"`
+	Patient        string     `json:"patient,omitempty"`
+	Definition     string     `json:"definition,omitempty"`
+	Intent         string     `json:"intent"`
+	IDPHint        string     `json:"idp_hint,omitempty"`
+	CreatedBy      string     `json:"created_by"`
+	CreatedFrom    string     `json:"created_from,omitempty"`
+	CreatedAt      time.Time  `json:"created_at"`
+	ExpiresAt      *time.Time `json:"expires_at,omitempty"`
+	RedeemedAt     *time.Time `json:"redeemed_at,omitempty"`
+	ClientAddr     string     `json:"client_addr,omitempty"`
+	UserAgent      string     `json:"user_agent,omitempty"`
+	JTI            string     `json:"jti,omitempty"`
+	Kid            string     `json:"kid,omitempty"`
+	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"`
+}
+
+// Filter selects audit records; empty fields do not filter.
+type Filter struct {
+	Task    string
+	User    string
+	Patient string
+	Module  string
+	Issuer  string
+	From    time.Time // created at or after
+	To      time.Time // created before
+	Limit   int       // 1-500, default 50
+	Cursor  string    // from Page.Next
+}
+
+// Page is one page of audit records, newest first.
+type Page struct {
+	Records []Record `json:"records"`
+	Next    string   `json:"next,omitempty"` // cursor of the next page; empty on the last
+}
+
+// Validate checks a filter's references and paging.
+func (f *Filter) Validate() error {
+	var v ValidationError
+	check := func(field, value string, types ...string) {
+		if value != "" {
+			if _, err := hti.ParseReference(value, types...); err != nil {
+				v.add(field, err.Error())
+			}
+		}
+	}
+	check("task", f.Task, hti.TypeTask)
+	check("user", f.User, hti.UserTypes...)
+	check("patient", f.Patient, hti.TypePatient)
+	if f.Module != "" && !validSlug(f.Module) {
+		v.add("module", slugReason)
+	}
+	if f.Issuer != "" && !validSlug(f.Issuer) {
+		v.add("issuer", slugReason)
+	}
+	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
+		v.add("to", "must be after from")
+	}
+	switch {
+	case f.Limit == 0:
+		f.Limit = 50
+	case f.Limit < 1 || f.Limit > 500:
+		v.add("limit", "must be between 1 and 500")
+	}
+	if f.Cursor != "" {
+		if _, _, err := decodeCursor(f.Cursor); err != nil {
+			v.add("cursor", "is not a cursor this service returned")
+		}
+	}
+	return v.orNil()
+}
+
+func encodeCursor(t time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return time.Time{}, "", err
+	}
+	micros, id, ok := strings.Cut(string(raw), "|")
+	n, err := strconv.ParseInt(micros, 10, 64)
+	if !ok || err != nil || len(id) != 36 {
+		return time.Time{}, "", fmt.Errorf("bad cursor")
+	}
+	return time.UnixMicro(n).UTC(), id, nil
+}
+
+// The filters are fixed parameters compared only when set, so the query
+// text never depends on input.
+const sqlListLaunches = `SELECT id, kind, issuer, coalesce(client_id, ''), module, audience, launch_url, task, sub,
+	coalesce(patient, ''), coalesce(definition, ''), intent, coalesce(idp_hint, ''), created_by, coalesce(created_from, ''),
+	created_at, expires_at, redeemed_at, coalesce(client_addr, ''), coalesce(user_agent, ''), coalesce(jti, ''),
+	coalesce(kid, ''), token_expires_at
+FROM launches
+WHERE ($1 = '' OR task = $1) AND ($2 = '' OR sub = $2) AND ($3 = '' OR patient = $3) AND ($4 = '' OR module = $4)
+	AND ($5 = '' OR issuer = $5) AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7)
+	AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $10`
+
+// List returns a page of the audit trail, newest first.
+func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
+	if err := f.Validate(); err != nil {
+		return Page{}, err
+	}
+	var (
+		cursorTime *time.Time
+		cursorID   *string
+	)
+	if f.Cursor != "" {
+		t, id, _ := decodeCursor(f.Cursor)
+		cursorTime, cursorID = &t, &id
+	}
+	rows, err := s.pool.Query(ctx, sqlListLaunches, f.Task, f.User, f.Patient, f.Module, f.Issuer,
+		nullableTime(f.From), nullableTime(f.To), cursorTime, cursorID, f.Limit+1)
+	if err != nil {
+		return Page{}, storageError("list launches", err)
+	}
+	now := s.now()
+	records, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
+		var r Record
+		err := row.Scan(&r.ID, &r.Kind, &r.Issuer, &r.ClientID, &r.Module, &r.Audience, &r.LaunchURL, &r.Task, &r.User,
+			&r.Patient, &r.Definition, &r.Intent, &r.IDPHint, &r.CreatedBy, &r.CreatedFrom, &r.CreatedAt, &r.ExpiresAt,
+			&r.RedeemedAt, &r.ClientAddr, &r.UserAgent, &r.JTI, &r.Kid, &r.TokenExpiresAt)
+		r.CreatedAt = r.CreatedAt.UTC()
+		for _, t := range []*time.Time{r.ExpiresAt, r.RedeemedAt, r.TokenExpiresAt} {
+			if t != nil {
+				*t = t.UTC()
+			}
+		}
+		switch {
+		case r.Kind == "token":
+			r.Status = "issued"
+		case r.RedeemedAt != nil:
+			r.Status = "redeemed"
+		case r.ExpiresAt != nil && !now.Before(*r.ExpiresAt):
+			r.Status = "expired"
+		default:
+			r.Status = "pending"
+		}
+		return r, err
+	})
+	if err != nil {
+		return Page{}, storageError("list launches", err)
+	}
+	page := Page{Records: records}
+	if len(records) > f.Limit {
+		page.Records = records[:f.Limit]
+		last := page.Records[f.Limit-1]
+		page.Next = encodeCursor(last.CreatedAt, last.ID)
+	}
+	if page.Records == nil {
+		page.Records = []Record{}
+	}
+	return page, nil
+}

@@ -1,0 +1,246 @@
+package launch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ehealth-nl/portal/pkg/hti"
+)
+
+// Method is how the browser is sent to a module.
+type Method string
+
+// The launch methods (DESIGN 1.2).
+const (
+	// MethodPost is an auto-submitting HTML form post (the default).
+	MethodPost Method = "post"
+	// MethodGet is a redirect with the fields as query parameters, for
+	// modules registered with launch type "redirect".
+	MethodGet Method = "get"
+)
+
+// FieldSet is which form fields a module receives.
+type FieldSet string
+
+// The field sets (DESIGN 1.2).
+const (
+	// FieldsKoppeltaal sends iss (the FHIR base URL) and launch (the token).
+	FieldsKoppeltaal FieldSet = "koppeltaal"
+	// FieldsHTI sends token, the field generic HTI modules read.
+	FieldsHTI FieldSet = "hti"
+	// FieldsAll sends iss, launch and token.
+	FieldsAll FieldSet = "all"
+)
+
+// Module is an eHealth module the portal can launch.
+type Module struct {
+	Slug              string    `json:"slug"`
+	Issuer            string    `json:"issuer"`
+	LaunchURL         string    `json:"launch_url"`
+	Audience          string    `json:"audience"`                     // Device/<id>: the token's aud
+	DefaultDefinition string    `json:"default_definition,omitempty"` // ActivityDefinition/<id>
+	Method            Method    `json:"method"`
+	Fields            FieldSet  `json:"fields"`
+	CreatedAt         time.Time `json:"created_at"`
+	UpdatedAt         time.Time `json:"updated_at"`
+}
+
+// slugRule matches issuer and module slugs.
+func validSlug(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i, r := range s {
+		ok := (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || (r == '-' && i > 0)
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+const slugReason = "must be 1-63 lower-case letters, digits or dashes, starting with a letter or digit"
+
+// Validate checks a module; allowHTTP permits plain-http launch URLs on
+// public hosts (development only). Defaults are filled in for method and
+// fields.
+func (m *Module) Validate(allowHTTP bool) error {
+	var v ValidationError
+	if !validSlug(m.Slug) {
+		v.add("slug", slugReason)
+	}
+	if m.Issuer == "" {
+		v.add("issuer", "is required")
+	} else if !validSlug(m.Issuer) {
+		v.add("issuer", slugReason)
+	}
+	if err := checkLaunchURL(m.LaunchURL, allowHTTP); err != nil {
+		v.add("launch_url", err.Error())
+	}
+	if _, err := hti.ParseReference(m.Audience, hti.TypeDevice); err != nil {
+		v.add("audience", err.Error())
+	}
+	if m.DefaultDefinition != "" {
+		if _, err := hti.ParseReference(m.DefaultDefinition, hti.TypeActivityDefinition); err != nil {
+			v.add("default_definition", err.Error())
+		}
+	}
+	switch m.Method {
+	case "":
+		m.Method = MethodPost
+	case MethodPost, MethodGet:
+	default:
+		v.add("method", fmt.Sprintf("%q must be post or get", m.Method))
+	}
+	switch m.Fields {
+	case "":
+		m.Fields = FieldsKoppeltaal
+	case FieldsKoppeltaal, FieldsHTI, FieldsAll:
+	default:
+		v.add("fields", fmt.Sprintf("%q must be koppeltaal, hti or all", m.Fields))
+	}
+	return v.orNil()
+}
+
+// checkLaunchURL applies the launch URL rule: absolute https, or plain http
+// for loopback hosts or when the operator allows it for development. The
+// token travels in this request, so it must not cross a network in clear.
+func checkLaunchURL(s string, allowHTTP bool) error {
+	if s == "" {
+		return errors.New("is required")
+	}
+	u, err := url.Parse(s)
+	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
+		return fmt.Errorf("%q must be an absolute https URL", s)
+	}
+	if u.User != nil || u.Fragment != "" || strings.ContainsAny(s, " \t\r\n") {
+		return fmt.Errorf("%q must not contain user info, a fragment or whitespace", s)
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !allowHTTP && !isLoopback(u.Hostname()) {
+			return fmt.Errorf("%q uses plain http on a public host; the launch token would travel unencrypted (use https, or set PORTAL_ALLOW_HTTP_MODULES=true for development)", s)
+		}
+	default:
+		return fmt.Errorf("%q must use https", s)
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// ErrModuleNotFound means no module has the given slug.
+var ErrModuleNotFound = errors.New("module not found")
+
+// ModuleSource is where the launch service finds a module by slug. The
+// registry implements it; a resolver that reads Task, ActivityDefinition
+// and Endpoint from the Koppeltaal FHIR server can replace it later.
+type ModuleSource interface {
+	Module(ctx context.Context, slug string) (Module, error)
+}
+
+// Registry keeps the modules in PostgreSQL.
+type Registry struct {
+	pool      *pgxpool.Pool
+	allowHTTP bool
+}
+
+// NewRegistry returns a module registry; allowHTTP permits plain-http
+// launch URLs on public hosts (development only).
+func NewRegistry(pool *pgxpool.Pool, allowHTTP bool) *Registry {
+	return &Registry{pool: pool, allowHTTP: allowHTTP}
+}
+
+const moduleColumns = `slug, issuer, launch_url, audience, coalesce(default_definition, ''), method, fields, created_at, updated_at`
+
+func scanModule(row pgx.Row) (Module, error) {
+	var m Module
+	var method, fields string
+	err := row.Scan(&m.Slug, &m.Issuer, &m.LaunchURL, &m.Audience, &m.DefaultDefinition, &method, &fields, &m.CreatedAt, &m.UpdatedAt)
+	m.Method, m.Fields = Method(method), FieldSet(fields)
+	m.CreatedAt, m.UpdatedAt = m.CreatedAt.UTC(), m.UpdatedAt.UTC()
+	return m, err
+}
+
+// Module returns the module with the given slug.
+func (r *Registry) Module(ctx context.Context, slug string) (Module, error) {
+	m, err := scanModule(r.pool.QueryRow(ctx, `SELECT `+moduleColumns+` FROM modules WHERE slug = $1`, slug))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Module{}, fmt.Errorf("module %q: %w", slug, ErrModuleNotFound)
+	}
+	if err != nil {
+		return Module{}, storageError("read module "+slug, err)
+	}
+	return m, nil
+}
+
+// Modules lists every module by slug.
+func (r *Registry) Modules(ctx context.Context) ([]Module, error) {
+	rows, err := r.pool.Query(ctx, `SELECT `+moduleColumns+` FROM modules ORDER BY slug`)
+	if err != nil {
+		return nil, storageError("list modules", err)
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Module, error) { return scanModule(row) })
+	if err != nil {
+		return nil, storageError("list modules", err)
+	}
+	return list, nil
+}
+
+// Put validates and stores a module, creating or replacing it; it reports
+// whether the module is new.
+func (r *Registry) Put(ctx context.Context, m Module, now time.Time) (Module, bool, error) {
+	if err := m.Validate(r.allowHTTP); err != nil {
+		return Module{}, false, err
+	}
+	var def *string
+	if m.DefaultDefinition != "" {
+		def = &m.DefaultDefinition
+	}
+	var created bool
+	err := r.pool.QueryRow(ctx, `
+INSERT INTO modules (slug, issuer, launch_url, audience, default_definition, method, fields, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+ON CONFLICT (slug) DO UPDATE SET issuer = EXCLUDED.issuer, launch_url = EXCLUDED.launch_url, audience = EXCLUDED.audience,
+	default_definition = EXCLUDED.default_definition, method = EXCLUDED.method, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at
+RETURNING (xmax = 0)`, m.Slug, m.Issuer, m.LaunchURL, m.Audience, def, string(m.Method), string(m.Fields), now.UTC()).Scan(&created)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign key: no such issuer
+		var v ValidationError
+		v.add("issuer", fmt.Sprintf("no issuer is named %q", m.Issuer))
+		return Module{}, false, &v
+	}
+	if err != nil {
+		return Module{}, false, storageError("store module "+m.Slug, err)
+	}
+	stored, err := r.Module(ctx, m.Slug)
+	return stored, created, err
+}
+
+// Delete removes a module. Launch records keep what they launched.
+func (r *Registry) Delete(ctx context.Context, slug string) error {
+	tag, err := r.pool.Exec(ctx, `DELETE FROM modules WHERE slug = $1`, slug)
+	if err != nil {
+		return storageError("delete module "+slug, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("module %q: %w", slug, ErrModuleNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package launch
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/ehealth-nl/portal/pkg/hti"
+)
+
+// Request asks for a launch: which module, for which task, launched by
+// which user, for which patient (DESIGN 2.4, issue: POST /api/v1/launches).
+type Request struct {
+	Module     string `json:"module"`
+	Task       string `json:"task"`
+	User       string `json:"user"`
+	Patient    string `json:"patient,omitempty"`
+	Definition string `json:"definition,omitempty"`
+	Intent     string `json:"intent,omitempty"`
+	IDPHint    string `json:"idp_hint,omitempty"`
+	Issuer     string `json:"issuer,omitempty"`
+}
+
+// MalformedError means the body is not a JSON object of the known fields
+// with string values: a 400, naming the field where one is to blame.
+type MalformedError struct {
+	Field  string // "body" when no single field is to blame
+	Reason string
+}
+
+func (e *MalformedError) Error() string { return "malformed request: " + e.Field + ": " + e.Reason }
+
+// MaxRequestBytes is the largest request body accepted.
+const MaxRequestBytes = 16 << 10
+
+// DecodeRequest reads a launch request strictly: one JSON object, known
+// fields only, every value a string (or null), nothing after it.
+func DecodeRequest(body io.Reader) (Request, error) {
+	var r Request
+	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBytes+1))
+	if err != nil {
+		return r, &MalformedError{"body", "could not be read"}
+	}
+	if len(data) > MaxRequestBytes {
+		return r, &MalformedError{"body", fmt.Sprintf("is over %d bytes", MaxRequestBytes)}
+	}
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return r, &MalformedError{"body", "must be a JSON object"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return Request{}, decodeProblem(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return Request{}, &MalformedError{"body", "has data after the JSON object"}
+	}
+	return r, nil
+}
+
+// decodeProblem names the field a json decoding error is about.
+func decodeProblem(err error) error {
+	var (
+		syntax  *json.SyntaxError
+		typeErr *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &syntax):
+		return &MalformedError{"body", fmt.Sprintf("is not valid JSON (at byte %d)", syntax.Offset)}
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			field = "body"
+		}
+		return &MalformedError{field, "must be a string"}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return &MalformedError{"body", "is truncated JSON"}
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return &MalformedError{strings.Trim(name, `"`), "is not a known field"}
+	}
+	return &MalformedError{"body", "is not a valid launch request"}
+}
+
+// Validate applies the field rules of a launch request (DESIGN 1.1): the
+// references and the role table. Whether the module and issuer exist is
+// checked by the service.
+func (r Request) Validate() error {
+	var v ValidationError
+	switch {
+	case r.Module == "":
+		v.add("module", "is required")
+	case !validSlug(r.Module):
+		v.add("module", slugReason)
+	}
+	if r.Task == "" {
+		v.add("task", "is required")
+	} else if _, err := hti.ParseReference(r.Task, hti.TypeTask); err != nil {
+		v.add("task", err.Error())
+	}
+	var user hti.Reference
+	if r.User == "" {
+		v.add("user", "is required")
+	} else if u, err := hti.ParseReference(r.User, hti.UserTypes...); err != nil {
+		v.add("user", err.Error())
+	} else {
+		user = u
+	}
+	if r.Patient != "" {
+		if _, err := hti.ParseReference(r.Patient, hti.TypePatient); err != nil {
+			v.add("patient", err.Error())
+		} else if user.Type == hti.TypePatient && r.Patient != r.User {
+			v.add("patient", fmt.Sprintf("%q differs from the launching patient %q: a patient launches only their own tasks", r.Patient, r.User))
+		}
+	} else if user.Type == hti.TypePractitioner || user.Type == hti.TypeRelatedPerson {
+		v.add("patient", "is required when the user is a "+user.Type)
+	}
+	if r.Definition != "" {
+		if _, err := hti.ParseReference(r.Definition, hti.TypeActivityDefinition); err != nil {
+			v.add("definition", err.Error())
+		}
+	}
+	if r.Intent != "" && !hti.ValidIntent(r.Intent) {
+		v.add("intent", fmt.Sprintf("%q is not a FHIR Task.intent code (%s)", r.Intent, strings.Join(hti.TaskIntents, ", ")))
+	}
+	if r.IDPHint != "" {
+		if err := hti.ValidateIDPHint(r.IDPHint); err != nil {
+			v.add("idp_hint", err.Error())
+		}
+	}
+	if r.Issuer != "" && !validSlug(r.Issuer) {
+		v.add("issuer", slugReason)
+	}
+	return v.orNil()
+}

@@ -1,0 +1,362 @@
+// Package launch is the launch flow of the portal: the module registry,
+// launch requests and their rules (DESIGN 1.1), one-time launch links
+// (tickets), signing the HTI token when a link is followed, the form that
+// carries it to the module (DESIGN 1.2), and the audit trail (DESIGN 1.4).
+package launch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/pkg/hti"
+)
+
+// Signers is what the service needs of the keyring: the active signer of
+// an issuer and the issuer's settings, both from memory.
+type Signers interface {
+	Signer(issuer string) (*keys.Signer, error)
+	Issuer(slug string) (keys.Issuer, error)
+}
+
+// Config holds the service's timings and the public URL of launch links.
+type Config struct {
+	PublicURL      string        // launch links are PublicURL + "/launch/" + ticket
+	TokenLifetime  time.Duration // exp - iat of every token, at most 300 s
+	TicketLifetime time.Duration // how long a launch link may be followed
+}
+
+// Service creates launches, redeems launch links and lists the audit trail.
+type Service struct {
+	pool    *pgxpool.Pool
+	modules ModuleSource
+	signers Signers
+	cfg     Config
+	now     func() time.Time
+	log     *slog.Logger
+}
+
+// NewService returns a launch service.
+func NewService(pool *pgxpool.Pool, modules ModuleSource, signers Signers, cfg Config, clock func() time.Time, logger *slog.Logger) *Service {
+	return &Service{pool: pool, modules: modules, signers: signers, cfg: cfg, now: clock, log: logger}
+}
+
+// Caller is who asked for a launch: the API key's name and the address the
+// request came from.
+type Caller struct {
+	Name string
+	Addr string
+}
+
+// Browser is who followed a launch link.
+type Browser struct {
+	Addr      string
+	UserAgent string
+}
+
+// Created is the answer to a launch request: a one-time link.
+type Created struct {
+	ID        string    `json:"id"`
+	LaunchURL string    `json:"launch_url"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Field is one form field (or query parameter) sent to the module.
+type Field struct {
+	Name  string
+	Value string
+}
+
+// Form is how the browser goes to the module: the URL, the method, and the
+// fields, one of which carries the token.
+type Form struct {
+	LaunchID string
+	Module   string
+	JTI      string
+	Kid      string
+	URL      string
+	Method   Method
+	Fields   []Field
+}
+
+// RedirectURL is the launch URL with the fields as query parameters, for
+// modules launched with method get.
+func (f Form) RedirectURL() string {
+	u, err := url.Parse(f.URL)
+	if err != nil {
+		return f.URL
+	}
+	q := u.Query()
+	for _, fl := range f.Fields {
+		q.Set(fl.Name, fl.Value)
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// FieldMap returns the fields by name.
+func (f Form) FieldMap() map[string]string {
+	m := make(map[string]string, len(f.Fields))
+	for _, fl := range f.Fields {
+		m[fl.Name] = fl.Value
+	}
+	return m
+}
+
+// IssuedToken is the answer to a direct token request, for portals that
+// build the form themselves.
+type IssuedToken struct {
+	ID        string
+	Token     string
+	JTI       string
+	ExpiresAt time.Time
+	Form      Form
+}
+
+// spec is a validated launch, everything needed to sign its token.
+type spec struct {
+	issuer     string
+	module     Module
+	task       string
+	user       string
+	patient    string // always the patient concerned, also when user is that patient
+	definition string
+	intent     string
+	idpHint    string
+}
+
+// resolve validates a request and looks up its module and issuer.
+func (s *Service) resolve(ctx context.Context, req Request) (spec, error) {
+	if err := req.Validate(); err != nil {
+		return spec{}, err
+	}
+	m, err := s.modules.Module(ctx, req.Module)
+	if errors.Is(err, ErrModuleNotFound) {
+		return spec{}, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("no module is registered as %q", req.Module)}}}
+	}
+	if err != nil {
+		return spec{}, err
+	}
+	issuer := req.Issuer
+	if issuer == "" {
+		issuer = m.Issuer
+	}
+	if _, err := s.signers.Issuer(issuer); err != nil {
+		if errors.Is(err, keys.ErrUnknownIssuer) {
+			field := "issuer"
+			if req.Issuer == "" {
+				field = "module"
+			}
+			return spec{}, &ValidationError{Fields: []FieldError{{field, fmt.Sprintf("no issuer is named %q", issuer)}}}
+		}
+		return spec{}, err
+	}
+	sp := spec{issuer: issuer, module: m, task: req.Task, user: req.User, patient: req.Patient,
+		definition: req.Definition, intent: req.Intent, idpHint: req.IDPHint}
+	if sp.patient == "" {
+		sp.patient = req.User // a patient launching their own task
+	}
+	if sp.definition == "" {
+		sp.definition = m.DefaultDefinition
+	}
+	if sp.intent == "" {
+		sp.intent = hti.DefaultIntent
+	}
+	return sp, nil
+}
+
+// sign builds the claims of DESIGN 1.1 and signs them with the issuer's
+// active key at time now.
+func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims, signer *keys.Signer, err error) {
+	signer, err = s.signers.Signer(sp.issuer)
+	if err != nil {
+		return "", hti.Claims{}, nil, err
+	}
+	iat := now.Truncate(time.Second) // whole seconds, never in the future
+	claims = hti.Claims{
+		Issuer:     signer.Issuer.ClientID,
+		Audience:   sp.module.Audience, // TOP-KT-007: a single string, the module's Device
+		Subject:    sp.user,
+		Resource:   sp.task,
+		Definition: sp.definition,
+		Intent:     sp.intent,
+		HTIVersion: hti.Version,
+		IDPHint:    sp.idpHint,
+		JTI:        newJTI(),
+		IssuedAt:   iat.Unix(),
+		ExpiresAt:  iat.Add(s.cfg.TokenLifetime).Unix(),
+	}
+	if sp.patient != sp.user {
+		claims.Patient = sp.patient // omitted when sub is the patient
+	}
+	if err := claims.CheckReferences(); err != nil {
+		return "", hti.Claims{}, nil, fmt.Errorf("launch claims: %w", err) // a bug: requests are validated
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return "", hti.Claims{}, nil, err
+	}
+	raw, err := signer.Sign(payload)
+	if err != nil {
+		return "", hti.Claims{}, nil, err
+	}
+	return string(raw), claims, signer, nil
+}
+
+// form builds what the browser sends to the module (DESIGN 1.2). Note the
+// two meanings of iss: the form field is the FHIR base URL of the domain,
+// the JWT claim is the client_id.
+func form(launchID string, sp spec, issuer keys.Issuer, token, jti, kid string) Form {
+	f := Form{LaunchID: launchID, Module: sp.module.Slug, JTI: jti, Kid: kid, URL: sp.module.LaunchURL, Method: sp.module.Method}
+	switch sp.module.Fields {
+	case FieldsHTI:
+		f.Fields = []Field{{"token", token}}
+	case FieldsAll:
+		f.Fields = []Field{{"iss", issuer.FHIRBaseURL}, {"launch", token}, {"token", token}}
+	default:
+		f.Fields = []Field{{"iss", issuer.FHIRBaseURL}, {"launch", token}}
+	}
+	return f
+}
+
+const sqlInsertLaunch = `INSERT INTO launches (id, kind, issuer, client_id, module, audience, launch_url, method, fields,
+	task, sub, patient, definition, intent, idp_hint, created_by, created_from, created_at,
+	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`
+
+// nullable maps "" to NULL.
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func nullableTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// Create validates a request and stores a launch with a one-time link; the
+// launch row is the audit record and is written in the same statement as
+// the ticket. No token exists yet: it is signed when the link is followed.
+func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, error) {
+	sp, err := s.resolve(ctx, req)
+	if err != nil {
+		return Created{}, err
+	}
+	now := s.now().UTC()
+	id := newLaunchID()
+	ticket, hash := newTicket()
+	expires := now.Add(s.cfg.TicketLifetime)
+	_, err = s.pool.Exec(ctx, sqlInsertLaunch, id, "ticket", sp.issuer, nil, sp.module.Slug, sp.module.Audience,
+		sp.module.LaunchURL, string(sp.module.Method), string(sp.module.Fields), sp.task, sp.user, nullable(sp.patient),
+		nullable(sp.definition), sp.intent, nullable(sp.idpHint), by.Name, nullable(by.Addr), now,
+		hash, expires, nil, nil, nil, nil, nil, nil)
+	if err != nil {
+		return Created{}, storageError("store launch", err)
+	}
+	return Created{ID: id, LaunchURL: s.cfg.PublicURL + "/launch/" + ticket, ExpiresAt: expires}, nil
+}
+
+// IssueToken validates a request, signs its token at once and records the
+// launch, for portals that post the form themselves.
+func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (IssuedToken, error) {
+	sp, err := s.resolve(ctx, req)
+	if err != nil {
+		return IssuedToken{}, err
+	}
+	now := s.now().UTC()
+	token, claims, signer, err := s.sign(sp, now)
+	if err != nil {
+		return IssuedToken{}, err
+	}
+	id := newLaunchID()
+	exp := time.Unix(claims.ExpiresAt, 0).UTC()
+	_, err = s.pool.Exec(ctx, sqlInsertLaunch, id, "token", sp.issuer, claims.Issuer, sp.module.Slug, sp.module.Audience,
+		sp.module.LaunchURL, string(sp.module.Method), string(sp.module.Fields), sp.task, sp.user, nullable(sp.patient),
+		nullable(sp.definition), sp.intent, nullable(sp.idpHint), by.Name, nullable(by.Addr), now,
+		nil, nil, now, nullable(by.Addr), nil, claims.JTI, signer.Kid, exp)
+	if err != nil {
+		// The token is never handed out without its audit record.
+		return IssuedToken{}, storageError("store launch", err)
+	}
+	return IssuedToken{ID: id, Token: token, JTI: claims.JTI, ExpiresAt: exp, Form: form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid)}, nil
+}
+
+const sqlLockTicket = `SELECT id, issuer, module, audience, launch_url, method, fields, task, sub, coalesce(patient, ''),
+	coalesce(definition, ''), intent, coalesce(idp_hint, ''), expires_at, redeemed_at IS NOT NULL
+FROM launches WHERE ticket_hash = $1 FOR UPDATE`
+
+const sqlRedeem = `UPDATE launches SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5, kid = $6,
+	token_expires_at = $7, client_id = $8 WHERE id = $1`
+
+// Redeem follows a launch link: exactly once, even when many requests
+// arrive together (the row is locked, then marked), it signs a fresh token
+// at this moment, records who followed the link from where, and returns the
+// form for the browser. A link that was used or has expired is refused; on
+// any failure the link stays as it was.
+func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, error) {
+	if !plausibleTicket(ticket) {
+		return Form{}, ErrTicketNotFound
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return Form{}, storageError("redeem launch", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var (
+		sp             spec
+		id             string
+		method, fields string
+		expires        time.Time
+		redeemed       bool
+	)
+	err = tx.QueryRow(ctx, sqlLockTicket, hashTicket(ticket)).Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience,
+		&sp.module.LaunchURL, &method, &fields, &sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint,
+		&expires, &redeemed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Form{}, ErrTicketNotFound
+	}
+	if err != nil {
+		return Form{}, storageError("redeem launch", err)
+	}
+	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
+	now := s.now().UTC()
+	switch {
+	case redeemed:
+		return Form{LaunchID: id}, ErrTicketUsed
+	case !now.Before(expires):
+		return Form{LaunchID: id}, ErrTicketExpired
+	}
+	token, claims, signer, err := s.sign(sp, now)
+	if err != nil {
+		return Form{LaunchID: id}, err
+	}
+	_, err = tx.Exec(ctx, sqlRedeem, id, now, nullable(b.Addr), nullable(truncate(b.UserAgent, 512)), claims.JTI, signer.Kid,
+		time.Unix(claims.ExpiresAt, 0).UTC(), claims.Issuer)
+	if err != nil {
+		return Form{LaunchID: id}, storageError("redeem launch", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Form{LaunchID: id}, storageError("redeem launch", err)
+	}
+	return form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,52 @@
+package server
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/launch"
+)
+
+// Authentication outcomes, mapped to 401, 403 and 503 in problems.go.
+var (
+	errMissingAPIKey   = errors.New("no API key: send Authorization: Bearer <key>")
+	errWrongScope      = errors.New("the API key's scope does not allow this")
+	errAuthUnavailable = errors.New("API keys cannot be checked right now")
+)
+
+// apiKeyContextKey is where requireScope leaves the authenticated key.
+const apiKeyContextKey = "portal.apikey"
+
+// requireScope admits requests that carry a valid API key of the given
+// scope as a bearer token.
+func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			header := c.Request().Header.Get(echo.HeaderAuthorization)
+			scheme, presented, _ := strings.Cut(header, " ")
+			if header == "" || !strings.EqualFold(scheme, "Bearer") {
+				return errMissingAPIKey
+			}
+			key, err := s.APIKeys.Authenticate(c.Request().Context(), strings.TrimSpace(presented))
+			switch {
+			case errors.Is(err, apikeys.ErrUnauthenticated):
+				return err
+			case err != nil:
+				return errors.Join(errAuthUnavailable, launch.ErrUnavailable, err)
+			case key.Scope != scope:
+				return errWrongScope
+			}
+			c.Set(apiKeyContextKey, key)
+			return next(c)
+		}
+	}
+}
+
+// caller describes the authenticated API client for the audit trail.
+func caller(c echo.Context) launch.Caller {
+	key, _ := c.Get(apiKeyContextKey).(apikeys.Key)
+	return launch.Caller{Name: key.Name, Addr: c.RealIP()}
+}

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"errors"
+	"mime"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/launch"
+)
+
+// errNotJSON means a request body was sent with another content type.
+var errNotJSON = errors.New("the request body must be application/json")
+
+// requireJSON refuses bodies that do not say they are JSON.
+func requireJSON(c echo.Context) error {
+	mt, _, err := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
+	if err != nil || mt != echo.MIMEApplicationJSON {
+		return errNotJSON
+	}
+	return nil
+}
+
+func decodeLaunchRequest(c echo.Context) (launch.Request, error) {
+	if err := requireJSON(c); err != nil {
+		return launch.Request{}, err
+	}
+	return launch.DecodeRequest(c.Request().Body)
+}
+
+// handleCreateLaunch answers POST /api/v1/launches with a one-time launch link.
+func (s *server) handleCreateLaunch(c echo.Context) error {
+	req, err := decodeLaunchRequest(c)
+	if err != nil {
+		return err
+	}
+	created, err := s.Launches.Create(c.Request().Context(), req, caller(c))
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "no-store") // the link is a secret
+	return c.JSON(http.StatusCreated, created)
+}
+
+// issuedTokenBody is the answer of POST /api/v1/launch-tokens.
+type issuedTokenBody struct {
+	ID        string            `json:"id"`
+	Token     string            `json:"token"`
+	JTI       string            `json:"jti"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	URL       string            `json:"url"`
+	Method    string            `json:"method"`
+	Fields    map[string]string `json:"fields"`
+}
+
+// handleIssueToken answers POST /api/v1/launch-tokens with a signed token
+// and the form fields, for portals that post the form themselves.
+func (s *server) handleIssueToken(c echo.Context) error {
+	req, err := decodeLaunchRequest(c)
+	if err != nil {
+		return err
+	}
+	issued, err := s.Launches.IssueToken(c.Request().Context(), req, caller(c))
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusCreated, issuedTokenBody{
+		ID: issued.ID, Token: issued.Token, JTI: issued.JTI, ExpiresAt: issued.ExpiresAt,
+		URL: issued.Form.URL, Method: string(issued.Form.Method), Fields: issued.Form.FieldMap(),
+	})
+}
+
+// handleListLaunches answers GET /api/v1/launches: the audit trail, newest
+// first, filtered by task, user, patient, module, issuer and time.
+func (s *server) handleListLaunches(c echo.Context) error {
+	q := c.QueryParams()
+	for name := range q {
+		switch name {
+		case "task", "user", "patient", "module", "issuer", "from", "to", "limit", "cursor":
+		default:
+			return &launch.MalformedError{Field: name, Reason: "is not a known filter (task, user, patient, module, issuer, from, to, limit, cursor)"}
+		}
+	}
+	f := launch.Filter{Task: q.Get("task"), User: q.Get("user"), Patient: q.Get("patient"), Module: q.Get("module"),
+		Issuer: q.Get("issuer"), Cursor: q.Get("cursor")}
+	for _, p := range []struct {
+		name string
+		dst  *time.Time
+	}{{"from", &f.From}, {"to", &f.To}} {
+		if v := q.Get(p.name); v != "" {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return &launch.MalformedError{Field: p.name, Reason: "must be an RFC 3339 time such as 2026-11-24T09:00:00Z"}
+			}
+			*p.dst = t
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if err := echo.QueryParamsBinder(c).Int("limit", &f.Limit).BindError(); err != nil {
+			return &launch.MalformedError{Field: "limit", Reason: "must be a whole number"}
+		}
+		if f.Limit < 1 || f.Limit > 500 {
+			return &launch.ValidationError{Fields: []launch.FieldError{{Field: "limit", Reason: "must be between 1 and 500"}}}
+		}
+	}
+	page, err := s.Launches.List(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, page)
+}

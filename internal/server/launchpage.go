@@ -1,0 +1,49 @@
+package server
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
+)
+
+// launchPage is the data of launch.html.
+type launchPage struct {
+	Nonce string
+	Form  launch.Form
+}
+
+// handleLaunchPage answers GET /launch/{ticket}: it redeems the ticket
+// (once), and sends the browser on to the module with a freshly signed
+// token — an auto-submitting form post, or a 303 for get modules.
+func (s *server) handleLaunchPage(c echo.Context) error {
+	req := c.Request()
+	form, err := s.Launches.Redeem(req.Context(), c.Param("ticket"), launch.Browser{Addr: c.RealIP(), UserAgent: req.UserAgent()})
+	switch {
+	case err == nil:
+	case errors.Is(err, launch.ErrTicketUsed):
+		return s.renderMessage(c, http.StatusGone, pageTicketUsed)
+	case errors.Is(err, launch.ErrTicketExpired):
+		return s.renderMessage(c, http.StatusGone, pageTicketExpired)
+	case errors.Is(err, launch.ErrTicketNotFound):
+		return s.renderMessage(c, http.StatusNotFound, pageTicketNotFound)
+	case errors.Is(err, launch.ErrUnavailable), errors.Is(err, keys.ErrNoActiveKey), errors.Is(err, keys.ErrNotLoaded):
+		s.Logger.Warn("launch link could not be followed now", "launch_id", form.LaunchID, "err", err)
+		c.Response().Header().Set("Retry-After", "30")
+		return s.renderMessage(c, http.StatusServiceUnavailable, pageUnavailable)
+	default:
+		s.Logger.Error("launch link failed", "launch_id", form.LaunchID, "err", err)
+		return s.renderMessage(c, http.StatusInternalServerError, pageInternalError)
+	}
+	s.Logger.Info("launch redeemed", "launch_id", form.LaunchID, "module", form.Module, "jti", form.JTI, "kid", form.Kid)
+	if form.Method == launch.MethodGet {
+		// Launch type "redirect": iss and launch travel as query parameters.
+		s.setPageHeaders(c, newNonce(), "'none'")
+		return c.Redirect(http.StatusSeeOther, form.RedirectURL())
+	}
+	nonce := newNonce()
+	return s.renderPage(c, http.StatusOK, "launch.html", nonce, originOf(form.URL), launchPage{Nonce: nonce, Form: form})
+}

@@ -1,0 +1,320 @@
+package hti
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+)
+
+// Errors a Verifier returns; test them with errors.Is. Claim rules broken
+// are reported as *ClaimError.
+var (
+	ErrMalformed      = errors.New("malformed token")
+	ErrAlgorithm      = errors.New("signature algorithm not allowed")
+	ErrUnknownKey     = errors.New("no key with that kid in the JWKS")
+	ErrSignature      = errors.New("signature does not verify")
+	ErrIssuer         = errors.New("unexpected issuer")
+	ErrAudience       = errors.New("unexpected audience")
+	ErrExpired        = errors.New("token expired")
+	ErrIssuedInFuture = errors.New("token issued in the future")
+	ErrLifetime       = errors.New("token lifetime over the maximum")
+	ErrVersion        = errors.New("unsupported hti-version")
+	ErrReplay         = errors.New("token already used (jti seen before)")
+	ErrJWKS           = errors.New("JWKS unavailable")
+)
+
+// DefaultAlgorithms are the asymmetric algorithms a Verifier accepts unless
+// told otherwise. "none" and HMAC can never be allowed.
+var DefaultAlgorithms = []string{"RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
+
+// ReplayStore remembers the jti of every accepted token until it expires,
+// so a token is accepted once. Implement it over a shared store (a database
+// table, Redis) when several instances verify.
+type ReplayStore interface {
+	// Claim records jti until the given time and reports whether it was new.
+	Claim(ctx context.Context, jti string, until time.Time) (bool, error)
+}
+
+// VerifierConfig says what a Verifier accepts.
+type VerifierConfig struct {
+	JWKSURL  string // where the portal publishes its keys
+	Issuer   string // expected iss: the portal's client_id
+	Audience string // expected aud: this module's Device/<id>
+
+	Algorithms []string      // allowed algorithms; DefaultAlgorithms when empty
+	Leeway     time.Duration // clock skew allowed for iat and exp; Koppeltaal allows none (0)
+	// MaxLifetime caps exp - iat; MaxLifetime (300 s) when zero.
+	MaxLifetime time.Duration
+	// Replay refuses a jti seen before; an in-memory store when nil.
+	Replay ReplayStore
+	// RefetchInterval is the least time between two fetches of the JWKS
+	// caused by an unknown kid (30 s when zero), so forged kids cannot make
+	// the verifier hammer the portal.
+	RefetchInterval time.Duration
+	HTTPClient      *http.Client     // http.Client with a 10 s timeout when nil
+	Now             func() time.Time // time.Now when nil
+}
+
+// Verifier checks HTI launch tokens: the key by kid from the portal's JWKS
+// (cached as long as Cache-Control allows, refetched once on an unknown kid),
+// an allow-list of asymmetric algorithms, iss, aud as a single string, exp,
+// iat not in the future, the lifetime, the required claims and their
+// reference formats, and jti replay. It is safe for concurrent use.
+type Verifier struct {
+	cfg     VerifierConfig
+	allowed map[string]bool
+
+	mu          sync.Mutex
+	set         jwk.Set
+	etag        string
+	freshUntil  time.Time
+	lastRefetch time.Time
+}
+
+// NewVerifier checks the configuration and returns a Verifier.
+func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
+	if cfg.JWKSURL == "" || cfg.Issuer == "" || cfg.Audience == "" {
+		return nil, errors.New("hti: JWKS URL, issuer and audience are required")
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = DefaultAlgorithms
+	}
+	v := &Verifier{cfg: cfg, allowed: map[string]bool{}}
+	for _, a := range cfg.Algorithms {
+		if !strings.HasPrefix(a, "RS") && !strings.HasPrefix(a, "PS") && !strings.HasPrefix(a, "ES") {
+			return nil, fmt.Errorf("hti: algorithm %q is not an asymmetric JWS algorithm", a)
+		}
+		v.allowed[a] = true
+	}
+	if v.cfg.MaxLifetime == 0 {
+		v.cfg.MaxLifetime = MaxLifetime
+	}
+	if v.cfg.Replay == nil {
+		v.cfg.Replay = NewMemoryReplayStore()
+	}
+	if v.cfg.RefetchInterval == 0 {
+		v.cfg.RefetchInterval = 30 * time.Second
+	}
+	if v.cfg.HTTPClient == nil {
+		v.cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if v.cfg.Now == nil {
+		v.cfg.Now = time.Now
+	}
+	return v, nil
+}
+
+// header is the part of the JOSE header a verifier looks at.
+type header struct {
+	Alg  string          `json:"alg"`
+	Kid  string          `json:"kid"`
+	Typ  string          `json:"typ"`
+	Crit json.RawMessage `json:"crit"`
+}
+
+// Verify checks a compact-serialized token and returns its claims.
+func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return nil, fmt.Errorf("%w: want three dot-separated parts (a JWS in compact serialization)", ErrMalformed)
+	}
+	rawHeader, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: header is not base64url", ErrMalformed)
+	}
+	var h header
+	if err := json.Unmarshal(rawHeader, &h); err != nil {
+		return nil, fmt.Errorf("%w: header is not a JSON object", ErrMalformed)
+	}
+	if !v.allowed[h.Alg] {
+		return nil, fmt.Errorf("%w: %q", ErrAlgorithm, h.Alg)
+	}
+	if h.Kid == "" {
+		return nil, fmt.Errorf("%w: the header has no kid", ErrMalformed)
+	}
+	if h.Typ != "" && !strings.EqualFold(h.Typ, "JWT") {
+		return nil, fmt.Errorf("%w: typ %q", ErrMalformed, h.Typ)
+	}
+	if len(h.Crit) > 0 {
+		return nil, fmt.Errorf("%w: critical header extensions are not supported", ErrMalformed)
+	}
+	key, err := v.key(ctx, h.Kid)
+	if err != nil {
+		return nil, err
+	}
+	if keyAlg := key.Algorithm().String(); keyAlg != "" && keyAlg != h.Alg {
+		return nil, fmt.Errorf("%w: token says %s, key %s is for %s", ErrAlgorithm, h.Alg, h.Kid, keyAlg)
+	}
+	payload, err := jws.Verify([]byte(token), jws.WithKey(jwa.SignatureAlgorithm(h.Alg), key))
+	if err != nil {
+		return nil, fmt.Errorf("%w (kid %s)", ErrSignature, h.Kid)
+	}
+	c, err := ParseClaims(payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.checkClaims(c); err != nil {
+		return nil, err
+	}
+	first, err := v.cfg.Replay.Claim(ctx, c.JTI, time.Unix(c.ExpiresAt, 0).Add(v.cfg.Leeway))
+	if err != nil {
+		return nil, fmt.Errorf("hti: replay store: %w", err)
+	}
+	if !first {
+		return nil, fmt.Errorf("%w: %s", ErrReplay, c.JTI)
+	}
+	return c, nil
+}
+
+func (v *Verifier) checkClaims(c *Claims) error {
+	if c.Issuer != v.cfg.Issuer {
+		return fmt.Errorf("%w: %q, want %q", ErrIssuer, c.Issuer, v.cfg.Issuer)
+	}
+	if c.Audience != v.cfg.Audience {
+		return fmt.Errorf("%w: %q, want %q", ErrAudience, c.Audience, v.cfg.Audience)
+	}
+	now := v.cfg.Now()
+	iat, exp := time.Unix(c.IssuedAt, 0), time.Unix(c.ExpiresAt, 0)
+	if !now.Before(exp.Add(v.cfg.Leeway)) {
+		return fmt.Errorf("%w at %s", ErrExpired, exp.UTC().Format(time.RFC3339))
+	}
+	if iat.After(now.Add(v.cfg.Leeway)) {
+		return fmt.Errorf("%w: iat %s", ErrIssuedInFuture, iat.UTC().Format(time.RFC3339))
+	}
+	if life := exp.Sub(iat); life <= 0 || life > v.cfg.MaxLifetime {
+		return fmt.Errorf("%w: exp - iat = %s, at most %s", ErrLifetime, life, v.cfg.MaxLifetime)
+	}
+	if c.HTIVersion != Version {
+		return fmt.Errorf("%w: %q", ErrVersion, c.HTIVersion)
+	}
+	if len(c.JTI) < 16 {
+		return &ClaimError{"jti", "is too short to hold 128 random bits"}
+	}
+	return c.CheckReferences()
+}
+
+// key returns the JWK with the given kid, fetching the JWKS when the cached
+// copy is stale and once more (rate-limited) when the kid is unknown.
+func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.cfg.Now()
+	if v.set == nil || !now.Before(v.freshUntil) {
+		if err := v.fetch(ctx, now); err != nil && v.set == nil {
+			return nil, err
+		}
+	}
+	if k, ok := v.set.LookupKeyID(kid); ok {
+		return k, nil
+	}
+	if now.Sub(v.lastRefetch) >= v.cfg.RefetchInterval {
+		v.lastRefetch = now
+		if err := v.fetch(ctx, now); err != nil {
+			return nil, err
+		}
+		if k, ok := v.set.LookupKeyID(kid); ok {
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s", ErrUnknownKey, kid)
+}
+
+// fetch GETs the JWKS (conditionally when an ETag is known) and caches it
+// for the max-age the portal announces.
+func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.JWKSURL, nil)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrJWKS, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	if v.etag != "" && v.set != nil {
+		req.Header.Set("If-None-Match", v.etag)
+	}
+	resp, err := v.cfg.HTTPClient.Do(req)
+	if err != nil {
+		v.freshUntil = now.Add(5 * time.Second) // keep a stale set a little longer
+		return fmt.Errorf("%w: %v", ErrJWKS, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotModified:
+	case http.StatusOK:
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrJWKS, err)
+		}
+		set, err := jwk.Parse(body)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrJWKS, err)
+		}
+		v.set, v.etag = set, resp.Header.Get("ETag")
+	default:
+		v.freshUntil = now.Add(5 * time.Second)
+		return fmt.Errorf("%w: %s answered %d", ErrJWKS, v.cfg.JWKSURL, resp.StatusCode)
+	}
+	v.freshUntil = now.Add(maxAge(resp.Header.Get("Cache-Control")))
+	return nil
+}
+
+// maxAge reads max-age from Cache-Control (0 for no-cache or no-store,
+// 60 s when absent), capped at a day.
+func maxAge(cacheControl string) time.Duration {
+	for _, d := range strings.Split(cacheControl, ",") {
+		d = strings.TrimSpace(strings.ToLower(d))
+		if d == "no-cache" || d == "no-store" {
+			return 0
+		}
+		if v, ok := strings.CutPrefix(d, "max-age="); ok {
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				return min(time.Duration(n)*time.Second, 24*time.Hour)
+			}
+		}
+	}
+	return 60 * time.Second
+}
+
+// MemoryReplayStore is a ReplayStore for one process.
+type MemoryReplayStore struct {
+	mu    sync.Mutex
+	seen  map[string]time.Time
+	sweep time.Time
+	now   func() time.Time
+}
+
+// NewMemoryReplayStore returns an empty in-memory replay store.
+func NewMemoryReplayStore() *MemoryReplayStore {
+	return &MemoryReplayStore{seen: map[string]time.Time{}, now: time.Now}
+}
+
+// Claim records jti until the given time; it reports false if the jti is
+// already recorded and not yet expired.
+func (s *MemoryReplayStore) Claim(_ context.Context, jti string, until time.Time) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if now.After(s.sweep) {
+		for k, exp := range s.seen {
+			if now.After(exp) {
+				delete(s.seen, k)
+			}
+		}
+		s.sweep = now.Add(time.Minute)
+	}
+	if exp, ok := s.seen[jti]; ok && !now.After(exp) {
+		return false, nil
+	}
+	s.seen[jti] = until
+	return true, nil
+}

@@ -21,6 +21,19 @@ go vet ./...
 step "staticcheck"
 go tool staticcheck ./...
 
+step "Chromium (the launch page is tested in a real browser)"
+if [ -z "${PORTAL_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    echo "Chromium not found: install it (sudo apt-get install chromium) or set PORTAL_CHROMIUM; the browser tests fail without it" >&2
+    exit 1
+  fi
+fi
+${PORTAL_CHROMIUM:-chromium} --version >&2
+
 step "PostgreSQL"
 PORTAL_TEST_DATABASE_URL="${PORTAL_TEST_DATABASE_URL:-$(scripts/postgres.sh)}"
 export PORTAL_TEST_DATABASE_URL

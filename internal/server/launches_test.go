@@ -244,7 +244,7 @@ func TestLaunch_PageHeaders(t *testing.T) {
 	if nonce == nil || !strings.Contains(string(page), `nonce="`+nonce[1]+`"`) {
 		t.Fatalf("CSP %q has no nonce matching the page", csp)
 	}
-	for _, want := range []string{"default-src 'none'", "form-action https://module.example.org;", "frame-ancestors 'none'", "base-uri 'none'"} {
+	for _, want := range []string{"default-src 'none'", "form-action https://module.example.org https:;", "frame-ancestors 'none'", "base-uri 'none'"} {
 		if !strings.Contains(csp, want) {
 			t.Errorf("CSP %q lacks %q", csp, want)
 		}

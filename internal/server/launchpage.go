@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 
@@ -45,5 +46,20 @@ func (s *server) handleLaunchPage(c echo.Context) error {
 		return c.Redirect(http.StatusSeeOther, form.RedirectURL())
 	}
 	nonce := newNonce()
-	return s.renderPage(c, http.StatusOK, "launch.html", nonce, originOf(form.URL), launchPage{Nonce: nonce, Form: form})
+	return s.renderPage(c, http.StatusOK, "launch.html", nonce, launchFormAction(form.URL), launchPage{Nonce: nonce, Form: form})
+}
+
+// launchFormAction is the CSP form-action of the launch page: the module's
+// origin and any https destination. Browsers apply form-action to every
+// redirect after the post, and modules answer the launch post by sending
+// the browser on (to their login or to the Koppeltaal auth server's
+// authorize endpoint) — a policy of the module's origin alone blocks that in
+// Chromium. What stays forbidden is leaving https: a module served over
+// plain http (loopback or development only) may redirect over http too.
+func launchFormAction(moduleURL string) string {
+	origin := originOf(moduleURL)
+	if strings.HasPrefix(origin, "http://") {
+		return origin + " https: http:"
+	}
+	return origin + " https:"
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 	"github.com/ehealth-nl/portal/internal/postgres"
+	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
 var testDB *pgtest.Package
@@ -91,7 +92,7 @@ func defaultIssuer(alg keys.Algorithm) keys.Issuer {
 
 // newStack builds the service on databaseURL with a default issuer signing
 // with alg, and serves it on a loopback port.
-func newStack(t testing.TB, databaseURL string, alg keys.Algorithm) *stack {
+func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...stackOption) *stack {
 	t.Helper()
 	ctx := context.Background()
 	pool, err := postgres.Connect(ctx, databaseURL)
@@ -134,11 +135,15 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm) *stack {
 	if _, s.adminKey, err = s.apikeys.Create(ctx, "operator", apikeys.ScopeAdmin, clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	handler, err := NewServer(Deps{
+	deps := Deps{
 		Keyring: s.keyring, Database: pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
 		KeyAdmin: testKeyAdmin{store, s.rotator}, DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
 		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second,
-	})
+	}
+	for _, o := range options {
+		o(t, s, &deps)
+	}
+	handler, err := NewServer(deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,6 +153,24 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm) *stack {
 	s.http.Start()
 	t.Cleanup(s.http.Close)
 	return s
+}
+
+// stackOption changes the server's dependencies before it starts.
+type stackOption func(t testing.TB, s *stack, d *Deps)
+
+// withDemo turns the demo portal and module on, as PORTAL_DEMO does.
+func withDemo(t testing.TB, s *stack, d *Deps) {
+	t.Helper()
+	m := launch.Module{Slug: "demo", Issuer: "default", LaunchURL: d.PublicURL + "/demo/module/launch", Audience: "Device/demo-module",
+		DefaultDefinition: "ActivityDefinition/demo-diary"}
+	if _, _, err := s.registry.Put(context.Background(), m, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	v, err := hti.NewVerifier(hti.VerifierConfig{JWKSURL: d.PublicURL + "/.well-known/jwks.json", Issuer: "portal-test", Audience: "Device/demo-module"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Demo = &Demo{Module: "demo", Verifier: v}
 }
 
 type testKeyAdmin struct {

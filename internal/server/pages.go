@@ -13,7 +13,7 @@ import (
 // newNonce returns a fresh CSP nonce for one response.
 func newNonce() string {
 	b := make([]byte, 16)
-	_, _ = rand.Read(b) // never fails since Go 1.24
+	_, _ = rand.Read(b)                            // never fails since Go 1.24
 	return base64.RawURLEncoding.EncodeToString(b) // CSP allows - and _ in nonces; no escaping in HTML
 }
 

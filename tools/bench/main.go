@@ -1,0 +1,446 @@
+// Command bench measures the portal as a real process against a real
+// PostgreSQL, each figure beside a baseline measured in the same run:
+//
+//   - JWKS requests per second beside a bare net/http handler (in its own
+//     process) serving the same bytes with the same headers;
+//   - launches created and redeemed per second (POST /api/v1/launches, then
+//     GET the launch link) with RS512 and with ES384, one client and then
+//     -concurrency clients, beside the raw signing rate of that algorithm
+//     (jwx over the same key type, one goroutine and then all cores);
+//   - p50/p99 latency of both at a fixed rate of half the measured peak
+//     (open loop: latency counts from the scheduled start, so a slow answer
+//     cannot hide the requests queued behind it);
+//   - the service's peak resident memory.
+//
+// It prints one table. make bench runs it with a PostgreSQL from
+// scripts/postgres.sh (PORTAL_BENCH_DATABASE_URL). Nothing here asserts a
+// speed: the machines are shared and noisy.
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/ehealth-nl/portal/tools/internal/instance"
+)
+
+func main() {
+	if len(os.Args) == 3 && os.Args[1] == "bare" {
+		serveBare(os.Args[2])
+		return
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type row struct {
+	what  string
+	rate  float64
+	p50   time.Duration
+	p99   time.Duration
+	ratio string
+}
+
+func run() error {
+	duration := flag.Duration("duration", 8*time.Second, "length of each measurement")
+	concurrency := flag.Int("concurrency", 16, "concurrent clients for the peak measurements")
+	algs := flag.String("algs", "RS512,ES384", "signing algorithms to measure")
+	flag.Parse()
+	admin := os.Getenv("PORTAL_BENCH_DATABASE_URL")
+	if admin == "" {
+		return errors.New("set PORTAL_BENCH_DATABASE_URL (make bench finds or starts PostgreSQL and sets it)")
+	}
+	ctx := context.Background()
+	work, err := os.MkdirTemp("", "portal-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	repo, _ := os.Getwd()
+	bin, err := instance.Build(ctx, repo, work)
+	if err != nil {
+		return err
+	}
+	pgVersion := serverVersion(ctx, admin)
+
+	var rows []row
+	var memory []string
+	for i, alg := range strings.Split(*algs, ",") {
+		algRows, peak, err := benchAlgorithm(ctx, bin, admin, work, alg, *duration, *concurrency, i == 0)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, algRows...)
+		memory = append(memory, fmt.Sprintf("%s instance %.0f MiB", alg, float64(peak)/(1<<20)))
+	}
+
+	fmt.Printf("\nportal bench — %s, %d CPUs (%s), %s, PostgreSQL %s, %s per measurement, %d concurrent clients\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), pgVersion, *duration, *concurrency)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "measurement\t rate/s\t p50\t p99\t ratio\t")
+	for _, r := range rows {
+		rate := "-"
+		if r.rate > 0 {
+			rate = fmt.Sprintf("%.0f", r.rate)
+		}
+		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t\n", r.what, rate, dur(r.p50), dur(r.p99), r.ratio)
+	}
+	_ = tw.Flush()
+	fmt.Printf("peak memory (VmHWM): %s\n", strings.Join(memory, ", "))
+	return nil
+}
+
+func dur(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+}
+
+// benchAlgorithm starts an instance signing with alg and measures it.
+func benchAlgorithm(ctx context.Context, bin, admin, work, alg string, d time.Duration, conc int, withJWKS bool) ([]row, int64, error) {
+	db, err := instance.CreateDatabase(ctx, admin, "portal_bench_"+strings.ToLower(alg))
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = db.Drop(context.Background()) }()
+	env := map[string]string{
+		"DATABASE_URL": db.URL, "PORTAL_CLIENT_ID": "portal-bench", "PORTAL_FHIR_BASE_URL": "https://fhir.example.org/fhir",
+		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": alg, "PORTAL_LOG_LEVEL": "warn",
+	}
+	p, err := instance.Start(ctx, bin, "portal-"+alg, env, filepath.Join(work, alg+".log"))
+	if err != nil {
+		return nil, 0, err
+	}
+	defer func() { _ = p.Stop() }()
+	key, err := instance.Command(ctx, bin, p.Env, "apikeys", "create", "--name", "bench", "--scope", "launch")
+	if err != nil {
+		return nil, 0, err
+	}
+	if _, err := instance.Command(ctx, bin, p.Env, "modules", "add", "bench", "--launch-url", "https://module.example.org/launch", "--audience", "Device/bench"); err != nil {
+		return nil, 0, err
+	}
+	client := newClient(conc)
+	var rows []row
+
+	if withJWKS {
+		jrows, err := benchJWKS(ctx, client, p.URL, work, d, conc)
+		if err != nil {
+			return nil, 0, err
+		}
+		rows = append(rows, jrows...)
+	}
+
+	launchOnce := func() error { return launch(client, p.URL, key) }
+	for i := 0; i < 20; i++ { // warm up connections, JIT-free but caches and pools
+		if err := launchOnce(); err != nil {
+			return nil, 0, err
+		}
+	}
+	raw1 := rawSigningRate(alg, 1, d)
+	one, _ := closedLoop(d, 1, launchOnce)
+	rawN := rawSigningRate(alg, runtime.GOMAXPROCS(0), d)
+	peak, _ := closedLoop(d, conc, launchOnce)
+	lat, errs := openLoop(d, peak.rate/2, conc*2, launchOnce)
+	if errs > 0 {
+		return nil, 0, fmt.Errorf("%d launches failed at the fixed rate", errs)
+	}
+	rows = append(rows,
+		row{what: alg + " raw signing, 1 goroutine", rate: raw1},
+		row{what: alg + " launches created+redeemed, 1 client", rate: one.rate, p50: one.p50, p99: one.p99, ratio: fmt.Sprintf("%.2f of raw", one.rate/raw1)},
+		row{what: fmt.Sprintf("%s raw signing, %d goroutines", alg, runtime.GOMAXPROCS(0)), rate: rawN},
+		row{what: fmt.Sprintf("%s launches created+redeemed, %d clients", alg, conc), rate: peak.rate, p50: peak.p50, p99: peak.p99, ratio: fmt.Sprintf("%.2f of raw", peak.rate/rawN)},
+		row{what: fmt.Sprintf("%s launches at %.0f/s (half the peak)", alg, peak.rate/2), p50: lat.p50, p99: lat.p99},
+	)
+	rss, err := p.PeakRSS()
+	if err != nil {
+		return nil, 0, err
+	}
+	return rows, rss, nil
+}
+
+// benchJWKS measures the portal's JWKS beside a bare handler serving the
+// same bytes from its own process.
+func benchJWKS(ctx context.Context, client *http.Client, portalURL, work string, d time.Duration, conc int) ([]row, error) {
+	resp, err := client.Get(portalURL + "/.well-known/jwks.json")
+	if err != nil {
+		return nil, err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	file := filepath.Join(work, "jwks.json")
+	if err := os.WriteFile(file, body, 0o600); err != nil {
+		return nil, err
+	}
+	port, err := instance.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	self, _ := os.Executable()
+	bare := exec.CommandContext(ctx, self, "bare", file)
+	bare.Env = append(os.Environ(), "BARE_ADDR=127.0.0.1:"+strconv.Itoa(port))
+	if err := bare.Start(); err != nil {
+		return nil, err
+	}
+	defer func() { _ = bare.Process.Kill(); _ = bare.Wait() }()
+	bareURL := "http://127.0.0.1:" + strconv.Itoa(port) + "/.well-known/jwks.json"
+	for i := 0; i < 100; i++ {
+		if r, err := http.Get(bareURL); err == nil {
+			r.Body.Close()
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	get := func(u string) func() error {
+		return func() error {
+			r, err := client.Get(u)
+			if err != nil {
+				return err
+			}
+			_, _ = io.Copy(io.Discard, r.Body)
+			r.Body.Close()
+			if r.StatusCode != 200 {
+				return fmt.Errorf("status %d", r.StatusCode)
+			}
+			return nil
+		}
+	}
+	bareRes, _ := closedLoop(d, conc, get(bareURL))
+	portalRes, _ := closedLoop(d, conc, get(portalURL+"/.well-known/jwks.json"))
+	bareLat, _ := openLoop(d, bareRes.rate/2, conc*2, get(bareURL))
+	portalLat, _ := openLoop(d, portalRes.rate/2, conc*2, get(portalURL+"/.well-known/jwks.json"))
+	return []row{
+		{what: fmt.Sprintf("JWKS, bare net/http handler, %d clients", conc), rate: bareRes.rate, p50: bareRes.p50, p99: bareRes.p99},
+		{what: fmt.Sprintf("JWKS, portal, %d clients", conc), rate: portalRes.rate, p50: portalRes.p50, p99: portalRes.p99, ratio: fmt.Sprintf("%.2f of bare", portalRes.rate/bareRes.rate)},
+		{what: fmt.Sprintf("JWKS, bare, at %.0f/s (half its peak)", bareRes.rate/2), p50: bareLat.p50, p99: bareLat.p99},
+		{what: fmt.Sprintf("JWKS, portal, at %.0f/s (half its peak)", portalRes.rate/2), p50: portalLat.p50, p99: portalLat.p99},
+	}, nil
+}
+
+// serveBare serves a file as a JWKS with the portal's headers: the
+// baseline of what any Go server spends on such a response.
+func serveBare(file string) {
+	body, err := os.ReadFile(file)
+	if err != nil {
+		panic(err)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "public, max-age=60")
+		w.Header().Set("ETag", `"bare"`)
+		_, _ = w.Write(body)
+	})
+	ln, err := net.Listen("tcp", os.Getenv("BARE_ADDR"))
+	if err != nil {
+		panic(err)
+	}
+	_ = http.Serve(ln, h)
+}
+
+func newClient(conc int) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns, t.MaxIdleConnsPerHost = conc*4, conc*4
+	return &http.Client{Transport: t, Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+var launchBody = []byte(`{"module":"bench","task":"Task/bench-1","user":"Practitioner/dr-1","patient":"Patient/p-1"}`)
+
+// launch creates a launch and follows its link, as a portal backend and a
+// browser do.
+func launch(client *http.Client, base, key string) error {
+	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/launches", strings.NewReader(string(launchBody)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("create launch: %d %s", resp.StatusCode, body)
+	}
+	var created struct {
+		LaunchURL string `json:"launch_url"`
+	}
+	if err := json.Unmarshal(body, &created); err != nil {
+		return err
+	}
+	resp, err = client.Get(created.LaunchURL)
+	if err != nil {
+		return err
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), `name="launch"`) {
+		return fmt.Errorf("redeem launch: %d", resp.StatusCode)
+	}
+	return nil
+}
+
+type result struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+func percentiles(lat []time.Duration) (time.Duration, time.Duration) {
+	if len(lat) == 0 {
+		return 0, 0
+	}
+	slices.Sort(lat)
+	return lat[len(lat)*50/100], lat[min(len(lat)-1, len(lat)*99/100)]
+}
+
+// closedLoop runs fn from n workers as fast as they can for d.
+func closedLoop(d time.Duration, n int, fn func() error) (result, int64) {
+	var (
+		mu   sync.Mutex
+		lat  []time.Duration
+		errs atomic.Int64
+		done atomic.Int64
+		wg   sync.WaitGroup
+	)
+	end := time.Now().Add(d)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(end) {
+				t := time.Now()
+				if err := fn(); err != nil {
+					errs.Add(1)
+					continue
+				}
+				mine = append(mine, time.Since(t))
+				done.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	p50, p99 := percentiles(lat)
+	return result{rate: float64(done.Load()) / elapsed.Seconds(), p50: p50, p99: p99}, errs.Load()
+}
+
+// openLoop starts fn at a fixed rate for d, whatever the answers take, and
+// measures each latency from its scheduled start.
+func openLoop(d time.Duration, rate float64, maxInFlight int, fn func() error) (result, int64) {
+	if rate < 1 {
+		rate = 1
+	}
+	interval := time.Duration(float64(time.Second) / rate)
+	var (
+		mu   sync.Mutex
+		lat  []time.Duration
+		errs atomic.Int64
+		wg   sync.WaitGroup
+	)
+	slots := make(chan struct{}, maxInFlight*8)
+	start := time.Now()
+	for i := 0; ; i++ {
+		scheduled := start.Add(time.Duration(i) * interval)
+		if scheduled.Sub(start) >= d {
+			break
+		}
+		time.Sleep(time.Until(scheduled))
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			if err := fn(); err != nil {
+				errs.Add(1)
+				return
+			}
+			l := time.Since(scheduled)
+			mu.Lock()
+			lat = append(lat, l)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	p50, p99 := percentiles(lat)
+	return result{rate: rate, p50: p50, p99: p99}, errs.Load()
+}
+
+// rawSigningRate signs a launch-token-sized payload with jwx and a fresh
+// key of alg's type, from n goroutines for d: the ceiling a launch can reach.
+func rawSigningRate(alg string, n int, d time.Duration) float64 {
+	var key crypto.Signer
+	switch {
+	case strings.HasPrefix(alg, "ES"):
+		curve := elliptic.P256()
+		if alg == "ES384" {
+			curve = elliptic.P384()
+		}
+		key, _ = ecdsa.GenerateKey(curve, rand.Reader)
+	default:
+		key, _ = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	payload := []byte(`{"iss":"portal-bench","aud":"Device/bench","sub":"Practitioner/dr-1","resource":"Task/bench-1","patient":"Patient/p-1","intent":"plan","hti-version":"2.0","jti":"Zt1bKq3X5i4sN0u2m9wL8Axy","iat":1764000000,"exp":1764000300}`)
+	res, _ := closedLoop(d, n, func() error {
+		hdr := jws.NewHeaders()
+		_ = hdr.Set(jws.KeyIDKey, "bench-kid-0000000000")
+		_ = hdr.Set(jws.TypeKey, "JWT")
+		_, err := jws.Sign(payload, jws.WithKey(jwa.SignatureAlgorithm(alg), key, jws.WithProtectedHeaders(hdr)))
+		return err
+	})
+	return res.rate
+}
+
+func serverVersion(ctx context.Context, admin string) string {
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		return "?"
+	}
+	defer conn.Close(ctx)
+	var v string
+	_ = conn.QueryRow(ctx, "SHOW server_version").Scan(&v)
+	return v
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "?"
+}

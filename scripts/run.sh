@@ -6,9 +6,19 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
+export PORTAL_DEV_KEK_FILE="${PORTAL_DEV_KEK_FILE:-$root/.dev/kek}"
 if [ -z "${DATABASE_URL:-}" ]; then
   admin="$(scripts/postgres.sh)"
-  DATABASE_URL="$(go run ./tools/devdb ensure "$admin" portal_dev)"
+  # One development database per checkout. Its keys are sealed under the
+  # development KEK in .dev/kek: without that file they cannot be opened, so
+  # the database starts afresh.
+  db="portal_dev_$(printf %s "$root" | cksum | cut -d' ' -f1)"
+  if [ -f "$PORTAL_DEV_KEK_FILE" ]; then
+    DATABASE_URL="$(go run ./tools/devdb ensure "$admin" "$db")"
+  else
+    echo "run.sh: no development KEK yet ($PORTAL_DEV_KEK_FILE): starting with a fresh database $db" >&2
+    DATABASE_URL="$(go run ./tools/devdb reset "$admin" "$db")"
+  fi
 fi
 export DATABASE_URL
 export PORTAL_DEV=true
@@ -16,7 +26,6 @@ export PORTAL_DEMO="${PORTAL_DEMO:-true}"
 export PORTAL_LISTEN_ADDR="${PORTAL_LISTEN_ADDR:-127.0.0.1:8080}"
 port="${PORTAL_LISTEN_ADDR##*:}"
 export PORTAL_PUBLIC_URL="${PORTAL_PUBLIC_URL:-http://localhost:$port}"
-export PORTAL_DEV_KEK_FILE="${PORTAL_DEV_KEK_FILE:-$root/.dev/kek}"
 
 go build -o .dev/portal ./cmd/portal
 cat >&2 <<MSG

@@ -1,7 +1,8 @@
 // Command devdb helps the development scripts use PostgreSQL without psql:
 // "devdb check URL" tells whether a server answers at URL, and
 // "devdb ensure URL NAME" creates database NAME there if it is missing and
-// prints its connection string. It is not part of the service.
+// prints its connection string, and "devdb reset URL NAME" drops and
+// recreates it first. It is not part of the service.
 package main
 
 import (
@@ -33,12 +34,17 @@ func run(args []string) error {
 			return err
 		}
 		return conn.Close(ctx)
-	case len(args) == 3 && args[0] == "ensure":
+	case len(args) == 3 && (args[0] == "ensure" || args[0] == "reset"):
 		conn, err := connect(ctx, args[1])
 		if err != nil {
 			return err
 		}
 		defer conn.Close(ctx)
+		if args[0] == "reset" {
+			if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{args[2]}.Sanitize()+" WITH (FORCE)"); err != nil {
+				return fmt.Errorf("drop database %s: %w", args[2], err)
+			}
+		}
 		var exists bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, args[2]).Scan(&exists); err != nil {
 			return err
@@ -58,7 +64,7 @@ func run(args []string) error {
 		fmt.Println(u.String())
 		return nil
 	}
-	return errors.New("usage: devdb check URL | devdb ensure URL NAME")
+	return errors.New("usage: devdb check URL | devdb ensure URL NAME | devdb reset URL NAME")
 }
 
 func connect(ctx context.Context, databaseURL string) (*pgx.Conn, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/internal/metrics"
 	"github.com/ehealth-nl/portal/internal/postgres"
 	"github.com/ehealth-nl/portal/internal/server"
 	"github.com/ehealth-nl/portal/pkg/hti"
@@ -122,6 +123,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 	if err := keyring.Refresh(ctx); err != nil {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
+	observed := metrics.New(keyring, env.pool, env.clock)
 
 	registry := launch.NewRegistry(env.pool, cfg.AllowHTTPModules)
 	launches := launch.NewService(env.pool, registry, keyring, launch.Config{
@@ -141,6 +143,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		JWKSMaxAge:     cfg.JWKSMaxAge,
 		FrameAncestors: cfg.FrameAncestors,
 		TrustedProxies: cfg.TrustedProxies,
+		Metrics:        observed,
 	}
 	if cfg.Demo {
 		if deps.Demo, err = setUpDemo(ctx, env, registry); err != nil {
@@ -166,8 +169,8 @@ func serve(ctx context.Context, c *cli, args []string) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
 	background.Add(2)
-	go func() { defer background.Done(); keyring.Follow(bgCtx, cfg.KeyringRefresh, nil) }()
-	go func() { defer background.Done(); env.rotator.Run(bgCtx, cfg.RotationCheckInterval, nil) }()
+	go func() { defer background.Done(); keyring.Follow(bgCtx, cfg.KeyringRefresh, observed.KeyringRefreshed) }()
+	go func() { defer background.Done(); env.rotator.Run(bgCtx, cfg.RotationCheckInterval, observed.KeyChange) }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

@@ -73,7 +73,7 @@ func (s *server) handleDemoLaunch(c echo.Context) error {
 	}
 	created, err := s.Launches.Create(c.Request().Context(), req, launch.Caller{Name: "demo-portal", Addr: c.RealIP()})
 	if err != nil {
-		s.Logger.Error("demo launch failed", "err", err)
+		s.logger(c).Error("demo launch failed", "err", err)
 		status := problemFor(err).Status
 		return s.renderMessage(c, status, statusPage(status))
 	}

@@ -27,8 +27,10 @@ func (s *server) handleJWKS(c echo.Context) error {
 	h.Set("Access-Control-Allow-Origin", "*")
 	h.Set("X-Content-Type-Options", "nosniff")
 	if etagMatches(c.Request().Header.Get("If-None-Match"), set.ETag) {
+		s.Metrics.JWKSServed(http.StatusNotModified)
 		return c.NoContent(http.StatusNotModified)
 	}
+	s.Metrics.JWKSServed(http.StatusOK)
 	return c.Blob(http.StatusOK, "application/json", set.Body)
 }
 

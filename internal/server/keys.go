@@ -87,8 +87,10 @@ func (s *server) handleRotateKeys(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.Metrics.KeyChange(change)
+	s.logger(c).Info("keys rotated through the API", "issuer", change.Issuer, "change", change.String(), "api_key", caller(c).Name)
 	if err := s.Keyring.Refresh(c.Request().Context()); err != nil {
-		s.Logger.Warn("keyring refresh after rotation failed; the notification will retry", "err", err)
+		s.logger(c).Warn("keyring refresh after rotation failed; the notification will retry", "err", err)
 	}
 	return c.JSON(http.StatusOK, map[string]any{
 		"issuer": change.Issuer, "retired": change.Retired, "activated": change.Activated,

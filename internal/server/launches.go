@@ -40,6 +40,8 @@ func (s *server) handleCreateLaunch(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.Metrics.LaunchCreated("ticket")
+	s.logger(c).Info("launch created", "launch_id", created.ID, "module", req.Module, "api_key", caller(c).Name)
 	c.Response().Header().Set("Cache-Control", "no-store") // the link is a secret
 	return c.JSON(http.StatusCreated, created)
 }
@@ -66,6 +68,8 @@ func (s *server) handleIssueToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.Metrics.LaunchCreated("token")
+	s.logger(c).Info("launch token issued", "launch_id", issued.ID, "module", req.Module, "jti", issued.JTI, "kid", issued.Form.Kid, "api_key", caller(c).Name)
 	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.JSON(http.StatusCreated, issuedTokenBody{
 		ID: issued.ID, Token: issued.Token, JTI: issued.JTI, ExpiresAt: issued.ExpiresAt,

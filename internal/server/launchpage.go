@@ -23,23 +23,30 @@ type launchPage struct {
 func (s *server) handleLaunchPage(c echo.Context) error {
 	req := c.Request()
 	form, err := s.Launches.Redeem(req.Context(), c.Param("ticket"), launch.Browser{Addr: c.RealIP(), UserAgent: req.UserAgent()})
+	log := s.logger(c)
+	if err != nil {
+		s.Metrics.LaunchRefused(refusalReason(err))
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, launch.ErrTicketUsed):
+		log.Info("launch link used again", "launch_id", form.LaunchID)
 		return s.renderMessage(c, http.StatusGone, pageTicketUsed)
 	case errors.Is(err, launch.ErrTicketExpired):
+		log.Info("launch link expired", "launch_id", form.LaunchID)
 		return s.renderMessage(c, http.StatusGone, pageTicketExpired)
 	case errors.Is(err, launch.ErrTicketNotFound):
 		return s.renderMessage(c, http.StatusNotFound, pageTicketNotFound)
 	case errors.Is(err, launch.ErrUnavailable), errors.Is(err, keys.ErrNoActiveKey), errors.Is(err, keys.ErrNotLoaded):
-		s.Logger.Warn("launch link could not be followed now", "launch_id", form.LaunchID, "err", err)
+		log.Warn("launch link could not be followed now", "launch_id", form.LaunchID, "err", err)
 		c.Response().Header().Set("Retry-After", "30")
 		return s.renderMessage(c, http.StatusServiceUnavailable, pageUnavailable)
 	default:
-		s.Logger.Error("launch link failed", "launch_id", form.LaunchID, "err", err)
+		log.Error("launch link failed", "launch_id", form.LaunchID, "err", err)
 		return s.renderMessage(c, http.StatusInternalServerError, pageInternalError)
 	}
-	s.Logger.Info("launch redeemed", "launch_id", form.LaunchID, "module", form.Module, "jti", form.JTI, "kid", form.Kid)
+	s.Metrics.LaunchRedeemed()
+	log.Info("launch redeemed", "launch_id", form.LaunchID, "module", form.Module, "jti", form.JTI, "kid", form.Kid)
 	if form.Method == launch.MethodGet {
 		// Launch type "redirect": iss and launch travel as query parameters.
 		s.setPageHeaders(c, newNonce(), "'none'")

@@ -112,7 +112,7 @@ func (s *server) handleError(err error, c echo.Context) {
 		c.Response().Header().Set("Retry-After", "5")
 	}
 	if p.Status >= 500 {
-		s.Logger.Error("request failed", "method", c.Request().Method, "path", c.Path(), "status", p.Status, "err", err)
+		s.logger(c).Error("request failed", "method", c.Request().Method, "route", c.Path(), "status", p.Status, "err", err)
 	}
 	c.Response().Header().Set("Cache-Control", "no-store")
 	if c.Request().Method == http.MethodHead {

@@ -12,7 +12,7 @@ import (
 
 // routes installs the whole HTTP surface of the portal (DESIGN 2.5).
 func (s *server) routes(e *echo.Echo) {
-	e.Use(middleware.Recover())
+	e.Use(middleware.Recover(), s.observe)
 
 	// Public keys for module providers and the Koppeltaal auth server.
 	e.GET("/.well-known/jwks.json", s.handleJWKS)
@@ -26,8 +26,8 @@ func (s *server) routes(e *echo.Echo) {
 	// The API for portal backends (scope launch) and operators (scope admin).
 	api := e.Group("/api/v1", middleware.BodyLimit(strconv.Itoa(launch.MaxRequestBytes)+"B"))
 	launcher, admin := s.requireScope(apikeys.ScopeLaunch), s.requireScope(apikeys.ScopeAdmin)
-	api.POST("/launches", s.handleCreateLaunch, launcher)
-	api.POST("/launch-tokens", s.handleIssueToken, launcher)
+	api.POST("/launches", s.handleCreateLaunch, s.countLaunchRefusals, launcher)
+	api.POST("/launch-tokens", s.handleIssueToken, s.countLaunchRefusals, launcher)
 	api.GET("/launches", s.handleListLaunches, admin)
 	api.GET("/modules", s.handleListModules, admin)
 	api.GET("/modules/:slug", s.handleGetModule, admin)
@@ -36,9 +36,10 @@ func (s *server) routes(e *echo.Echo) {
 	api.GET("/keys", s.handleListKeys, admin)
 	api.POST("/keys/rotate", s.handleRotateKeys, admin)
 
-	// Probes.
+	// Probes and metrics.
 	e.GET("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
+	e.GET("/metrics", echo.WrapHandler(s.Metrics.Handler()))
 
 	// The demo portal and module (PORTAL_DEMO=true only).
 	if s.Demo != nil {

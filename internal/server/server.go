@@ -18,6 +18,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/internal/metrics"
 	"github.com/ehealth-nl/portal/templates"
 )
 
@@ -87,6 +88,8 @@ type Deps struct {
 	// for the client address in the audit trail; none when empty.
 	TrustedProxies []*net.IPNet
 	Demo           *Demo
+	// Metrics receives what the server observes; a private set when nil.
+	Metrics *metrics.Metrics
 }
 
 // server holds the dependencies the handlers use.
@@ -100,6 +103,9 @@ type server struct {
 func NewServer(d Deps) (*echo.Echo, error) {
 	if d.Clock == nil {
 		d.Clock = time.Now
+	}
+	if d.Metrics == nil {
+		d.Metrics = metrics.New(nil, nil, d.Clock)
 	}
 	if d.FrameAncestors == "" {
 		d.FrameAncestors = "'none'"

@@ -24,6 +24,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/internal/metrics"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 	"github.com/ehealth-nl/portal/internal/postgres"
 	"github.com/ehealth-nl/portal/pkg/hti"
@@ -138,7 +139,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	deps := Deps{
 		Keyring: s.keyring, Database: pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
 		KeyAdmin: testKeyAdmin{store, s.rotator}, DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
-		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second,
+		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second, Metrics: metrics.New(s.keyring, pool, clock.Now),
 	}
 	for _, o := range options {
 		o(t, s, &deps)

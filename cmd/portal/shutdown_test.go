@@ -1,0 +1,63 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestServe_GracefulShutdownFinishesInFlightRequests stops the service
+// while a launch request is half sent: the request still completes, new
+// connections are refused, and serve returns cleanly.
+func TestServe_GracefulShutdownFinishesInFlightRequests(t *testing.T) {
+	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_SHUTDOWN_TIMEOUT", "20s")
+	inst := startServe(t, env)
+	mustRun(t, env, "modules", "add", "m", "--launch-url", "https://m.example.org/launch", "--audience", "Device/m")
+	key := strings.TrimSpace(mustRun(t, env, "apikeys", "create", "--name", "b", "--scope", "launch"))
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(inst.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"module":"m","task":"Task/1","user":"Patient/1"}`
+	fmt.Fprintf(conn, "POST /api/v1/launches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body[:10])
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- inst.stop() }()
+	waitFor(t, "the shutdown to begin", func() bool { return strings.Contains(inst.Logs.String(), `"shutting down"`) })
+	if c, err := net.DialTimeout("tcp", strings.TrimPrefix(inst.URL, "http://"), time.Second); err == nil {
+		c.Close()
+		t.Error("a new connection was accepted after the shutdown began")
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("serve returned (%v) while a request was in flight", err)
+	default:
+	}
+
+	fmt.Fprint(conn, body[10:])
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the in-flight request got no answer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("the in-flight request got %d, want 201", resp.StatusCode)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("serve ended with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not return after the last request")
+	}
+	if !strings.Contains(inst.Logs.String(), `"stopped"`) {
+		t.Fatal("no stop line in the log")
+	}
+}

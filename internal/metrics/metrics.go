@@ -1,0 +1,220 @@
+// Package metrics holds the portal's Prometheus metrics: what the HTTP
+// layer, the launch flow, the JWKS, the key rotator and the keyring report,
+// and collectors that read key ages and the database pool at scrape time.
+// Domain packages do not import it; the server and the serve command feed it.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ehealth-nl/portal/internal/keys"
+)
+
+// Metrics is the set of metrics of one portal process, on its own registry.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	httpDuration    *prometheus.HistogramVec
+	launchesCreated *prometheus.CounterVec
+	launchesRedeem  prometheus.Counter
+	launchesRefused *prometheus.CounterVec
+	jwksRequests    *prometheus.CounterVec
+	keyChanges      *prometheus.CounterVec
+	refreshErrors   prometheus.Counter
+	refreshes       prometheus.Counter
+}
+
+// KeyringStatus is what the key-age collector reads at scrape time.
+type KeyringStatus interface {
+	Status() []keys.IssuerStatus
+}
+
+// New creates the metrics and registers them, with the Go runtime and
+// process collectors, the key ages of keyring and the statistics of pool
+// (either may be nil).
+func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "portal_http_request_duration_seconds",
+			Help:    "Time to answer an HTTP request, by route pattern, method and status class.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"route", "method", "status_class"}),
+		launchesCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_launches_created_total",
+			Help: "Launches created: kind ticket (a one-time link) or token (handed to the backend).",
+		}, []string{"kind"}),
+		launchesRedeem: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portal_launches_redeemed_total",
+			Help: "Launch links followed successfully (a token was signed and sent to the browser).",
+		}),
+		launchesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_launches_refused_total",
+			Help: "Launch requests and launch links refused, by reason.",
+		}, []string{"reason"}),
+		jwksRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_jwks_requests_total",
+			Help: "JWKS requests answered, by status (200 or 304).",
+		}, []string{"status"}),
+		keyChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_key_changes_total",
+			Help: "Key lifecycle changes made by this instance, by issuer and kind (rotation, revocation, creation, expiry).",
+		}, []string{"issuer", "kind"}),
+		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portal_keyring_refresh_errors_total",
+			Help: "Keyring reloads from the database that failed (the previous keys stay in use).",
+		}),
+		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "portal_keyring_refreshes_total",
+			Help: "Keyring reloads from the database, after a notification or a poll.",
+		}),
+	}
+	m.registry.MustRegister(m.httpDuration, m.launchesCreated, m.launchesRedeem, m.launchesRefused, m.jwksRequests,
+		m.keyChanges, m.refreshErrors, m.refreshes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if keyring != nil {
+		m.registry.MustRegister(&keyAgeCollector{keyring: keyring, now: clock})
+	}
+	if pool != nil {
+		m.registry.MustRegister(&poolCollector{pool: pool})
+	}
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// ObserveHTTP records one answered request. route is the route pattern
+// (never the raw path: a launch link's path holds its ticket).
+func (m *Metrics) ObserveHTTP(route, method string, status int, d time.Duration) {
+	class := "5xx"
+	switch {
+	case status < 200:
+		class = "1xx"
+	case status < 300:
+		class = "2xx"
+	case status < 400:
+		class = "3xx"
+	case status < 500:
+		class = "4xx"
+	}
+	m.httpDuration.WithLabelValues(route, method, class).Observe(d.Seconds())
+}
+
+// LaunchCreated counts a created launch of kind "ticket" or "token".
+func (m *Metrics) LaunchCreated(kind string) { m.launchesCreated.WithLabelValues(kind).Inc() }
+
+// LaunchRedeemed counts a launch link followed successfully.
+func (m *Metrics) LaunchRedeemed() { m.launchesRedeem.Inc() }
+
+// LaunchRefused counts a refused launch request or link by reason, such as
+// "invalid", "unauthenticated", "ticket_used", "ticket_expired",
+// "ticket_unknown" or "unavailable".
+func (m *Metrics) LaunchRefused(reason string) { m.launchesRefused.WithLabelValues(reason).Inc() }
+
+// JWKSServed counts a JWKS answer by status.
+func (m *Metrics) JWKSServed(status int) {
+	if status == http.StatusNotModified {
+		m.jwksRequests.WithLabelValues("304").Inc()
+		return
+	}
+	m.jwksRequests.WithLabelValues("200").Inc()
+}
+
+// KeyChange counts what a rotator call of this instance did.
+func (m *Metrics) KeyChange(c keys.Change) {
+	if c.Rotated() {
+		m.keyChanges.WithLabelValues(c.Issuer, "rotation").Inc()
+	}
+	if c.Revoked != "" {
+		m.keyChanges.WithLabelValues(c.Issuer, "revocation").Inc()
+	}
+	if n := len(c.Created); n > 0 {
+		m.keyChanges.WithLabelValues(c.Issuer, "creation").Add(float64(n))
+	}
+	if n := len(c.Expired); n > 0 {
+		m.keyChanges.WithLabelValues(c.Issuer, "expiry").Add(float64(n))
+	}
+}
+
+// KeyringRefreshed counts a keyring reload and whether it failed.
+func (m *Metrics) KeyringRefreshed(err error) {
+	m.refreshes.Inc()
+	if err != nil {
+		m.refreshErrors.Inc()
+	}
+}
+
+// keyAgeCollector reports, per issuer, how long the active key has signed
+// and how long until it is due to be replaced.
+type keyAgeCollector struct {
+	keyring KeyringStatus
+	now     func() time.Time
+}
+
+var (
+	activeKeyAgeDesc = prometheus.NewDesc("portal_active_key_age_seconds",
+		"How long the issuer's active key has been signing.", []string{"issuer"}, nil)
+	nextRotationDesc = prometheus.NewDesc("portal_next_rotation_seconds",
+		"Time until the issuer's active key is due to be replaced (negative when overdue).", []string{"issuer"}, nil)
+	publishedKeysDesc = prometheus.NewDesc("portal_published_keys",
+		"Keys in the issuer's JWKS.", []string{"issuer"}, nil)
+)
+
+func (c *keyAgeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- activeKeyAgeDesc
+	ch <- nextRotationDesc
+	ch <- publishedKeysDesc
+}
+
+func (c *keyAgeCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
+	for _, st := range c.keyring.Status() {
+		ch <- prometheus.MustNewConstMetric(publishedKeysDesc, prometheus.GaugeValue, float64(st.Published), st.Slug)
+		if st.ActiveKid == "" {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(activeKeyAgeDesc, prometheus.GaugeValue, now.Sub(st.ActiveSince).Seconds(), st.Slug)
+		ch <- prometheus.MustNewConstMetric(nextRotationDesc, prometheus.GaugeValue, st.NextRotation.Sub(now).Seconds(), st.Slug)
+	}
+}
+
+// poolCollector reports the database pool's statistics.
+type poolCollector struct {
+	pool *pgxpool.Pool
+}
+
+var (
+	poolConnsDesc    = prometheus.NewDesc("portal_db_pool_connections", "Database pool connections by state.", []string{"state"}, nil)
+	poolMaxDesc      = prometheus.NewDesc("portal_db_pool_max_connections", "Largest size of the database pool.", nil, nil)
+	poolAcquiresDesc = prometheus.NewDesc("portal_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil)
+	poolWaitsDesc    = prometheus.NewDesc("portal_db_pool_empty_acquires_total", "Acquires that had to wait for a connection.", nil, nil)
+	poolWaitDesc     = prometheus.NewDesc("portal_db_pool_acquire_wait_seconds_total", "Time spent waiting for a connection.", nil, nil)
+	poolFailedDesc   = prometheus.NewDesc("portal_db_pool_canceled_acquires_total", "Acquires canceled before a connection was free.", nil, nil)
+)
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolConnsDesc, poolMaxDesc, poolAcquiresDesc, poolWaitsDesc, poolWaitDesc, poolFailedDesc} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(s.AcquiredConns()), "acquired")
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(s.IdleConns()), "idle")
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(s.ConstructingConns()), "constructing")
+	ch <- prometheus.MustNewConstMetric(poolMaxDesc, prometheus.GaugeValue, float64(s.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(poolAcquiresDesc, prometheus.CounterValue, float64(s.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolWaitsDesc, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolWaitDesc, prometheus.CounterValue, s.AcquireDuration().Seconds())
+	ch <- prometheus.MustNewConstMetric(poolFailedDesc, prometheus.CounterValue, float64(s.CanceledAcquireCount()))
+}

@@ -1,0 +1,120 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
+)
+
+// loggerContextKey is where observe leaves the request's logger.
+const loggerContextKey = "portal.logger"
+
+// requestIDPattern is what an incoming X-Request-Id must look like to be
+// kept; anything else (too long, control characters) is replaced, so a
+// client cannot inject into the logs.
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:/+=-]{1,128}$`)
+
+func newRequestID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// quietRoutes are answered too often to log each request at info level.
+var quietRoutes = map[string]bool{
+	"/.well-known/jwks.json": true, "/issuers/:issuer/jwks.json": true,
+	"/healthz": true, "/readyz": true, "/metrics": true,
+}
+
+// observe gives every request an id (X-Request-Id, taken from the request
+// or made here, and echoed back), a logger that carries it, a log line and
+// a duration in the metrics. It logs the route pattern, never the raw path:
+// a launch link's path is its ticket.
+func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		id := c.Request().Header.Get("X-Request-Id")
+		if !requestIDPattern.MatchString(id) {
+			id = newRequestID()
+		}
+		c.Response().Header().Set("X-Request-Id", id)
+		logger := s.Logger.With("request_id", id)
+		c.Set(loggerContextKey, logger)
+		if err := next(c); err != nil {
+			c.Error(err)
+		}
+		route := c.Path()
+		if route == "" || route == "/*" {
+			route = "unmatched"
+		}
+		status, elapsed := c.Response().Status, time.Since(start)
+		s.Metrics.ObserveHTTP(route, c.Request().Method, status, elapsed)
+		level := slog.LevelInfo
+		if quietRoutes[route] {
+			level = slog.LevelDebug
+		}
+		logger.Log(c.Request().Context(), level, "request", "method", c.Request().Method, "route", route,
+			"status", status, "duration_ms", float64(elapsed.Microseconds())/1000, "client", c.RealIP())
+		return nil
+	}
+}
+
+// logger returns the request's logger.
+func (s *server) logger(c echo.Context) *slog.Logger {
+	if l, ok := c.Get(loggerContextKey).(*slog.Logger); ok {
+		return l
+	}
+	return s.Logger
+}
+
+// countLaunchRefusals counts, on the launch-creating routes, every request
+// that was refused and why (authentication included).
+func (s *server) countLaunchRefusals(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		err := next(c)
+		if err != nil {
+			s.Metrics.LaunchRefused(refusalReason(err))
+		}
+		return err
+	}
+}
+
+// refusalReason names why a launch was refused, for the metrics.
+func refusalReason(err error) string {
+	var (
+		malformed *launch.MalformedError
+		invalid   *launch.ValidationError
+		he        *echo.HTTPError
+	)
+	switch {
+	case errors.As(err, &malformed), errors.Is(err, errNotJSON):
+		return "malformed"
+	case errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge:
+		return "malformed"
+	case errors.As(err, &invalid):
+		return "invalid"
+	case errors.Is(err, errMissingAPIKey), errors.Is(err, apikeys.ErrUnauthenticated):
+		return "unauthenticated"
+	case errors.Is(err, errWrongScope):
+		return "forbidden"
+	case errors.Is(err, launch.ErrTicketUsed):
+		return "ticket_used"
+	case errors.Is(err, launch.ErrTicketExpired):
+		return "ticket_expired"
+	case errors.Is(err, launch.ErrTicketNotFound):
+		return "ticket_unknown"
+	case errors.Is(err, launch.ErrUnavailable), errors.Is(err, keys.ErrNoActiveKey), errors.Is(err, keys.ErrNotLoaded):
+		return "unavailable"
+	}
+	return "error"
+}

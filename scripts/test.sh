@@ -40,3 +40,9 @@ export PORTAL_TEST_DATABASE_URL
 
 step "go test -race"
 go test -race -count=1 -timeout 20m ./...
+
+step "fuzzing (each target ${PORTAL_FUZZTIME:-10s})"
+for target in "FuzzDecodeRequest ./internal/launch" "FuzzVerify ./pkg/hti" "FuzzParseClaims ./pkg/hti"; do
+  set -- $target
+  go test -run '^$' -fuzz "^$1\$" -fuzztime "${PORTAL_FUZZTIME:-10s}" "$2"
+done

@@ -81,7 +81,10 @@ func decodeProblem(err error) error {
 		return &MalformedError{"body", "is truncated JSON"}
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return &MalformedError{strings.Trim(name, `"`), "is not a known field"}
+		if name = strings.Trim(name, `"`); name == "" {
+			return &MalformedError{"body", "has a member with an empty name"}
+		}
+		return &MalformedError{name, "is not a known field"}
 	}
 	return &MalformedError{"body", "is not a valid launch request"}
 }

@@ -61,7 +61,7 @@ func (s *server) handlePutModule(c echo.Context) error {
 		if errors.As(err, &typeErr) && typeErr.Field != "" {
 			return &launch.MalformedError{Field: typeErr.Field, Reason: "must be a string"}
 		}
-		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok && strings.Trim(name, `"`) != "" {
 			return &launch.MalformedError{Field: strings.Trim(name, `"`), Reason: "is not a known field"}
 		}
 		return &launch.MalformedError{Field: "body", Reason: "must be a JSON object describing the module"}

@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` starts the service with a demo,
 # `make test` runs every check. Both find or start PostgreSQL themselves
 # (scripts/postgres.sh) when DATABASE_URL is not set.
-.PHONY: run test build bench
+.PHONY: run test build bench soak
 
 run:
 	@scripts/run.sh
@@ -15,3 +15,7 @@ build:
 # Measured figures beside same-run baselines; see docs/BENCHMARKS.md.
 bench:
 	@scripts/bench.sh
+
+# Three instances, rotations, a revocation and a database outage under load.
+soak:
+	@scripts/soak.sh

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+)
+
+// runVerifier is the independent verifier: it reads "id token" lines on
+// stdin and writes one JSON verdict per line. It does not use the portal's
+// own verifier package. It caches the JWKS exactly as long as the
+// Cache-Control max-age of the answer allows and never fetches it early,
+// not even for an unknown kid: so a token signed with a key that was not
+// published in time fails here. Each fetch goes to the next of the given
+// URLs, as a load balancer in front of the instances would.
+func runVerifier(args []string) error {
+	fs := flag.NewFlagSet("verifier", flag.ContinueOnError)
+	urls := fs.String("jwks", "", "comma-separated JWKS URLs (one per instance)")
+	issuer := fs.String("issuer", "", "expected iss")
+	aud := fs.String("audience", "", "expected aud")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c := &jwksCache{urls: strings.Split(*urls, ","), client: &http.Client{Timeout: 5 * time.Second}}
+	out := json.NewEncoder(os.Stdout)
+	sc := bufio.NewScanner(os.Stdin)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for sc.Scan() {
+		idText, token, _ := strings.Cut(sc.Text(), " ")
+		id, _ := strconv.Atoi(idText)
+		v := verdict{ID: id, OK: true}
+		if err := verifyToken(c, token, *issuer, *aud); err != nil {
+			v.OK, v.Error = false, err.Error()
+		}
+		if err := out.Encode(v); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+type jwksCache struct {
+	urls    []string
+	next    int
+	client  *http.Client
+	set     jwk.Set
+	expires time.Time
+}
+
+func (c *jwksCache) get() (jwk.Set, error) {
+	if c.set != nil && time.Now().Before(c.expires) {
+		return c.set, nil
+	}
+	u := c.urls[c.next%len(c.urls)]
+	c.next++
+	resp, err := c.client.Get(u)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("JWKS %s: %d %v", u, resp.StatusCode, err)
+	}
+	set, err := jwk.Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	maxAge := time.Duration(0)
+	for _, d := range strings.Split(resp.Header.Get("Cache-Control"), ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(d), "max-age="); ok {
+			n, _ := strconv.Atoi(v)
+			maxAge = time.Duration(n) * time.Second
+		}
+	}
+	c.set, c.expires = set, time.Now().Add(maxAge)
+	return set, nil
+}
+
+func verifyToken(c *jwksCache, token, issuer, aud string) error {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return errors.New("not a compact JWS")
+	}
+	rawHdr, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return err
+	}
+	var hdr struct{ Alg, Kid string }
+	if err := json.Unmarshal(rawHdr, &hdr); err != nil {
+		return err
+	}
+	set, err := c.get()
+	if err != nil {
+		return err
+	}
+	key, ok := set.LookupKeyID(hdr.Kid)
+	if !ok {
+		return fmt.Errorf("kid %s not in the cached JWKS", hdr.Kid)
+	}
+	if key.Algorithm().String() != hdr.Alg {
+		return fmt.Errorf("alg %s, key is for %s", hdr.Alg, key.Algorithm())
+	}
+	payload, err := jws.Verify([]byte(token), jws.WithKey(jwa.SignatureAlgorithm(hdr.Alg), key))
+	if err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	var claims struct {
+		Iss, Sub, Resource, JTI string
+		Aud                     any
+		Iat, Exp                int64
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		return err
+	}
+	now := time.Now().Unix()
+	switch {
+	case claims.Iss != issuer:
+		return fmt.Errorf("iss %q", claims.Iss)
+	case claims.Aud != aud:
+		return fmt.Errorf("aud %v", claims.Aud)
+	case claims.Exp <= now:
+		return errors.New("expired")
+	case claims.Iat > now:
+		return errors.New("iat in the future")
+	case claims.Exp-claims.Iat > 300:
+		return errors.New("lifetime over 300s")
+	case claims.Sub == "" || claims.Resource == "" || claims.JTI == "":
+		return errors.New("missing sub, resource or jti")
+	}
+	return nil
+}

@@ -36,9 +36,9 @@ soon as verifiers refetch the JWKS.`,
 				env: serviceEnv, run: keysRevoke},
 			{name: "reseal", summary: "re-encrypt private keys under the current (first) KEK",
 				usage: "portal keys reseal [--issuer SLUG | --all-issuers]",
-				help: `Run it after putting a new KEK first in PORTAL_KEKS (id:base64,old-id:base64).
-It prints how many keys are still sealed under other KEKs; when none is left
-under the old KEK, remove it from PORTAL_KEKS.`,
+				help: `Run it once every instance has the new KEK first in PORTAL_KEKS
+(new-base64,old-base64). It prints how many keys are still sealed under other
+KEKs; when none is left under the old KEK, remove it from PORTAL_KEKS.`,
 				env: serviceEnv, run: keysReseal},
 		},
 	}

@@ -144,6 +144,8 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		FrameAncestors: cfg.FrameAncestors,
 		TrustedProxies: cfg.TrustedProxies,
 		Metrics:        observed,
+		// With PORTAL_METRICS_ADDR, /metrics is served on that listener only.
+		MetricsElsewhere: cfg.MetricsAddr != "",
 	}
 	if cfg.Demo {
 		if deps.Demo, err = setUpDemo(ctx, env, registry); err != nil {
@@ -164,6 +166,18 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+	}
+
+	if cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("PORTAL_METRICS_ADDR: %w", err)
+		}
+		msrv := &http.Server{Handler: observed.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = msrv.Serve(mln) }()
+		defer msrv.Close()
+		log.Info("metrics listening", "addr", mln.Addr().String())
 	}
 
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))

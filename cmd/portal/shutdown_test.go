@@ -61,3 +61,26 @@ func TestServe_GracefulShutdownFinishesInFlightRequests(t *testing.T) {
 		t.Fatal("no stop line in the log")
 	}
 }
+
+func TestServe_MetricsOnTheirOwnListener(t *testing.T) {
+	port := freePort(t)
+	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_METRICS_ADDR", fmt.Sprintf("127.0.0.1:%d", port))
+	inst := startServe(t, env)
+	if status, _, _ := httpGet(t, inst.URL+"/metrics"); status != http.StatusNotFound {
+		t.Fatalf("/metrics on the public listener: %d, want 404", status)
+	}
+	status, _, body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if status != 200 || !strings.Contains(string(body), "portal_active_key_age_seconds") {
+		t.Fatalf("/metrics on its own listener: %d", status)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

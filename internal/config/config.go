@@ -58,6 +58,9 @@ type Config struct {
 	FrameAncestors string
 	// TrustedProxies are the networks whose X-Forwarded-For is believed.
 	TrustedProxies []*net.IPNet
+	// MetricsAddr, when set, serves /metrics on its own listener (and not
+	// on the public one).
+	MetricsAddr string
 }
 
 // Limits are the service-wide durations every issuer's policy must respect.
@@ -109,6 +112,7 @@ func Variables() []Variable {
 		{"PORTAL_ALLOW_HTTP_MODULES", "false", "allow plain-http module launch URLs on public hosts (development only; loopback is always allowed)"},
 		{"PORTAL_FRAME_ANCESTORS", "'none'", "CSP frame-ancestors of the launch page: 'none', 'self' or https origins, space-separated"},
 		{"PORTAL_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For gives the client address"},
+		{"PORTAL_METRICS_ADDR", "", "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on PORTAL_LISTEN_ADDR"},
 	}
 }
 
@@ -130,6 +134,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c.ShutdownTimeout = p.duration("PORTAL_SHUTDOWN_TIMEOUT", 15*time.Second)
 	c.AllowHTTPModules = p.bool("PORTAL_ALLOW_HTTP_MODULES", false)
 	c.FrameAncestors = p.str("PORTAL_FRAME_ANCESTORS", "'none'")
+	c.MetricsAddr = p.str("PORTAL_METRICS_ADDR", "")
 	if p.err != nil {
 		return Config{}, p.err
 	}
@@ -170,6 +175,14 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, &Error{"PORTAL_LOG_LEVEL", fmt.Sprintf("%q must be debug, info, warn or error", getenv("PORTAL_LOG_LEVEL"))}
 	}
 
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
+			return Config{}, &Error{"PORTAL_METRICS_ADDR", fmt.Sprintf("%q must be host:port or :port", c.MetricsAddr)}
+		}
+		if c.MetricsAddr == c.ListenAddr {
+			return Config{}, &Error{"PORTAL_METRICS_ADDR", "must differ from PORTAL_LISTEN_ADDR (leave it empty to serve /metrics there)"}
+		}
+	}
 	if err := checkFrameAncestors(c.FrameAncestors); err != nil {
 		return Config{}, &Error{"PORTAL_FRAME_ANCESTORS", err.Error()}
 	}

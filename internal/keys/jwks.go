@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -27,38 +28,51 @@ func jwksOrder(ks []Key) {
 
 // buildJWKS serializes the public keys as a JWK Set (DESIGN 1.3). Each stored
 // JWK is parsed again and reduced to its public part, so a private member
-// that somehow reached the table can never be published. The bytes depend
-// only on the keys, so every instance serves the same body and ETag.
-func buildJWKS(published []Key) (JWKS, error) {
+// that somehow reached the table can never be published. A key whose
+// stored JWK is unreadable is left out (and reported); the others are
+// published. The bytes depend only on the keys, so every instance serves the
+// same body and ETag. It returns the keys it published.
+func buildJWKS(published []Key) (JWKS, []Key, error) {
 	ks := append([]Key(nil), published...)
 	jwksOrder(ks)
 	set := jwk.NewSet()
+	var (
+		good []Key
+		errs []error
+	)
 	for _, k := range ks {
-		parsed, err := jwk.ParseKey(k.PublicJWK)
+		key, err := publicOnly(k)
+		if err == nil {
+			err = set.AddKey(key)
+		}
 		if err != nil {
-			return JWKS{}, fmt.Errorf("parse public JWK of kid %s: %w", k.Kid, err)
+			errs = append(errs, fmt.Errorf("public JWK of kid %s: %w", k.Kid, err))
+			continue
 		}
-		var raw any
-		if err := parsed.Raw(&raw); err != nil {
-			return JWKS{}, fmt.Errorf("public JWK of kid %s: %w", k.Kid, err)
-		}
-		pub, err := jwk.PublicRawKeyOf(raw)
-		if err != nil {
-			return JWKS{}, fmt.Errorf("public JWK of kid %s: %w", k.Kid, err)
-		}
-		key, err := publicJWKKey(pub, k.Kid, k.Alg)
-		if err != nil {
-			return JWKS{}, err
-		}
-		if err := set.AddKey(key); err != nil {
-			return JWKS{}, fmt.Errorf("add kid %s to JWKS: %w", k.Kid, err)
-		}
+		good = append(good, k)
 	}
 	body, err := json.Marshal(set)
 	if err != nil {
-		return JWKS{}, fmt.Errorf("marshal JWKS: %w", err)
+		return emptyJWKS(), nil, fmt.Errorf("marshal JWKS: %w", err)
 	}
-	return JWKS{Body: body, ETag: etagOf(body)}, nil
+	return JWKS{Body: body, ETag: etagOf(body)}, good, errors.Join(errs...)
+}
+
+// publicOnly rebuilds a stored key's JWK from its public part.
+func publicOnly(k Key) (jwk.Key, error) {
+	parsed, err := jwk.ParseKey(k.PublicJWK)
+	if err != nil {
+		return nil, err
+	}
+	var raw any
+	if err := parsed.Raw(&raw); err != nil {
+		return nil, err
+	}
+	pub, err := jwk.PublicRawKeyOf(raw)
+	if err != nil {
+		return nil, err
+	}
+	return publicJWKKey(pub, k.Kid, k.Alg)
 }
 
 func emptyJWKS() JWKS {

@@ -202,9 +202,13 @@ func (k *Keyring) Ready() error {
 }
 
 // Refresh reloads every issuer's keys from the database and swaps in the new
-// snapshot. A key whose private part does not open under the configured KEKs
-// is an error naming its kid; that issuer then keeps its previous state, so
-// one bad row does not stop the others from rotating.
+// snapshot. The JWKS is built from the stored public keys alone, so what is
+// published (and what is not: revoked and expired keys) always follows the
+// database. A private key that does not open under the configured KEKs is
+// an error naming its kid; if it is the issuer's active key, the issuer has
+// no signer on this instance (its launches answer 503 and /readyz says so)
+// rather than going on with an older key. When the database cannot be read
+// at all, the previous snapshot stays.
 func (k *Keyring) Refresh(ctx context.Context) error {
 	k.refreshMu.Lock()
 	defer k.refreshMu.Unlock()
@@ -214,7 +218,6 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 		return fmt.Errorf("refresh keyring: %w", err)
 	}
 	now := k.now().UTC()
-	prev := k.current.Load()
 	snap := &ringSnapshot{issuers: map[string]*issuerRing{}, loadedAt: now}
 	byIssuer := map[string][]storedKey{}
 	for _, sk := range stored {
@@ -226,18 +229,8 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 		if is.IsDefault {
 			snap.defaultIssuer = is.Slug
 		}
-		ir, err := k.buildIssuer(is, byIssuer[is.Slug], now, keep)
-		if err != nil {
-			errs = append(errs, err)
-			if prev != nil && prev.issuers[is.Slug] != nil {
-				ir = prev.issuers[is.Slug]
-				for _, pk := range ir.published {
-					keep[pk.Kid] = true
-				}
-			} else {
-				ir = &issuerRing{issuer: is, jwks: emptyJWKS()}
-			}
-		}
+		ir, issuerErrs := k.buildIssuer(is, byIssuer[is.Slug], now, keep)
+		errs = append(errs, issuerErrs...)
 		snap.issuers[is.Slug] = ir
 	}
 	// Forget private keys that left the JWKS.
@@ -250,40 +243,53 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// buildIssuer opens an issuer's keys and serializes its JWKS.
-func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep map[string]bool) (*issuerRing, error) {
+// buildIssuer serializes an issuer's JWKS from the public keys and opens
+// the private keys: the active one to sign with, the others to prove early
+// that the KEK ring opens them.
+func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep map[string]bool) (*issuerRing, []error) {
 	ir := &issuerRing{issuer: is}
-	var jwksKeys []Key
+	var (
+		published []Key
+		errs      []error
+	)
 	for _, sk := range stored {
 		// A retired key past its grace leaves the JWKS even before the rotator
 		// has marked it expired.
 		if sk.State == StateRetired && !now.Before(sk.ExpiresAt) {
 			continue
 		}
+		published = append(published, sk.Key)
+		keep[sk.Kid] = true
 		priv, err := k.open(sk)
 		if err != nil {
-			return nil, err
+			errs = append(errs, err)
+			continue
 		}
-		keep[sk.Kid] = true
 		if sk.State == StateActive {
 			ir.signer = &Signer{Issuer: is, Kid: sk.Kid, Alg: sk.Alg, ActiveSince: sk.ActivatedAt, key: priv}
 		}
-		jwksKeys = append(jwksKeys, sk.Key)
 	}
-	jwks, err := buildJWKS(jwksKeys)
+	jwks, good, err := buildJWKS(published)
 	if err != nil {
-		return nil, fmt.Errorf("issuer %q: %w", is.Slug, err)
+		errs = append(errs, fmt.Errorf("issuer %q: %w", is.Slug, err))
 	}
-	ir.jwks, ir.published = jwks, jwksKeys
-	return ir, nil
+	ir.jwks, ir.published = jwks, good
+	return ir, errs
 }
 
 // open returns the private key of a stored key, unsealing it the first time
-// the keyring meets it. A retired key is opened once, to prove the KEK ring
-// still opens it, and not kept.
+// the keyring meets it. Only active and next keys keep their private part
+// in memory; a retired key is opened once, to prove the KEK ring still opens
+// it, and then only remembered as opened.
 func (k *Keyring) open(sk storedKey) (crypto.Signer, error) {
-	if priv, ok := k.opened[sk.Kid]; ok && (priv != nil || sk.State == StateRetired) {
-		return priv, nil
+	if priv, ok := k.opened[sk.Kid]; ok {
+		if sk.State != StateActive && sk.State != StateNext {
+			k.opened[sk.Kid] = nil // no longer signs: drop the private part
+			return nil, nil
+		}
+		if priv != nil {
+			return priv, nil
+		}
 	}
 	der, err := k.sealer.Open(sk.KEKID, sk.Issuer, sk.Kid, sk.Alg, sk.sealed)
 	if err != nil {

@@ -182,3 +182,53 @@ func TestKEK_StringHidesKey(t *testing.T) {
 		t.Fatalf("KEK prints as %q", s)
 	}
 }
+
+// TestKeyring_UnopenableKeyNeverKeepsARevokedOneAlive is the KEK rollout
+// case: instance B has only the old KEK while A seals new keys under a new
+// one. B must still follow every revocation and rotation in its JWKS, and
+// stop signing (not sign with an old key) when it cannot open the active one.
+func TestKeyring_UnopenableKeyNeverKeepsARevokedOneAlive(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	url := testDB.Fresh(t)
+	oldKEK, newKEKv := newKEK(t, "old"), newKEK(t, "new")
+	b := newFixture(t, url, clock, newSealer(t, oldKEK))
+	b.addIssuer(t, testIssuer("rollout", ES256))
+	b.refresh(t)
+	compromised, _ := b.keyring.Signer("rollout")
+
+	a := newFixture(t, url, clock, newSealer(t, newKEKv, oldKEK))
+	c, err := a.rotator.Revoke(ctx, "rollout", compromised.Kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.keyring.Refresh(ctx)
+	if err == nil || !strings.Contains(err.Error(), c.Created[0]) {
+		t.Fatalf("B's refresh should report the new next key %s it cannot open: %v", c.Created[0], err)
+	}
+	signer, err := b.keyring.Signer("rollout")
+	if err != nil || signer.Kid != c.Activated {
+		t.Fatalf("B signs with %v (%v), want the key that took over, %s", signer, err, c.Activated)
+	}
+	for _, kid := range jwksKids(t, mustJWKS(t, b.keyring, "rollout")) {
+		if kid == compromised.Kid {
+			t.Fatal("B still publishes the revoked key")
+		}
+	}
+
+	// A rotates: the active key is now one B cannot open.
+	c, err = a.rotator.Rotate(ctx, "rollout", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b.keyring.Refresh(ctx)
+	if s, err := b.keyring.Signer("rollout"); err == nil {
+		t.Fatalf("B signs with %s although it cannot open the active key %s", s.Kid, c.Activated)
+	}
+	if err := b.keyring.Ready(); err == nil {
+		t.Fatal("B reports ready without a signer")
+	}
+	if kids := jwksKids(t, mustJWKS(t, b.keyring, "rollout")); kids[0] != c.Activated {
+		t.Fatalf("B's JWKS %v does not lead with the active key %s", kids, c.Activated)
+	}
+}

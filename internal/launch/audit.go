@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -99,6 +100,8 @@ func (f *Filter) Validate() error {
 	return v.orNil()
 }
 
+var uuidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
 func encodeCursor(t time.Time, id string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
 }
@@ -110,7 +113,7 @@ func decodeCursor(c string) (time.Time, string, error) {
 	}
 	micros, id, ok := strings.Cut(string(raw), "|")
 	n, err := strconv.ParseInt(micros, 10, 64)
-	if !ok || err != nil || len(id) != 36 {
+	if !ok || err != nil || !uuidPattern.MatchString(id) {
 		return time.Time{}, "", fmt.Errorf("bad cursor")
 	}
 	return time.UnixMicro(n).UTC(), id, nil

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,8 +85,10 @@ func (m *Module) Validate(allowHTTP bool) error {
 	} else if !validSlug(m.Issuer) {
 		v.add("issuer", slugReason)
 	}
-	if err := checkLaunchURL(m.LaunchURL, allowHTTP); err != nil {
+	if normalized, err := checkLaunchURL(m.LaunchURL, allowHTTP); err != nil {
 		v.add("launch_url", err.Error())
+	} else {
+		m.LaunchURL = normalized
 	}
 	if _, err := hti.ParseReference(m.Audience, hti.TypeDevice); err != nil {
 		v.add("audience", err.Error())
@@ -111,30 +115,45 @@ func (m *Module) Validate(allowHTTP bool) error {
 	return v.orNil()
 }
 
+// hostPattern is a DNS name or an IPv4 address; IPv6 literals are checked
+// separately. Nothing else may reach the CSP built from the launch URL.
+var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
+
 // checkLaunchURL applies the launch URL rule: absolute https, or plain http
 // for loopback hosts or when the operator allows it for development. The
 // token travels in this request, so it must not cross a network in clear.
-func checkLaunchURL(s string, allowHTTP bool) error {
+// It returns the URL with its scheme and host in lower case.
+func checkLaunchURL(s string, allowHTTP bool) (string, error) {
 	if s == "" {
-		return errors.New("is required")
+		return "", errors.New("is required")
 	}
 	u, err := url.Parse(s)
 	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
-		return fmt.Errorf("%q must be an absolute https URL", s)
+		return "", fmt.Errorf("%q must be an absolute https URL", s)
 	}
 	if u.User != nil || u.Fragment != "" || strings.ContainsAny(s, " \t\r\n") {
-		return fmt.Errorf("%q must not contain user info, a fragment or whitespace", s)
+		return "", fmt.Errorf("%q must not contain user info, a fragment or whitespace", s)
 	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); ip == nil && !hostPattern.MatchString(host) {
+		return "", fmt.Errorf("%q has an invalid host name", s)
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("%q has an invalid port", s)
+		}
+	}
+	u.Scheme, u.Host = strings.ToLower(u.Scheme), strings.ToLower(u.Host)
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !allowHTTP && !isLoopback(u.Hostname()) {
-			return fmt.Errorf("%q uses plain http on a public host; the launch token would travel unencrypted (use https, or set PORTAL_ALLOW_HTTP_MODULES=true for development)", s)
+		if !allowHTTP && !isLoopback(host) {
+			return "", fmt.Errorf("%q uses plain http on a public host; the launch token would travel unencrypted (use https, or set PORTAL_ALLOW_HTTP_MODULES=true for development)", s)
 		}
 	default:
-		return fmt.Errorf("%q must use https", s)
+		return "", fmt.Errorf("%q must use https", s)
 	}
-	return nil
+	return u.String(), nil
 }
 
 func isLoopback(host string) bool {
@@ -143,6 +162,12 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// moduleCheckField names the field behind each check constraint of modules.
+var moduleCheckField = map[string]string{
+	"modules_slug_check": "slug", "modules_launch_url_check": "launch_url", "modules_audience_check": "audience",
+	"modules_default_definition_check": "default_definition", "modules_method_check": "method", "modules_fields_check": "fields",
 }
 
 // ErrModuleNotFound means no module has the given slug.
@@ -224,6 +249,11 @@ RETURNING (xmax = 0)`, m.Slug, m.Issuer, m.LaunchURL, m.Audience, def, string(m.
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign key: no such issuer
 		var v ValidationError
 		v.add("issuer", fmt.Sprintf("no issuer is named %q", m.Issuer))
+		return Module{}, false, &v
+	}
+	if errors.As(err, &pgErr) && pgErr.Code == "23514" { // a check the validation above should have caught
+		var v ValidationError
+		v.add(moduleCheckField[pgErr.ConstraintName], "is not accepted by the database ("+pgErr.ConstraintName+")")
 		return Module{}, false, &v
 	}
 	if err != nil {

@@ -29,9 +29,15 @@ type Request struct {
 type MalformedError struct {
 	Field  string // "body" when no single field is to blame
 	Reason string
+	Err    error // what reading the body failed with, if it did
 }
 
+// Error says which field is malformed and how.
 func (e *MalformedError) Error() string { return "malformed request: " + e.Field + ": " + e.Reason }
+
+// Unwrap returns the read error, so the HTTP layer can tell a body over the
+// size limit (413) from one that is merely unreadable.
+func (e *MalformedError) Unwrap() error { return e.Err }
 
 // MaxRequestBytes is the largest request body accepted.
 const MaxRequestBytes = 16 << 10
@@ -42,14 +48,14 @@ func DecodeRequest(body io.Reader) (Request, error) {
 	var r Request
 	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBytes+1))
 	if err != nil {
-		return r, &MalformedError{"body", "could not be read"}
+		return r, &MalformedError{Field: "body", Reason: "could not be read", Err: err}
 	}
 	if len(data) > MaxRequestBytes {
-		return r, &MalformedError{"body", fmt.Sprintf("is over %d bytes", MaxRequestBytes)}
+		return r, &MalformedError{Field: "body", Reason: fmt.Sprintf("is over %d bytes", MaxRequestBytes)}
 	}
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return r, &MalformedError{"body", "must be a JSON object"}
+		return r, &MalformedError{Field: "body", Reason: "must be a JSON object"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -57,7 +63,7 @@ func DecodeRequest(body io.Reader) (Request, error) {
 		return Request{}, decodeProblem(err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Request{}, &MalformedError{"body", "has data after the JSON object"}
+		return Request{}, &MalformedError{Field: "body", Reason: "has data after the JSON object"}
 	}
 	return r, nil
 }
@@ -70,23 +76,23 @@ func decodeProblem(err error) error {
 	)
 	switch {
 	case errors.As(err, &syntax):
-		return &MalformedError{"body", fmt.Sprintf("is not valid JSON (at byte %d)", syntax.Offset)}
+		return &MalformedError{Field: "body", Reason: fmt.Sprintf("is not valid JSON (at byte %d)", syntax.Offset)}
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
 		if field == "" {
 			field = "body"
 		}
-		return &MalformedError{field, "must be a string"}
+		return &MalformedError{Field: field, Reason: "must be a string"}
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return &MalformedError{"body", "is truncated JSON"}
+		return &MalformedError{Field: "body", Reason: "is truncated JSON"}
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		if name = strings.Trim(name, `"`); name == "" {
-			return &MalformedError{"body", "has a member with an empty name"}
+			return &MalformedError{Field: "body", Reason: "has a member with an empty name"}
 		}
-		return &MalformedError{name, "is not a known field"}
+		return &MalformedError{Field: name, Reason: "is not a known field"}
 	}
-	return &MalformedError{"body", "is not a valid launch request"}
+	return &MalformedError{Field: "body", Reason: "is not a valid launch request"}
 }
 
 // Validate applies the field rules of a launch request (DESIGN 1.1): the

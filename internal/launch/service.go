@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -145,17 +147,16 @@ func (s *Service) resolve(ctx context.Context, req Request) (spec, error) {
 	if err != nil {
 		return spec{}, err
 	}
-	issuer := req.Issuer
-	if issuer == "" {
-		issuer = m.Issuer
+	// A module is registered in the Koppeltaal domain of one issuer (its
+	// client_id); a token for it under another issuer's name would mix two
+	// domains, so the request may only name the module's own issuer.
+	issuer := m.Issuer
+	if req.Issuer != "" && req.Issuer != m.Issuer {
+		return spec{}, &ValidationError{Fields: []FieldError{{"issuer", fmt.Sprintf("module %q is registered for issuer %q, not %q", m.Slug, m.Issuer, req.Issuer)}}}
 	}
 	if _, err := s.signers.Issuer(issuer); err != nil {
 		if errors.Is(err, keys.ErrUnknownIssuer) {
-			field := "issuer"
-			if req.Issuer == "" {
-				field = "module"
-			}
-			return spec{}, &ValidationError{Fields: []FieldError{{field, fmt.Sprintf("no issuer is named %q", issuer)}}}
+			return spec{}, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("module %q names issuer %q, which this instance does not know", m.Slug, issuer)}}}
 		}
 		return spec{}, err
 	}
@@ -354,9 +355,15 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 	return form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid), nil
 }
 
+// truncate makes s valid UTF-8 (a browser may send any bytes) and cuts it
+// to at most n bytes on a character boundary.
 func truncate(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n]
 }

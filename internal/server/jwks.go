@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/keys"
 )
 
 func jwksCacheControl(maxAge time.Duration) string {
@@ -17,7 +19,11 @@ func jwksCacheControl(maxAge time.Duration) string {
 // handleJWKS serves an issuer's JWK Set from memory (DESIGN 1.3): no
 // database access, so it keeps answering while the database is away.
 func (s *server) handleJWKS(c echo.Context) error {
-	set, err := s.Keyring.JWKS(c.Param("issuer"))
+	issuer := c.Param("issuer")
+	if issuer == "" && c.Path() != "/.well-known/jwks.json" {
+		return keys.ErrUnknownIssuer // "/issuers//jwks.json" is not the default issuer
+	}
+	set, err := s.Keyring.JWKS(issuer)
 	if err != nil {
 		return err
 	}

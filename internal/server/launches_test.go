@@ -690,3 +690,94 @@ func TestKeysAPI_ListAndRotate(t *testing.T) {
 		t.Fatalf("signer %s → %s after %s", before.Kid, after.Kid, body)
 	}
 }
+
+func TestLaunch_AnyUserAgentIsRecorded(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	for _, ua := range []string{"bad \xff\xfe bytes", strings.Repeat("a", 511) + "é and more", strings.Repeat("ü", 600)} {
+		link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+		resp, _ := get(t, link, map[string]string{"User-Agent": ua})
+		if resp.StatusCode != 200 {
+			t.Errorf("user agent %q: status %d", ua[:10], resp.StatusCode)
+		}
+	}
+}
+
+func TestLaunch_OnlyTheModulesIssuer(t *testing.T) {
+	ctx := context.Background()
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	other := defaultIssuer(keys.ES256)
+	other.Slug, other.ClientID, other.IsDefault = "other", "portal-other", false
+	store := keys.NewStore(s.pool)
+	if err := store.CreateIssuer(ctx, other, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.rotator.EnsureKeys(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	status, _, body := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/1","issuer":"other"}`)
+	if status != 422 || !strings.Contains(string(body), `"field":"issuer"`) {
+		t.Fatalf("a token for the module under another issuer's client_id: %d %s", status, body)
+	}
+	if status, _, body := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/1","issuer":"default"}`); status != 201 {
+		t.Fatalf("naming the module's own issuer: %d %s", status, body)
+	}
+}
+
+func TestModulesAPI_LaunchURLsThatCouldBreakTheCSP(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	for _, u := range []string{
+		"https://a.example;frame-ancestors/x", "https://a.example,b.example/x", "https://a.example'/x",
+		"https://a.example:99999/x", "https://a.example:port/x", "javascript:alert(1)", "https:///x",
+	} {
+		body, _ := json.Marshal(map[string]string{"launch_url": u, "audience": "Device/x"})
+		status, _, resp := s.apiCall(t, http.MethodPut, "/api/v1/modules/csp", s.adminKey, "application/json", string(body))
+		if status != 422 && status != 400 {
+			t.Errorf("launch URL %q: %d %s", u, status, resp)
+		}
+	}
+	status, _, resp := s.apiCall(t, http.MethodPut, "/api/v1/modules/upper", s.adminKey, "application/json", `{"launch_url":"HTTPS://Module.Example.ORG/Launch","audience":"Device/x"}`)
+	if status != 201 || !strings.Contains(string(resp), `"launch_url":"https://module.example.org/Launch"`) {
+		t.Fatalf("upper-case scheme and host: %d %s", status, resp)
+	}
+	status, _, resp = s.apiCall(t, http.MethodPut, "/api/v1/modules/trailing", s.adminKey, "application/json", `{"launch_url":"https://m.example.org","audience":"Device/x"} trailing`)
+	if status != 400 {
+		t.Fatalf("trailing data after the module: %d %s", status, resp)
+	}
+}
+
+func TestAPI_EdgeCasesAreClear4xx(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	for _, c := range []string{"?cursor=" + base64.RawURLEncoding.EncodeToString([]byte("123|not-a-uuid-but-36-characters-long")), "?cursor=%ff"} {
+		if status, _, body := s.apiCall(t, http.MethodGet, "/api/v1/launches"+c, s.adminKey, "", ""); status != 422 && status != 400 {
+			t.Errorf("cursor %s: %d %s", c, status, body)
+		}
+	}
+	// A body over the limit sent without Content-Length (chunked).
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte(`{"module":"diary","task":"Task/1","user":"Patient/1","idp_hint":"`))
+		_, _ = pw.Write([]byte(strings.Repeat("x", 40000)))
+		_ = pw.CloseWithError(io.EOF)
+	}()
+	req, _ := http.NewRequest(http.MethodPost, s.http.URL+"/api/v1/launches", pr)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+s.launchKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || !strings.Contains(string(body), "body-too-large") {
+		t.Fatalf("chunked body over the limit: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, s.http.URL+"/issuers//jwks.json", nil); resp.StatusCode != 404 {
+		t.Fatalf("/issuers//jwks.json: %d", resp.StatusCode)
+	}
+}

@@ -66,6 +66,9 @@ func (s *server) handlePutModule(c echo.Context) error {
 		}
 		return &launch.MalformedError{Field: "body", Reason: "must be a JSON object describing the module"}
 	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return &launch.MalformedError{Field: "body", Reason: "has data after the JSON object"}
+	}
 	slug := c.Param("slug")
 	if body.Slug != "" && body.Slug != slug {
 		return &launch.ValidationError{Fields: []launch.FieldError{{Field: "slug", Reason: "differs from the slug in the path"}}}

@@ -44,6 +44,11 @@ func problemFor(err error) *Problem {
 		invalid   *launch.ValidationError
 	)
 	switch {
+	case errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge:
+		// Also when a chunked body ran over the limit while the decoder read it.
+		p := newProblem(he.Code, "body-too-large", "Request body too large", "The request body is over the size limit.")
+		p.Errors = []FieldError{{Field: "body", Reason: "is over the size limit"}}
+		return p
 	case errors.As(err, &malformed):
 		p := newProblem(http.StatusBadRequest, "malformed-request", "Malformed request", "The request body or query could not be read: "+malformed.Field+" "+malformed.Reason+".")
 		p.Errors = []FieldError{{Field: malformed.Field, Reason: malformed.Reason}}
@@ -86,10 +91,6 @@ func problemFor(err error) *Problem {
 			return newProblem(he.Code, "not-found", "Not found", "No resource at this path.")
 		case http.StatusMethodNotAllowed:
 			return newProblem(he.Code, "method-not-allowed", "Method not allowed", "This path does not accept that method.")
-		case http.StatusRequestEntityTooLarge:
-			p := newProblem(he.Code, "body-too-large", "Request body too large", "The request body is over the size limit.")
-			p.Errors = []FieldError{{Field: "body", Reason: "is over the size limit"}}
-			return p
 		}
 		if he.Code >= 400 && he.Code < 500 {
 			return newProblem(he.Code, "bad-request", http.StatusText(he.Code), http.StatusText(he.Code))

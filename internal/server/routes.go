@@ -39,7 +39,9 @@ func (s *server) routes(e *echo.Echo) {
 	// Probes and metrics.
 	e.GET("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
-	e.GET("/metrics", echo.WrapHandler(s.Metrics.Handler()))
+	if !s.MetricsElsewhere {
+		e.GET("/metrics", echo.WrapHandler(s.Metrics.Handler()))
+	}
 
 	// The demo portal and module (PORTAL_DEMO=true only).
 	if s.Demo != nil {

@@ -90,6 +90,9 @@ type Deps struct {
 	Demo           *Demo
 	// Metrics receives what the server observes; a private set when nil.
 	Metrics *metrics.Metrics
+	// MetricsElsewhere leaves /metrics off this server (it is served on a
+	// listener of its own).
+	MetricsElsewhere bool
 }
 
 // server holds the dependencies the handlers use.

@@ -76,7 +76,8 @@ type Verifier struct {
 	cfg     VerifierConfig
 	allowed map[string]bool
 
-	mu          sync.Mutex
+	fetchMu     sync.Mutex // one JWKS fetch at a time
+	mu          sync.Mutex // guards the fields below
 	set         jwk.Set
 	etag        string
 	freshUntil  time.Time
@@ -101,17 +102,19 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if v.cfg.MaxLifetime == 0 {
 		v.cfg.MaxLifetime = MaxLifetime
 	}
+	if v.cfg.Now == nil {
+		v.cfg.Now = time.Now
+	}
 	if v.cfg.Replay == nil {
-		v.cfg.Replay = NewMemoryReplayStore()
+		store := NewMemoryReplayStore()
+		store.now = v.cfg.Now
+		v.cfg.Replay = store
 	}
 	if v.cfg.RefetchInterval == 0 {
 		v.cfg.RefetchInterval = 30 * time.Second
 	}
 	if v.cfg.HTTPClient == nil {
 		v.cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
-	}
-	if v.cfg.Now == nil {
-		v.cfg.Now = time.Now
 	}
 	return v, nil
 }
@@ -206,66 +209,127 @@ func (v *Verifier) checkClaims(c *Claims) error {
 }
 
 // key returns the JWK with the given kid, fetching the JWKS when the cached
-// copy is stale and once more (rate-limited) when the kid is unknown.
+// copy is stale and once more (rate-limited) when the kid is unknown. Only
+// one fetch runs at a time; while it runs, other calls go on with the stale
+// copy rather than waiting, unless there is none yet.
 func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	now := v.cfg.Now()
-	if v.set == nil || !now.Before(v.freshUntil) {
-		if err := v.fetch(ctx, now); err != nil && v.set == nil {
+	set, fresh := v.cached(now)
+	if set == nil {
+		v.fetchMu.Lock()
+		err := v.fetchIfStale(ctx, now)
+		v.fetchMu.Unlock()
+		if set, _ = v.cached(now); set == nil {
 			return nil, err
 		}
+	} else if !fresh && v.fetchMu.TryLock() {
+		_ = v.fetchIfStale(ctx, now) // on failure the stale copy serves a little longer
+		v.fetchMu.Unlock()
+		set, _ = v.cached(now)
 	}
-	if k, ok := v.set.LookupKeyID(kid); ok {
-		return k, nil
+	if k, ok := set.LookupKeyID(kid); ok {
+		return usable(k, kid)
 	}
-	if now.Sub(v.lastRefetch) >= v.cfg.RefetchInterval {
-		v.lastRefetch = now
-		if err := v.fetch(ctx, now); err != nil {
+	if v.claimRefetch(now) {
+		v.fetchMu.Lock()
+		err := v.fetch(ctx, now)
+		v.fetchMu.Unlock()
+		if err != nil {
 			return nil, err
 		}
-		if k, ok := v.set.LookupKeyID(kid); ok {
-			return k, nil
+		set, _ = v.cached(now)
+		if k, ok := set.LookupKeyID(kid); ok {
+			return usable(k, kid)
 		}
 	}
 	return nil, fmt.Errorf("%w: %s", ErrUnknownKey, kid)
 }
 
+// usable refuses a key published for another use than signatures.
+func usable(k jwk.Key, kid string) (jwk.Key, error) {
+	if use := k.KeyUsage(); use != "" && use != "sig" {
+		return nil, fmt.Errorf("%w: key %s is for %q, not signatures", ErrAlgorithm, kid, use)
+	}
+	return k, nil
+}
+
+// cached returns the cached set and whether it is still fresh.
+func (v *Verifier) cached(now time.Time) (jwk.Set, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.set, v.set != nil && now.Before(v.freshUntil)
+}
+
+// claimRefetch reports whether an unknown kid may cause a fetch now.
+func (v *Verifier) claimRefetch(now time.Time) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if now.Sub(v.lastRefetch) < v.cfg.RefetchInterval {
+		return false
+	}
+	v.lastRefetch = now
+	return true
+}
+
+// fetchIfStale fetches unless another call refreshed the set meanwhile.
+func (v *Verifier) fetchIfStale(ctx context.Context, now time.Time) error {
+	if _, fresh := v.cached(now); fresh {
+		return nil
+	}
+	return v.fetch(ctx, now)
+}
+
 // fetch GETs the JWKS (conditionally when an ETag is known) and caches it
-// for the max-age the portal announces.
+// for the max-age the portal announces. The caller holds fetchMu.
 func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
+	v.mu.Lock()
+	etag, have := v.etag, v.set != nil
+	v.mu.Unlock()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.JWKSURL, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrJWKS, err)
 	}
 	req.Header.Set("Accept", "application/json")
-	if v.etag != "" && v.set != nil {
-		req.Header.Set("If-None-Match", v.etag)
+	if etag != "" && have {
+		req.Header.Set("If-None-Match", etag)
 	}
 	resp, err := v.cfg.HTTPClient.Do(req)
 	if err != nil {
-		v.freshUntil = now.Add(5 * time.Second) // keep a stale set a little longer
+		v.retryAfter(now)
 		return fmt.Errorf("%w: %v", ErrJWKS, err)
 	}
 	defer resp.Body.Close()
+	var set jwk.Set
 	switch resp.StatusCode {
 	case http.StatusNotModified:
 	case http.StatusOK:
 		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if err != nil {
+			v.retryAfter(now)
 			return fmt.Errorf("%w: %v", ErrJWKS, err)
 		}
-		set, err := jwk.Parse(body)
-		if err != nil {
+		if set, err = jwk.Parse(body); err != nil {
+			v.retryAfter(now)
 			return fmt.Errorf("%w: %v", ErrJWKS, err)
 		}
-		v.set, v.etag = set, resp.Header.Get("ETag")
 	default:
-		v.freshUntil = now.Add(5 * time.Second)
+		v.retryAfter(now)
 		return fmt.Errorf("%w: %s answered %d", ErrJWKS, v.cfg.JWKSURL, resp.StatusCode)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if set != nil {
+		v.set, v.etag = set, resp.Header.Get("ETag")
 	}
 	v.freshUntil = now.Add(maxAge(resp.Header.Get("Cache-Control")))
 	return nil
+}
+
+// retryAfter keeps a stale set in use for a few seconds after a failed fetch.
+func (v *Verifier) retryAfter(now time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.freshUntil = now.Add(5 * time.Second)
 }
 
 // maxAge reads max-age from Cache-Control (0 for no-cache or no-store,

@@ -193,7 +193,8 @@ func TestVerify_Rejects(t *testing.T) {
 		{"alg none with a signature", b64(map[string]string{"alg": "none", "kid": "rsa-1"}) + "." + b64(p.claims()) + ".AAAA", ErrAlgorithm, ""},
 		{"HS256 with the public key (PEM) as secret", hs256(pubPEM), ErrAlgorithm, ""},
 		{"HS256 with the public key (DER) as secret", hs256(pubDER), ErrAlgorithm, ""},
-		{"alg not the key's alg", p.sign(t, p.claims(), "rsa-1", jwa.RS256), ErrAlgorithm, ""},
+		{"alg not the key's alg", p.sign(t, p.claims(), "rsa-1", jwa.RS384), ErrAlgorithm, ""},
+		{"alg outside the allow-list", p.sign(t, p.claims(), "rsa-1", jwa.RS256), ErrAlgorithm, ""},
 		{"no kid", func() string {
 			raw, _ := json.Marshal(p.claims())
 			tok, _ := jws.Sign(raw, jws.WithKey(jwa.RS512, p.rsaKey))
@@ -241,6 +242,20 @@ func TestVerify_Rejects(t *testing.T) {
 				t.Fatalf("err %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestVerify_KeyForEncryptionIsRefused(t *testing.T) {
+	p := newPortalFixture(t)
+	k, _ := jwk.FromRaw(&p.rsaKey.PublicKey)
+	_ = k.Set(jwk.KeyIDKey, "rsa-enc")
+	_ = k.Set(jwk.AlgorithmKey, jwa.RS512)
+	_ = k.Set(jwk.KeyUsageKey, "enc")
+	p.mu.Lock()
+	_ = p.set.AddKey(k)
+	p.mu.Unlock()
+	if _, err := p.verifier(t, nil).Verify(context.Background(), p.sign(t, p.claims(), "rsa-enc", jwa.RS512)); !errors.Is(err, ErrAlgorithm) {
+		t.Fatalf("a token under a key with use enc: err %v", err)
 	}
 }
 

@@ -25,7 +25,17 @@ func TestServe_GracefulShutdownFinishesInFlightRequests(t *testing.T) {
 	}
 	defer conn.Close()
 	body := `{"module":"m","task":"Task/1","user":"Patient/1"}`
-	fmt.Fprintf(conn, "POST /api/v1/launches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body[:10])
+	// With Expect: 100-continue the server answers "100 Continue" when the
+	// handler starts reading the body: from then on the request is in flight.
+	fmt.Fprintf(conn, "POST /api/v1/launches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", key, len(body))
+	answers := bufio.NewReader(conn)
+	if line, err := answers.ReadString('\n'); err != nil || !strings.Contains(line, "100 Continue") {
+		t.Fatalf("no 100 Continue: %q %v", line, err)
+	}
+	if _, err := answers.ReadString('\n'); err != nil { // the empty line after it
+		t.Fatal(err)
+	}
+	fmt.Fprint(conn, body[:10])
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- inst.stop() }()
@@ -41,7 +51,7 @@ func TestServe_GracefulShutdownFinishesInFlightRequests(t *testing.T) {
 	}
 
 	fmt.Fprint(conn, body[10:])
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	resp, err := http.ReadResponse(answers, nil)
 	if err != nil {
 		t.Fatalf("the in-flight request got no answer: %v", err)
 	}

@@ -109,6 +109,22 @@ func (k *Keyring) Signer(issuer string) (*Signer, error) {
 	return ir.signer, nil
 }
 
+// ActiveSigners returns the signer of every issuer that has one, all from
+// the same snapshot.
+func (k *Keyring) ActiveSigners() []*Signer {
+	snap := k.current.Load()
+	if snap == nil {
+		return nil
+	}
+	out := make([]*Signer, 0, len(snap.issuers))
+	for _, ir := range snap.issuers {
+		if ir.signer != nil {
+			out = append(out, ir.signer)
+		}
+	}
+	return out
+}
+
 // JWKS returns an issuer's published key set; an empty slug means the
 // default issuer.
 func (k *Keyring) JWKS(issuer string) (JWKS, error) {

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ehealth-nl/portal/internal/keys"
@@ -26,6 +27,7 @@ import (
 // an issuer and the issuer's settings, both from memory.
 type Signers interface {
 	Signer(issuer string) (*keys.Signer, error)
+	ActiveSigners() []*keys.Signer
 	Issuer(slug string) (keys.Issuer, error)
 }
 
@@ -181,8 +183,14 @@ func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims,
 	if err != nil {
 		return "", hti.Claims{}, nil, err
 	}
+	token, claims, err = s.signWith(signer, sp, now, newJTI())
+	return token, claims, signer, err
+}
+
+// signWith signs the claims of sp at time now with the given signer and jti.
+func (s *Service) signWith(signer *keys.Signer, sp spec, now time.Time, jti string) (string, hti.Claims, error) {
 	iat := now.Truncate(time.Second) // whole seconds, never in the future
-	claims = hti.Claims{
+	claims := hti.Claims{
 		Issuer:     signer.Issuer.ClientID,
 		Audience:   sp.module.Audience, // TOP-KT-007: a single string, the module's Device
 		Subject:    sp.user,
@@ -191,7 +199,7 @@ func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims,
 		Intent:     sp.intent,
 		HTIVersion: hti.Version,
 		IDPHint:    sp.idpHint,
-		JTI:        newJTI(),
+		JTI:        jti,
 		IssuedAt:   iat.Unix(),
 		ExpiresAt:  iat.Add(s.cfg.TokenLifetime).Unix(),
 	}
@@ -199,17 +207,17 @@ func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims,
 		claims.Patient = sp.patient // omitted when sub is the patient
 	}
 	if err := claims.CheckReferences(); err != nil {
-		return "", hti.Claims{}, nil, fmt.Errorf("launch claims: %w", err) // a bug: requests are validated
+		return "", hti.Claims{}, fmt.Errorf("launch claims: %w", err) // a bug: requests are validated
 	}
 	payload, err := json.Marshal(claims)
 	if err != nil {
-		return "", hti.Claims{}, nil, err
+		return "", hti.Claims{}, err
 	}
 	raw, err := signer.Sign(payload)
 	if err != nil {
-		return "", hti.Claims{}, nil, err
+		return "", hti.Claims{}, err
 	}
-	return string(raw), claims, signer, nil
+	return string(raw), claims, nil
 }
 
 // form builds what the browser sends to the module (DESIGN 1.2). Note the
@@ -295,64 +303,104 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 	return IssuedToken{ID: id, Token: token, JTI: claims.JTI, ExpiresAt: exp, Form: form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid)}, nil
 }
 
-const sqlLockTicket = `SELECT id, issuer, module, audience, launch_url, method, fields, task, sub, coalesce(patient, ''),
-	coalesce(definition, ''), intent, coalesce(idp_hint, ''), expires_at, redeemed_at IS NOT NULL
-FROM launches WHERE ticket_hash = $1 FOR UPDATE`
+// sqlClaimTicket marks a ticket redeemed and returns its launch, in one
+// statement: two requests for the same ticket cannot both match
+// "redeemed_at IS NULL" (the second waits for the first's row lock, then
+// re-checks). The kid and client_id are chosen from the arrays of the
+// active signers by the row's issuer; an issuer without a signer leaves kid
+// NULL, which the table refuses, so nothing changes.
+const sqlClaimTicket = `UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
+	token_expires_at = $6,
+	kid = (SELECT s.kid FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id) WHERE s.issuer = l.issuer),
+	client_id = (SELECT s.client_id FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id) WHERE s.issuer = l.issuer)
+WHERE ticket_hash = $1 AND redeemed_at IS NULL AND expires_at > $2
+RETURNING id, issuer, module, audience, launch_url, method, fields, task, sub, coalesce(patient, ''),
+	coalesce(definition, ''), intent, coalesce(idp_hint, ''), kid`
 
-const sqlRedeem = `UPDATE launches SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5, kid = $6,
-	token_expires_at = $7, client_id = $8 WHERE id = $1`
+// sqlTicketState tells, after a claim matched nothing, why.
+const sqlTicketState = `SELECT id, redeemed_at IS NOT NULL, expires_at FROM launches WHERE ticket_hash = $1`
+
+// sqlUnclaimTicket gives a ticket back when its token could not be signed.
+const sqlUnclaimTicket = `UPDATE launches SET redeemed_at = NULL, client_addr = NULL, user_agent = NULL, jti = NULL,
+	token_expires_at = NULL, kid = NULL, client_id = NULL WHERE id = $1 AND jti = $2`
 
 // Redeem follows a launch link: exactly once, even when many requests
-// arrive together (the row is locked, then marked), it signs a fresh token
-// at this moment, records who followed the link from where, and returns the
-// form for the browser. A link that was used or has expired is refused; on
-// any failure the link stays as it was.
+// arrive together, it claims the ticket and records who followed it from
+// where, signs a fresh token at this moment, and returns the form for the
+// browser. A link that was used or has expired is refused; on any failure
+// the link stays as it was.
 func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, error) {
 	if !plausibleTicket(ticket) {
 		return Form{}, ErrTicketNotFound
 	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return Form{}, storageError("redeem launch", err)
+	hash := hashTicket(ticket)
+	now := s.now().UTC()
+	signers := s.signers.ActiveSigners()
+	issuers, kids, clientIDs := make([]string, len(signers)), make([]string, len(signers)), make([]string, len(signers))
+	for i, sg := range signers {
+		issuers[i], kids[i], clientIDs[i] = sg.Issuer.Slug, sg.Kid, sg.Issuer.ClientID
 	}
-	defer func() { _ = tx.Rollback(ctx) }()
+	jti := newJTI()
 	var (
 		sp             spec
-		id             string
+		id, kid        string
 		method, fields string
-		expires        time.Time
-		redeemed       bool
 	)
-	err = tx.QueryRow(ctx, sqlLockTicket, hashTicket(ticket)).Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience,
-		&sp.module.LaunchURL, &method, &fields, &sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint,
-		&expires, &redeemed)
+	err := s.pool.QueryRow(ctx, sqlClaimTicket, hash, now, nullable(b.Addr), nullable(truncate(b.UserAgent, 512)), jti,
+		now.Truncate(time.Second).Add(s.cfg.TokenLifetime), issuers, kids, clientIDs).
+		Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
+			&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Form{}, ErrTicketNotFound
+		return s.whyNotClaimed(ctx, hash, now)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.ConstraintName == "launches_signed_shape" {
+		// The launch's issuer has no active key on this instance: the
+		// claim did not happen, the link stays valid.
+		return Form{}, fmt.Errorf("redeem launch: %w", keys.ErrNoActiveKey)
 	}
 	if err != nil {
 		return Form{}, storageError("redeem launch", err)
 	}
 	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
-	now := s.now().UTC()
+	var signer *keys.Signer
+	for _, sg := range signers {
+		if sg.Kid == kid {
+			signer = sg
+		}
+	}
+	token, claims, err := s.signWith(signer, sp, now, jti)
+	if err != nil {
+		// Give the ticket back; the browser may try again.
+		if _, uerr := s.pool.Exec(context.WithoutCancel(ctx), sqlUnclaimTicket, id, jti); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return Form{LaunchID: id}, err
+	}
+	return form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid), nil
+}
+
+// whyNotClaimed tells an unknown ticket from a used or an expired one.
+func (s *Service) whyNotClaimed(ctx context.Context, hash []byte, now time.Time) (Form, error) {
+	var (
+		id       string
+		redeemed bool
+		expires  time.Time
+	)
+	err := s.pool.QueryRow(ctx, sqlTicketState, hash).Scan(&id, &redeemed, &expires)
 	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return Form{}, ErrTicketNotFound
+	case err != nil:
+		return Form{}, storageError("redeem launch", err)
 	case redeemed:
 		return Form{LaunchID: id}, ErrTicketUsed
 	case !now.Before(expires):
 		return Form{LaunchID: id}, ErrTicketExpired
 	}
-	token, claims, signer, err := s.sign(sp, now)
-	if err != nil {
-		return Form{LaunchID: id}, err
-	}
-	_, err = tx.Exec(ctx, sqlRedeem, id, now, nullable(b.Addr), nullable(truncate(b.UserAgent, 512)), claims.JTI, signer.Kid,
-		time.Unix(claims.ExpiresAt, 0).UTC(), claims.Issuer)
-	if err != nil {
-		return Form{LaunchID: id}, storageError("redeem launch", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return Form{LaunchID: id}, storageError("redeem launch", err)
-	}
-	return form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid), nil
+	// Neither used nor expired, yet not claimed: the clock moved between
+	// the two statements. Say used, the safe answer.
+	return Form{LaunchID: id}, ErrTicketUsed
 }
 
 // truncate makes s valid UTF-8 (a browser may send any bytes) and cuts it

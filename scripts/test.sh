@@ -48,3 +48,6 @@ for target in "FuzzDecodeRequest ./internal/launch" "FuzzVerify ./pkg/hti" "Fuzz
   go test -list "^$1\$" "$2" | grep -qx "$1" || { echo "fuzz target $1 not found in $2" >&2; exit 1; }
   go test -run '^$' -fuzz "^$1\$" -fuzztime "${PORTAL_FUZZTIME:-10s}" "$2"
 done
+
+step "soak, short (make soak runs the long one)"
+PORTAL_SOAK_DATABASE_URL="$PORTAL_TEST_DATABASE_URL" scripts/soak.sh -duration "${PORTAL_SOAK_DURATION:-24s}"

@@ -109,7 +109,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	}
 	clock := &testClock{}
 	logs := &syncBuffer{}
-	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})) // as in production
 	store := keys.NewStore(pool)
 	if err := store.UpsertDefaultIssuer(ctx, defaultIssuer(alg), clock.Now()); err != nil {
 		t.Fatal(err)

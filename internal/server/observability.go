@@ -3,9 +3,9 @@ package server
 import (
 	"encoding/binary"
 	"encoding/hex"
-	"math/rand/v2"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"regexp"
 	"time"

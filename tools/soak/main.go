@@ -93,9 +93,9 @@ type soak struct {
 	outageTo   time.Time
 
 	issued, verified, refusedExpected, outage503, otherErrors atomic.Int64
-	retriedAfterOutage, lostInOutage, afterOutageOK          atomic.Int64
-	jwksRequests, jwksFailures                               atomic.Int64
-	judged                                                   chan struct{} // closed when every verdict is judged
+	retriedAfterOutage, lostInOutage, afterOutageOK           atomic.Int64
+	jwksRequests, jwksFailures                                atomic.Int64
+	judged                                                    chan struct{} // closed when every verdict is judged
 }
 
 type issuedToken struct {

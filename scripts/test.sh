@@ -45,7 +45,8 @@ step "fuzzing (each target ${PORTAL_FUZZTIME:-10s})"
 for target in "FuzzDecodeRequest ./internal/launch" "FuzzVerify ./pkg/hti" "FuzzParseClaims ./pkg/hti"; do
   set -- $target
   # go test passes when -fuzz matches nothing: make sure the target exists.
-  go test -list "^$1\$" "$2" | grep -qx "$1" || { echo "fuzz target $1 not found in $2" >&2; exit 1; }
+  listed="$(go test -list "^$1\$" "$2")"
+  grep -qx "$1" <<<"$listed" || { echo "fuzz target $1 not found in $2" >&2; exit 1; }
   go test -run '^$' -fuzz "^$1\$" -fuzztime "${PORTAL_FUZZTIME:-10s}" "$2"
 done
 

@@ -112,7 +112,11 @@ func (s *server) handleError(err error, c echo.Context) {
 	case http.StatusServiceUnavailable:
 		c.Response().Header().Set("Retry-After", "5")
 	}
-	if p.Status >= 500 {
+	switch {
+	case p.Status == http.StatusServiceUnavailable:
+		// Expected while the database is away; the cause is in the message.
+		s.logger(c).Warn("request refused for now", "method", c.Request().Method, "route", c.Path(), "status", p.Status, "err", err)
+	case p.Status >= 500:
 		s.logger(c).Error("request failed", "method", c.Request().Method, "route", c.Path(), "status", p.Status, "err", err)
 	}
 	c.Response().Header().Set("Cache-Control", "no-store")

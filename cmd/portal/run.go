@@ -15,6 +15,7 @@ import (
 // usageError is a mistake in the command line; main exits 2 for it.
 type usageError struct{ msg string }
 
+// Error is the message printed before the exit with status 2.
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error {

@@ -26,10 +26,12 @@ type keyAdmin struct {
 	rotator *keys.Rotator
 }
 
+// Keys lists an issuer's keys for GET /api/v1/keys.
 func (a keyAdmin) Keys(ctx context.Context, issuer string) ([]keys.Key, error) {
 	return a.store.Keys(ctx, issuer)
 }
 
+// Rotate forces a rotation for POST /api/v1/keys/rotate.
 func (a keyAdmin) Rotate(ctx context.Context, issuer string, ignoreLead bool) (keys.Change, error) {
 	return a.rotator.Rotate(ctx, issuer, ignoreLead)
 }

@@ -42,10 +42,10 @@ func ParseScope(s string) (Scope, error) {
 
 // Key describes an API key; it never holds the secret.
 type Key struct {
-	KeyID     string // public part of the presented key, shown in lists and logs
-	Name      string
-	Scope     Scope
-	CreatedAt time.Time
+	KeyID     string    // public part of the presented key, shown in lists and logs
+	Name      string    // who uses the key, unique among valid keys
+	Scope     Scope     // what the key may do
+	CreatedAt time.Time // when it was created
 	RevokedAt time.Time // zero while the key is valid
 }
 

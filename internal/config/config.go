@@ -28,8 +28,8 @@ type Config struct {
 	// Demo serves the demo portal page and demo module (never by default).
 	Demo bool
 
-	DatabaseURL string
-	ListenAddr  string
+	DatabaseURL string // PostgreSQL connection string
+	ListenAddr  string // address of the HTTP listener
 	// PublicURL is how browsers and modules reach this service, without a
 	// trailing slash.
 	PublicURL string
@@ -40,15 +40,15 @@ type Config struct {
 	// KEKs is the key-encryption key ring, the sealing KEK first. Empty only
 	// in development mode, where the caller supplies a development KEK.
 	KEKs       []keys.KEK
-	DevKEKFile string
+	DevKEKFile string // where development mode keeps its generated KEK
 
-	RotationCheckInterval time.Duration
-	JWKSMaxAge            time.Duration
-	KeyringRefresh        time.Duration
-	TokenLifetime         time.Duration
-	TicketLifetime        time.Duration
-	ShutdownTimeout       time.Duration
-	LogLevel              slog.Level
+	RotationCheckInterval time.Duration // how often each instance checks for due rotations
+	JWKSMaxAge            time.Duration // Cache-Control max-age of the JWKS
+	KeyringRefresh        time.Duration // poll interval of the keyring, beside NOTIFY
+	TokenLifetime         time.Duration // exp - iat of launch tokens, at most 300 s
+	TicketLifetime        time.Duration // how long a launch link may be followed
+	ShutdownTimeout       time.Duration // how long in-flight requests may finish at shutdown
+	LogLevel              slog.Level    // the lowest level logged
 
 	// AllowHTTPModules permits plain-http module launch URLs on public
 	// hosts (loopback hosts are always allowed); development only.
@@ -70,17 +70,18 @@ func (c Config) Limits() keys.TimingLimits {
 
 // Error names the variable whose value breaks a rule.
 type Error struct {
-	Var    string
-	Reason string
+	Var    string // the environment variable
+	Reason string // the rule its value breaks
 }
 
+// Error is the one line printed when the configuration is refused.
 func (e *Error) Error() string { return e.Var + ": " + e.Reason }
 
 // Variable documents one environment variable, for --help and the README.
 type Variable struct {
-	Name    string
-	Default string
-	Doc     string
+	Name    string // the environment variable
+	Default string // its default, or what happens without it
+	Doc     string // what it sets
 }
 
 // Variables lists every environment variable the service reads.

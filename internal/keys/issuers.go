@@ -23,10 +23,10 @@ type Issuer struct {
 	FHIRBaseURL string    // form field iss (DESIGN 1.2): the Koppeltaal FHIR base
 	Alg         Algorithm // algorithm of new keys
 	RSABits     int       // modulus size of new RSA keys
-	Policy      Policy
-	IsDefault   bool // served at /.well-known/jwks.json
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	Policy      Policy    // how its keys rotate
+	IsDefault   bool      // served at /.well-known/jwks.json
+	CreatedAt   time.Time // when the issuer was stored
+	UpdatedAt   time.Time // when its settings last changed
 }
 
 // Policy is an issuer's rotation schedule (DESIGN 2.3).
@@ -43,17 +43,18 @@ type Policy struct {
 // respect: how long verifiers may cache a JWKS, how stale an instance's
 // keyring may be, and how long a token lives.
 type TimingLimits struct {
-	JWKSMaxAge      time.Duration
-	RefreshInterval time.Duration
-	TokenLifetime   time.Duration
+	JWKSMaxAge      time.Duration // Cache-Control max-age of the JWKS
+	RefreshInterval time.Duration // how stale an instance's keyring may get
+	TokenLifetime   time.Duration // exp - iat of every token
 }
 
 // PolicyError says which policy field breaks which rule.
 type PolicyError struct {
 	Field  string // "rotation_period", "publish_lead" or "retire_grace"
-	Reason string
+	Reason string // the rule it breaks, with the numbers
 }
 
+// Error names the policy field and the rule it breaks.
 func (e *PolicyError) Error() string { return e.Field + ": " + e.Reason }
 
 // Validate checks the timing rules of DESIGN 2.3 against the service limits.
@@ -82,9 +83,10 @@ func (p Policy) Validate(l TimingLimits) error {
 // IssuerError says which issuer field is invalid and why.
 type IssuerError struct {
 	Field  string // "slug", "client_id", "fhir_base_url", "alg", "rsa_bits" or a policy field
-	Reason string
+	Reason string // the rule it breaks
 }
 
+// Error names the issuer field and the rule it breaks.
 func (e *IssuerError) Error() string { return e.Field + ": " + e.Reason }
 
 var slugPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)

@@ -110,18 +110,18 @@ const (
 
 // Key is a signing key's public description: everything but the private part.
 type Key struct {
-	Kid         string
-	Issuer      string
-	Alg         Algorithm
-	Bits        int
-	State       State
-	PublicJWK   json.RawMessage
-	KEKID       string // empty once the private part is erased
-	CreatedAt   time.Time
-	ActivatedAt time.Time // zero until the key signs
-	RetiredAt   time.Time
-	ExpiresAt   time.Time // for retired keys: when they leave the JWKS
-	RevokedAt   time.Time
+	Kid         string          // random id, never reused
+	Issuer      string          // slug of the issuer the key belongs to
+	Alg         Algorithm       // the one algorithm the key signs with
+	Bits        int             // RSA modulus or EC curve size
+	State       State           // where the key is in its lifecycle
+	PublicJWK   json.RawMessage // the public key as published in the JWKS
+	KEKID       string          // empty once the private part is erased
+	CreatedAt   time.Time       // when the key was made (and published, for next keys)
+	ActivatedAt time.Time       // zero until the key signs
+	RetiredAt   time.Time       // when it stopped signing
+	ExpiresAt   time.Time       // for retired keys: when they leave the JWKS
+	RevokedAt   time.Time       // when an operator withdrew it
 }
 
 // generatedKey is a freshly generated key pair, ready to be sealed and stored.

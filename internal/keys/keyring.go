@@ -51,17 +51,17 @@ type issuerRing struct {
 // JWKS is an issuer's JWK Set, serialized once per change, with its strong
 // entity tag.
 type JWKS struct {
-	Body []byte
-	ETag string
+	Body []byte // the JSON served, identical on every instance
+	ETag string // a strong entity tag of Body
 }
 
 // Signer signs launch tokens with an issuer's active key. It is immutable;
 // a rotation makes the keyring hand out a new one.
 type Signer struct {
-	Issuer      Issuer
-	Kid         string
-	Alg         Algorithm
-	ActiveSince time.Time
+	Issuer      Issuer    // the issuer the key signs for (client_id, FHIR base)
+	Kid         string    // the key id put in every token header
+	Alg         Algorithm // the algorithm of the key
+	ActiveSince time.Time // when the key started signing
 	key         crypto.Signer
 }
 
@@ -163,7 +163,7 @@ func (k *Keyring) issuer(slug string) (*issuerRing, error) {
 // IssuerStatus is what the keyring knows of one issuer's keys, for probes
 // and metrics.
 type IssuerStatus struct {
-	Slug         string
+	Slug         string    // the issuer
 	ActiveKid    string    // empty when the issuer has no active key
 	ActiveSince  time.Time // when the active key started signing
 	NextRotation time.Time // when the active key is due to be replaced

@@ -32,10 +32,10 @@ func NewRotator(store *Store, sealer *Sealer, clock func() time.Time, logger *sl
 
 // Change reports what one rotator call did to an issuer's keys.
 type Change struct {
-	Issuer    string
+	Issuer    string   // the issuer whose keys changed
 	Expired   []string // retired keys that left the JWKS, or next keys replaced
-	Revoked   string
-	Retired   string
+	Revoked   string   // a key withdrawn by an operator
+	Retired   string   // the key that stopped signing
 	Activated string   // a next key (or a new key) that now signs
 	Created   []string // new keys, in the order active, next
 	// Skipped is set when another instance held the issuer's lock.
@@ -50,6 +50,7 @@ func (c Change) Changed() bool {
 // Rotated reports whether the active key was replaced on schedule or on request.
 func (c Change) Rotated() bool { return c.Retired != "" && c.Activated != "" }
 
+// String summarises the change for logs and command output.
 func (c Change) String() string {
 	var parts []string
 	add := func(label string, v ...string) {

@@ -16,8 +16,8 @@ const KEKSize = 32
 // KEK is a key-encryption key: the AES-256 key that seals signing keys at
 // rest, and the id stored beside every row it sealed.
 type KEK struct {
-	ID  string
-	Key []byte
+	ID  string // stored beside every row it sealed; derived from the key by config
+	Key []byte // the 32 AES-256 key bytes
 }
 
 // String hides the key material so a KEK can never end up in a log by accident.

@@ -19,39 +19,39 @@ import (
 // and from where. It carries what a FHIR AuditEvent (DCM 110100 / 110120,
 // trace id = jti) needs; it never holds a token or a ticket.
 type Record struct {
-	ID             string     `json:"id"`
-	Kind           string     `json:"kind"`   // "ticket" (a launch link) or "token" (handed to the backend)
-	Status         string     `json:"status"` // pending, redeemed, expired or issued
-	Issuer         string     `json:"issuer"`
-	ClientID       string     `json:"client_id,omitempty"`
-	Module         string     `json:"module"`
-	Audience       string     `json:"audience"`
-	LaunchURL      string     `json:"launch_url"`
-	Task           string     `json:"task"`
-	User           string     `json:"user"`
-	Patient        string     `json:"patient,omitempty"`
-	Definition     string     `json:"definition,omitempty"`
-	Intent         string     `json:"intent"`
-	IDPHint        string     `json:"idp_hint,omitempty"`
-	CreatedBy      string     `json:"created_by"`
-	CreatedFrom    string     `json:"created_from,omitempty"`
-	CreatedAt      time.Time  `json:"created_at"`
-	ExpiresAt      *time.Time `json:"expires_at,omitempty"`
-	RedeemedAt     *time.Time `json:"redeemed_at,omitempty"`
-	ClientAddr     string     `json:"client_addr,omitempty"`
-	UserAgent      string     `json:"user_agent,omitempty"`
-	JTI            string     `json:"jti,omitempty"`
-	Kid            string     `json:"kid,omitempty"`
-	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"`
+	ID             string     `json:"id"`                         // the launch id (UUID)
+	Kind           string     `json:"kind"`                       // "ticket" (a launch link) or "token" (handed to the backend)
+	Status         string     `json:"status"`                     // pending, redeemed, expired or issued
+	Issuer         string     `json:"issuer"`                     // slug of the issuer that signed
+	ClientID       string     `json:"client_id,omitempty"`        // the token's iss, once signed
+	Module         string     `json:"module"`                     // slug of the module launched
+	Audience       string     `json:"audience"`                   // the token's aud: the module's Device
+	LaunchURL      string     `json:"launch_url"`                 // where the browser was sent
+	Task           string     `json:"task"`                       // the token's resource
+	User           string     `json:"user"`                       // the token's sub: who launched
+	Patient        string     `json:"patient,omitempty"`          // the patient concerned (also when the user is that patient)
+	Definition     string     `json:"definition,omitempty"`       // the token's definition
+	Intent         string     `json:"intent"`                     // the token's intent
+	IDPHint        string     `json:"idp_hint,omitempty"`         // the token's idp_hint
+	CreatedBy      string     `json:"created_by"`                 // name of the API key that asked
+	CreatedFrom    string     `json:"created_from,omitempty"`     // address the request came from
+	CreatedAt      time.Time  `json:"created_at"`                 // when the launch was created
+	ExpiresAt      *time.Time `json:"expires_at,omitempty"`       // when the launch link stopped working
+	RedeemedAt     *time.Time `json:"redeemed_at,omitempty"`      // when the token was signed and sent
+	ClientAddr     string     `json:"client_addr,omitempty"`      // address of the browser (or backend) that got the token
+	UserAgent      string     `json:"user_agent,omitempty"`       // the browser's User-Agent, at most 512 bytes
+	JTI            string     `json:"jti,omitempty"`              // the token's jti: the AuditEvent trace id
+	Kid            string     `json:"kid,omitempty"`              // the key that signed the token
+	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"` // the token's exp
 }
 
 // Filter selects audit records; empty fields do not filter.
 type Filter struct {
-	Task    string
-	User    string
-	Patient string
-	Module  string
-	Issuer  string
+	Task    string    // only this Task/<id>
+	User    string    // only launches by this user
+	Patient string    // only launches for this patient
+	Module  string    // only this module
+	Issuer  string    // only this issuer
 	From    time.Time // created at or after
 	To      time.Time // created before
 	Limit   int       // 1-500, default 50
@@ -60,7 +60,7 @@ type Filter struct {
 
 // Page is one page of audit records, newest first.
 type Page struct {
-	Records []Record `json:"records"`
+	Records []Record `json:"records"`        // newest first
 	Next    string   `json:"next,omitempty"` // cursor of the next page; empty on the last
 }
 

@@ -11,16 +11,17 @@ import (
 
 // FieldError names one invalid request field and says what is wrong with it.
 type FieldError struct {
-	Field  string
-	Reason string
+	Field  string // the request field, as named in JSON
+	Reason string // what is wrong with it
 }
 
 // ValidationError lists every invalid field of a request; nothing was
 // written.
 type ValidationError struct {
-	Fields []FieldError
+	Fields []FieldError // every invalid field, in request order
 }
 
+// Error lists every invalid field with its reason.
 func (e *ValidationError) Error() string {
 	parts := make([]string, len(e.Fields))
 	for i, f := range e.Fields {

@@ -45,15 +45,15 @@ const (
 
 // Module is an eHealth module the portal can launch.
 type Module struct {
-	Slug              string    `json:"slug"`
-	Issuer            string    `json:"issuer"`
-	LaunchURL         string    `json:"launch_url"`
+	Slug              string    `json:"slug"`                         // short name used in launch requests
+	Issuer            string    `json:"issuer"`                       // slug of the issuer whose Koppeltaal domain the module is in
+	LaunchURL         string    `json:"launch_url"`                   // Endpoint.address: where the browser is sent
 	Audience          string    `json:"audience"`                     // Device/<id>: the token's aud
 	DefaultDefinition string    `json:"default_definition,omitempty"` // ActivityDefinition/<id>
-	Method            Method    `json:"method"`
-	Fields            FieldSet  `json:"fields"`
-	CreatedAt         time.Time `json:"created_at"`
-	UpdatedAt         time.Time `json:"updated_at"`
+	Method            Method    `json:"method"`                       // post (form) or get (redirect)
+	Fields            FieldSet  `json:"fields"`                       // which form fields the module receives
+	CreatedAt         time.Time `json:"created_at"`                   // when the module was registered
+	UpdatedAt         time.Time `json:"updated_at"`                   // when it last changed
 }
 
 // slugRule matches issuer and module slugs.

@@ -14,22 +14,22 @@ import (
 // Request asks for a launch: which module, for which task, launched by
 // which user, for which patient (DESIGN 2.4, issue: POST /api/v1/launches).
 type Request struct {
-	Module     string `json:"module"`
-	Task       string `json:"task"`
-	User       string `json:"user"`
-	Patient    string `json:"patient,omitempty"`
-	Definition string `json:"definition,omitempty"`
-	Intent     string `json:"intent,omitempty"`
-	IDPHint    string `json:"idp_hint,omitempty"`
-	Issuer     string `json:"issuer,omitempty"`
+	Module     string `json:"module"`               // slug of a registered module (required)
+	Task       string `json:"task"`                 // Task/<id> (required)
+	User       string `json:"user"`                 // Patient, Practitioner or RelatedPerson/<id>: the sub (required)
+	Patient    string `json:"patient,omitempty"`    // Patient/<id>: required unless the user is a Patient
+	Definition string `json:"definition,omitempty"` // ActivityDefinition/<id>; the module's by default
+	Intent     string `json:"intent,omitempty"`     // a Task.intent code; plan by default
+	IDPHint    string `json:"idp_hint,omitempty"`   // passed through to the token
+	Issuer     string `json:"issuer,omitempty"`     // the module's issuer, when named
 }
 
 // MalformedError means the body is not a JSON object of the known fields
 // with string values: a 400, naming the field where one is to blame.
 type MalformedError struct {
 	Field  string // "body" when no single field is to blame
-	Reason string
-	Err    error // what reading the body failed with, if it did
+	Reason string // what is wrong with it
+	Err    error  // what reading the body failed with, if it did
 }
 
 // Error says which field is malformed and how.

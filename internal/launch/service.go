@@ -56,39 +56,39 @@ func NewService(pool *pgxpool.Pool, modules ModuleSource, signers Signers, cfg C
 // Caller is who asked for a launch: the API key's name and the address the
 // request came from.
 type Caller struct {
-	Name string
-	Addr string
+	Name string // the API key's name
+	Addr string // the client address of the request
 }
 
 // Browser is who followed a launch link.
 type Browser struct {
-	Addr      string
-	UserAgent string
+	Addr      string // the client address of the request
+	UserAgent string // the browser's User-Agent header
 }
 
 // Created is the answer to a launch request: a one-time link.
 type Created struct {
-	ID        string    `json:"id"`
-	LaunchURL string    `json:"launch_url"`
-	ExpiresAt time.Time `json:"expires_at"`
+	ID        string    `json:"id"`         // the launch id
+	LaunchURL string    `json:"launch_url"` // the one-time link to send the browser to
+	ExpiresAt time.Time `json:"expires_at"` // when the link stops working
 }
 
 // Field is one form field (or query parameter) sent to the module.
 type Field struct {
-	Name  string
-	Value string
+	Name  string // iss, launch or token
+	Value string // the FHIR base URL or the token
 }
 
 // Form is how the browser goes to the module: the URL, the method, and the
 // fields, one of which carries the token.
 type Form struct {
-	LaunchID string
-	Module   string
-	JTI      string
-	Kid      string
-	URL      string
-	Method   Method
-	Fields   []Field
+	LaunchID string  // the launch this form carries
+	Module   string  // slug of the module
+	JTI      string  // the token's jti
+	Kid      string  // the key that signed the token
+	URL      string  // the module's launch URL
+	Method   Method  // post or get
+	Fields   []Field // the fields, in order
 }
 
 // RedirectURL is the launch URL with the fields as query parameters, for
@@ -118,11 +118,11 @@ func (f Form) FieldMap() map[string]string {
 // IssuedToken is the answer to a direct token request, for portals that
 // build the form themselves.
 type IssuedToken struct {
-	ID        string
-	Token     string
-	JTI       string
-	ExpiresAt time.Time
-	Form      Form
+	ID        string    // the launch id
+	Token     string    // the signed HTI token
+	JTI       string    // its jti
+	ExpiresAt time.Time // its exp
+	Form      Form      // how to send it to the module
 }
 
 // spec is a validated launch, everything needed to sign its token.

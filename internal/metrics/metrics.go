@@ -169,12 +169,14 @@ var (
 		"Keys in the issuer's JWKS.", []string{"issuer"}, nil)
 )
 
+// Describe sends the descriptions of the key-age metrics.
 func (c *keyAgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- activeKeyAgeDesc
 	ch <- nextRotationDesc
 	ch <- publishedKeysDesc
 }
 
+// Collect reads every issuer's key ages from the keyring.
 func (c *keyAgeCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.now()
 	for _, st := range c.keyring.Status() {
@@ -201,12 +203,14 @@ var (
 	poolFailedDesc   = prometheus.NewDesc("portal_db_pool_canceled_acquires_total", "Acquires canceled before a connection was free.", nil, nil)
 )
 
+// Describe sends the descriptions of the pool metrics.
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolConnsDesc, poolMaxDesc, poolAcquiresDesc, poolWaitsDesc, poolWaitDesc, poolFailedDesc} {
 		ch <- d
 	}
 }
 
+// Collect reads the pool's statistics.
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.pool.Stat()
 	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(s.AcquiredConns()), "acquired")

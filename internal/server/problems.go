@@ -17,17 +17,17 @@ const problemTypePrefix = "urn:portal:problem:"
 
 // Problem is an RFC 9457 problem details body, the shape of every API error.
 type Problem struct {
-	Type   string       `json:"type"`
-	Title  string       `json:"title"`
-	Status int          `json:"status"`
-	Detail string       `json:"detail,omitempty"`
-	Errors []FieldError `json:"errors,omitempty"`
+	Type   string       `json:"type"`             // a stable URI naming the kind of problem
+	Title  string       `json:"title"`            // a short human summary of the type
+	Status int          `json:"status"`           // the HTTP status
+	Detail string       `json:"detail,omitempty"` // what happened in this case
+	Errors []FieldError `json:"errors,omitempty"` // the invalid fields, for request errors
 }
 
 // FieldError names one invalid request field and says what is wrong with it.
 type FieldError struct {
-	Field  string `json:"field"`
-	Reason string `json:"reason"`
+	Field  string `json:"field"`  // the request field (or header) at fault
+	Reason string `json:"reason"` // what is wrong with it
 }
 
 func newProblem(status int, kind, title, detail string) *Problem {

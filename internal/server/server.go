@@ -63,31 +63,31 @@ type KeyAdmin interface {
 
 // Demo configures the demo portal and module; nil turns them off.
 type Demo struct {
-	Module   string // slug of the demo module
-	Verifier TokenVerifier
+	Module   string        // slug of the demo module
+	Verifier TokenVerifier // checks tokens as the demo module, against this service's JWKS over HTTP
 }
 
 // Deps are the dependencies of the HTTP server.
 type Deps struct {
-	Keyring       Keyring
-	Database      Pinger
-	Launches      Launches
-	Modules       Modules
-	APIKeys       Authenticator
-	KeyAdmin      KeyAdmin
-	DefaultIssuer string
-	Logger        *slog.Logger
-	Clock         func() time.Time
+	Keyring       Keyring          // signing keys and JWKS, in memory
+	Database      Pinger           // pinged by /readyz
+	Launches      Launches         // the launch flow
+	Modules       Modules          // the module registry
+	APIKeys       Authenticator    // authenticates bearer keys
+	KeyAdmin      KeyAdmin         // key listing and forced rotation
+	DefaultIssuer string           // slug of the issuer of /.well-known/jwks.json
+	Logger        *slog.Logger     // where request logs go
+	Clock         func() time.Time // time.Now unless a test moves time
 
-	PublicURL  string
-	JWKSMaxAge time.Duration
+	PublicURL  string        // how browsers and modules reach this service
+	JWKSMaxAge time.Duration // Cache-Control max-age of the JWKS
 	// FrameAncestors is the CSP frame-ancestors source list of browser
 	// pages; "'none'" when empty.
 	FrameAncestors string
 	// TrustedProxies are the networks whose X-Forwarded-For is believed
 	// for the client address in the audit trail; none when empty.
 	TrustedProxies []*net.IPNet
-	Demo           *Demo
+	Demo           *Demo // the demo portal and module; nil when off
 	// Metrics receives what the server observes; a private set when nil.
 	Metrics *metrics.Metrics
 	// MetricsElsewhere leaves /metrics off this server (it is served on a

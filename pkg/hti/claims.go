@@ -37,10 +37,11 @@ type Claims struct {
 
 // ClaimError says which claim breaks which rule.
 type ClaimError struct {
-	Claim  string
-	Reason string
+	Claim  string // the claim at fault
+	Reason string // the rule it breaks
 }
 
+// Error names the claim and the rule it breaks.
 func (e *ClaimError) Error() string { return "claim " + e.Claim + ": " + e.Reason }
 
 // CheckReferences applies the reference and role rules of DESIGN 1.1 to

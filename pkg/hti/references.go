@@ -26,10 +26,11 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
 
 // Reference is a relative FHIR reference, "<ResourceType>/<id>".
 type Reference struct {
-	Type string
-	ID   string
+	Type string // the FHIR resource type, e.g. Task
+	ID   string // the logical id
 }
 
+// String is the relative reference, "<ResourceType>/<id>".
 func (r Reference) String() string { return r.Type + "/" + r.ID }
 
 // ParseReference parses a relative reference of one of the allowed types.

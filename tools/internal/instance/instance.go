@@ -41,8 +41,8 @@ func Build(ctx context.Context, repo, dir string) (string, error) {
 // Database is a database made for one run.
 type Database struct {
 	admin string
-	Name  string
-	URL   string
+	Name  string // the database name
+	URL   string // its connection string
 }
 
 // CreateDatabase makes a fresh database on the server of adminURL.
@@ -96,9 +96,9 @@ func FreePort() (int, error) {
 
 // Process is one running "portal serve".
 type Process struct {
-	Name string
-	URL  string
-	Env  map[string]string
+	Name string            // a label for logs
+	URL  string            // where it listens
+	Env  map[string]string // the environment it runs with
 	cmd  *exec.Cmd
 	log  *os.File
 	done chan error

@@ -98,7 +98,7 @@ type Deps struct {
 // server holds the dependencies the handlers use.
 type server struct {
 	Deps
-	jwksCacheControl string
+	jwksCacheControl []string
 	pages            *template.Template
 }
 

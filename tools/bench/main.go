@@ -73,6 +73,7 @@ func run() error {
 	duration := flag.Duration("duration", 8*time.Second, "length of each measurement")
 	concurrency := flag.Int("concurrency", 16, "concurrent clients for the peak measurements")
 	algs := flag.String("algs", "RS512,ES384", "signing algorithms to measure")
+	jwksOnly := flag.Bool("jwks-only", false, "measure the JWKS only")
 	flag.Parse()
 	admin := os.Getenv("PORTAL_BENCH_DATABASE_URL")
 	if admin == "" {
@@ -94,7 +95,7 @@ func run() error {
 	var rows []row
 	var memory []string
 	for i, alg := range strings.Split(*algs, ",") {
-		algRows, peak, err := benchAlgorithm(ctx, bin, admin, work, alg, *duration, *concurrency, i == 0)
+		algRows, peak, err := benchAlgorithm(ctx, bin, admin, work, alg, *duration, *concurrency, i == 0, *jwksOnly)
 		if err != nil {
 			return err
 		}
@@ -126,7 +127,7 @@ func dur(d time.Duration) string {
 }
 
 // benchAlgorithm starts an instance signing with alg and measures it.
-func benchAlgorithm(ctx context.Context, bin, admin, work, alg string, d time.Duration, conc int, withJWKS bool) ([]row, int64, error) {
+func benchAlgorithm(ctx context.Context, bin, admin, work, alg string, d time.Duration, conc int, withJWKS, jwksOnly bool) ([]row, int64, error) {
 	db, err := instance.CreateDatabase(ctx, admin, "portal_bench_"+strings.ToLower(alg))
 	if err != nil {
 		return nil, 0, err
@@ -157,6 +158,10 @@ func benchAlgorithm(ctx context.Context, bin, admin, work, alg string, d time.Du
 			return nil, 0, err
 		}
 		rows = append(rows, jrows...)
+	}
+	if jwksOnly {
+		rss, err := p.PeakRSS()
+		return rows, rss, err
 	}
 
 	launchOnce := func() error { return launch(client, p.URL, key) }

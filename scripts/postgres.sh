@@ -29,8 +29,20 @@ if [ "${PORTAL_PG_LOCAL:-}" != "1" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev
   log "127.0.0.1:5432 does not let user postgres in without a password; starting the project's own cluster instead"
 fi
 
-# The project's own cluster.
-port="${PORTAL_PG_PORT:-55432}"
+# The project's own cluster. Its port is chosen once per checkout (the first
+# free one from 55432) and kept in .dev/pg-port, so two checkouts on one
+# machine do not collide.
+port_file="$root/.dev/pg-port"
+mkdir -p "$root/.dev"
+if [ -n "${PORTAL_PG_PORT:-}" ]; then
+  port="$PORTAL_PG_PORT"
+elif [ -f "$port_file" ]; then
+  port="$(cat "$port_file")"
+else
+  port=55432
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+  echo "$port" > "$port_file"
+fi
 url="postgres://postgres@127.0.0.1:${port}/postgres?sslmode=disable"
 
 find_bin() {
@@ -66,7 +78,6 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 base="$root/.dev/pg"
-mkdir -p "$root/.dev"
 # The server's account must be able to reach the data directory; when the
 # checkout lives somewhere it cannot enter (such as /root), use /tmp.
 if [ "${#as_user[@]}" -gt 0 ] && ! "${as_user[@]}" test -x "$root/.dev"; then

@@ -56,27 +56,6 @@ func resolveIssuer(env *environment, flagValue string) string {
 	return env.cfg.DefaultIssuer.Slug
 }
 
-// keyView is how a key is shown by keys list --json.
-type keyView struct {
-	Kid         string     `json:"kid"`
-	State       string     `json:"state"`
-	Alg         string     `json:"alg"`
-	Bits        int        `json:"bits"`
-	KEK         string     `json:"kek,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	ActivatedAt *time.Time `json:"activated_at,omitempty"`
-	RetiredAt   *time.Time `json:"retired_at,omitempty"`
-	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
-	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
-}
-
-func optionalTime(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
-
 func keysList(ctx context.Context, c *cli, args []string) error {
 	fs := flag.NewFlagSet("keys list", flag.ContinueOnError)
 	issuer := issuerFlag(fs)
@@ -100,11 +79,9 @@ func keysList(ctx context.Context, c *cli, args []string) error {
 	// Newest first: what an operator looks for.
 	sort.SliceStable(list, func(i, j int) bool { return list[i].CreatedAt.After(list[j].CreatedAt) })
 	if *asJSON {
-		views := make([]keyView, 0, len(list))
+		views := make([]keys.Summary, 0, len(list))
 		for _, k := range list {
-			views = append(views, keyView{Kid: k.Kid, State: string(k.State), Alg: string(k.Alg), Bits: k.Bits, KEK: k.KEKID,
-				CreatedAt: k.CreatedAt, ActivatedAt: optionalTime(k.ActivatedAt), RetiredAt: optionalTime(k.RetiredAt),
-				ExpiresAt: optionalTime(k.ExpiresAt), RevokedAt: optionalTime(k.RevokedAt)})
+			views = append(views, k.Summary())
 		}
 		enc := json.NewEncoder(c.stdout)
 		enc.SetIndent("", "  ")

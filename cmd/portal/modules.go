@@ -88,40 +88,22 @@ func moduleError(err error) error {
 }
 
 func modulesAdd(ctx context.Context, c *cli, args []string) error {
-	f := newModuleFlags("modules add")
-	rest, err := parseFlags(f.fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs("modules add", rest, 1, "the module's slug"); err != nil {
-		return err
-	}
-	env, err := openEnvironment(ctx, c)
-	if err != nil {
-		return err
-	}
-	defer env.close()
-	reg := launch.NewRegistry(env.pool, env.cfg.AllowHTTPModules)
-	if _, err := reg.Module(ctx, rest[0]); err == nil {
-		return usagef("modules add: %q exists; use modules update", rest[0])
-	}
-	m := launch.Module{Slug: rest[0], Issuer: env.cfg.DefaultIssuer.Slug}
-	f.apply(&m)
-	stored, _, err := reg.Put(ctx, m, env.clock())
-	if err != nil {
-		return moduleError(err)
-	}
-	fmt.Fprintf(c.stdout, "module %s added: %s %s → %s (aud %s, fields %s)\n", stored.Slug, stored.Issuer, stored.Method, stored.LaunchURL, stored.Audience, stored.Fields)
-	return nil
+	return putModule(ctx, c, args, "add")
 }
 
 func modulesUpdate(ctx context.Context, c *cli, args []string) error {
-	f := newModuleFlags("modules update")
+	return putModule(ctx, c, args, "update")
+}
+
+// putModule is modules add (the module must be new; unset flags take their
+// defaults) and modules update (it must exist; unset flags keep their value).
+func putModule(ctx context.Context, c *cli, args []string, verb string) error {
+	f := newModuleFlags("modules " + verb)
 	rest, err := parseFlags(f.fs, args)
 	if err != nil {
 		return err
 	}
-	if err := wantArgs("modules update", rest, 1, "the module's slug"); err != nil {
+	if err := wantArgs("modules "+verb, rest, 1, "the module's slug"); err != nil {
 		return err
 	}
 	env, err := openEnvironment(ctx, c)
@@ -131,7 +113,12 @@ func modulesUpdate(ctx context.Context, c *cli, args []string) error {
 	defer env.close()
 	reg := launch.NewRegistry(env.pool, env.cfg.AllowHTTPModules)
 	m, err := reg.Module(ctx, rest[0])
-	if err != nil {
+	switch {
+	case verb == "add" && err == nil:
+		return usagef("modules add: %q exists; use modules update", rest[0])
+	case verb == "add" && errors.Is(err, launch.ErrModuleNotFound):
+		m = launch.Module{Slug: rest[0], Issuer: env.cfg.DefaultIssuer.Slug}
+	case err != nil:
 		return err
 	}
 	f.apply(&m)
@@ -139,7 +126,8 @@ func modulesUpdate(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return moduleError(err)
 	}
-	fmt.Fprintf(c.stdout, "module %s updated: %s %s → %s (aud %s, fields %s)\n", stored.Slug, stored.Issuer, stored.Method, stored.LaunchURL, stored.Audience, stored.Fields)
+	done := map[string]string{"add": "added", "update": "updated"}[verb]
+	fmt.Fprintf(c.stdout, "module %s %s: %s %s → %s (aud %s, fields %s)\n", stored.Slug, done, stored.Issuer, stored.Method, stored.LaunchURL, stored.Audience, stored.Fields)
 	return nil
 }
 

@@ -124,6 +124,34 @@ type Key struct {
 	RevokedAt   time.Time       // when an operator withdrew it
 }
 
+// Summary is how a key is shown to operators (command line and admin API):
+// its lifecycle, never its private part.
+type Summary struct {
+	Kid         string     `json:"kid"`
+	Issuer      string     `json:"issuer"`
+	State       string     `json:"state"`
+	Alg         string     `json:"alg"`
+	Bits        int        `json:"bits"`
+	KEK         string     `json:"kek,omitempty"`          // the KEK its private part is sealed under
+	CreatedAt   time.Time  `json:"created_at"`             // when it was made and published
+	ActivatedAt *time.Time `json:"activated_at,omitempty"` // when it started signing
+	RetiredAt   *time.Time `json:"retired_at,omitempty"`   // when it stopped signing
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`   // when it leaves (or left) the JWKS
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`   // when an operator withdrew it
+}
+
+// Summary describes the key for operators.
+func (k Key) Summary() Summary {
+	at := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		return &t
+	}
+	return Summary{Kid: k.Kid, Issuer: k.Issuer, State: string(k.State), Alg: string(k.Alg), Bits: k.Bits, KEK: k.KEKID,
+		CreatedAt: k.CreatedAt, ActivatedAt: at(k.ActivatedAt), RetiredAt: at(k.RetiredAt), ExpiresAt: at(k.ExpiresAt), RevokedAt: at(k.RevokedAt)}
+}
+
 // generatedKey is a freshly generated key pair, ready to be sealed and stored.
 type generatedKey struct {
 	kid       string

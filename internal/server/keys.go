@@ -5,35 +5,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 )
-
-// keyBody is how a signing key is shown on the admin API: never its
-// private part.
-type keyBody struct {
-	Kid         string     `json:"kid"`
-	Issuer      string     `json:"issuer"`
-	State       string     `json:"state"`
-	Alg         string     `json:"alg"`
-	Bits        int        `json:"bits"`
-	KEK         string     `json:"kek,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	ActivatedAt *time.Time `json:"activated_at,omitempty"`
-	RetiredAt   *time.Time `json:"retired_at,omitempty"`
-	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
-	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
-}
-
-func optionalTime(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
 
 func (s *server) issuerParam(v string) string {
 	if v == "" {
@@ -49,12 +26,9 @@ func (s *server) handleListKeys(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]keyBody, 0, len(list))
+	out := make([]keys.Summary, 0, len(list))
 	for i := len(list) - 1; i >= 0; i-- {
-		k := list[i]
-		out = append(out, keyBody{Kid: k.Kid, Issuer: k.Issuer, State: string(k.State), Alg: string(k.Alg), Bits: k.Bits, KEK: k.KEKID,
-			CreatedAt: k.CreatedAt, ActivatedAt: optionalTime(k.ActivatedAt), RetiredAt: optionalTime(k.RetiredAt),
-			ExpiresAt: optionalTime(k.ExpiresAt), RevokedAt: optionalTime(k.RevokedAt)})
+		out = append(out, list[i].Summary())
 	}
 	return c.JSON(http.StatusOK, map[string]any{"keys": out})
 }

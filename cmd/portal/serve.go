@@ -126,6 +126,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
 	observed := metrics.New(keyring, env.pool, env.clock)
+	keyring.OnEvent(observed.KeyEventObserved)
 
 	registry := launch.NewRegistry(env.pool, cfg.AllowHTTPModules)
 	launches := launch.NewService(env.pool, registry, keyring, launch.Config{

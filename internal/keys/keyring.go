@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -26,7 +27,8 @@ type Keyring struct {
 	now    func() time.Time
 	log    *slog.Logger
 
-	refreshMu sync.Mutex // one Refresh at a time
+	refreshMu sync.Mutex  // one Refresh at a time
+	onEvent   func(Event) // guarded by refreshMu
 	// opened maps a kid to its private key once unsealed; retired keys map
 	// to nil (proven to open, not kept). Guarded by refreshMu.
 	opened  map[string]crypto.Signer
@@ -80,6 +82,34 @@ func (s *Signer) Sign(payload []byte) ([]byte, error) {
 		return nil, fmt.Errorf("sign with kid %s of issuer %q: %w", s.Kid, s.Issuer.Slug, err)
 	}
 	return token, nil
+}
+
+// EventKind names a key change a keyring observed.
+type EventKind string
+
+// The key changes a keyring recognises.
+const (
+	// EventRotation: the active key was retired and another one signs.
+	EventRotation EventKind = "rotation"
+	// EventRevocation: a key left the JWKS before its time (the active key
+	// vanished, or a retired key before its grace ended).
+	EventRevocation EventKind = "revocation"
+)
+
+// Event is a change of an issuer's keys that this keyring observed on a
+// refresh, whichever instance or command made it.
+type Event struct {
+	Issuer string    // the issuer whose keys changed
+	Kind   EventKind // rotation or revocation
+	Kid    string    // the key retired or revoked
+}
+
+// OnEvent registers fn to see every key change the keyring observes (for
+// metrics). Call it before the first Refresh.
+func (k *Keyring) OnEvent(fn func(Event)) {
+	k.refreshMu.Lock()
+	defer k.refreshMu.Unlock()
+	k.onEvent = fn
 }
 
 // ErrUnknownIssuer means the keyring holds no issuer with that slug.
@@ -255,8 +285,43 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 			delete(k.opened, kid)
 		}
 	}
+	prev := k.current.Load()
 	k.current.Store(snap)
+	if k.onEvent != nil && prev != nil {
+		for _, e := range observedEvents(prev, snap) {
+			k.onEvent(e)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// observedEvents compares two snapshots: an active key that is now retired
+// was rotated; an active key that vanished, or a retired key that left
+// before its grace ended, was revoked.
+func observedEvents(prev, next *ringSnapshot) []Event {
+	var events []Event
+	for slug, was := range prev.issuers {
+		is, ok := next.issuers[slug]
+		if !ok {
+			continue
+		}
+		current := map[string]Key{}
+		for _, k := range is.published {
+			current[k.Kid] = k
+		}
+		for _, k := range was.published {
+			after, still := current[k.Kid]
+			switch {
+			case k.State == StateActive && still && after.State == StateRetired:
+				events = append(events, Event{slug, EventRotation, k.Kid})
+			case k.State == StateActive && !still:
+				events = append(events, Event{slug, EventRevocation, k.Kid})
+			case k.State == StateRetired && !still && next.loadedAt.Before(k.ExpiresAt):
+				events = append(events, Event{slug, EventRevocation, k.Kid})
+			}
+		}
+	}
+	return events
 }
 
 // buildIssuer serializes an issuer's JWKS from the public keys and opens
@@ -290,6 +355,11 @@ func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep
 		errs = append(errs, fmt.Errorf("issuer %q: %w", is.Slug, err))
 	}
 	ir.jwks, ir.published = jwks, good
+	// Never sign with a key verifiers cannot find.
+	if ir.signer != nil && !slices.ContainsFunc(good, func(k Key) bool { return k.Kid == ir.signer.Kid }) {
+		errs = append(errs, fmt.Errorf("issuer %q: active key %s is not in the JWKS; not signing with it", is.Slug, ir.signer.Kid))
+		ir.signer = nil
+	}
 	return ir, errs
 }
 

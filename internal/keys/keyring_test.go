@@ -3,6 +3,7 @@ package keys
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -170,5 +171,54 @@ func BenchmarkSign(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestKeyring_ObservesRotationsAndRevocations(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	url := testDB.Fresh(t)
+	sealer := newSealer(t, newKEK(t, "k1"))
+	a := newFixture(t, url, clock, sealer)
+	a.addIssuer(t, testIssuer("events", ES256))
+	b := newFixture(t, url, clock, sealer)
+	var events []Event
+	b.keyring.OnEvent(func(e Event) { events = append(events, e) })
+	b.refresh(t)
+
+	rotated, err := a.rotator.Rotate(ctx, "events", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.refresh(t)
+	revoked, err := a.rotator.Revoke(ctx, "events", rotated.Activated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.refresh(t)
+	want := []Event{{"events", EventRotation, rotated.Retired}, {"events", EventRevocation, revoked.Revoked}}
+	if !slices.Equal(events, want) {
+		t.Fatalf("observed %v, want %v", events, want)
+	}
+}
+
+// TestKeyring_NeverSignsWithAKeyMissingFromTheJWKS breaks the stored public
+// JWK of the active key: the key cannot be published, so it must not sign.
+func TestKeyring_NeverSignsWithAKeyMissingFromTheJWKS(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
+	f.addIssuer(t, testIssuer("broken", ES256))
+	if _, err := f.pool.Exec(ctx, `UPDATE signing_keys SET public_jwk = '{"kty":"nonsense"}' WHERE issuer = 'broken' AND state = 'active'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.keyring.Refresh(ctx); err == nil {
+		t.Fatal("a refresh with an unreadable public key reported no error")
+	}
+	if s, err := f.keyring.Signer("broken"); err == nil {
+		t.Fatalf("signs with %s, which verifiers cannot find", s.Kid)
+	}
+	if err := f.keyring.Ready(); err == nil {
+		t.Fatal("ready without a usable active key")
 	}
 }

@@ -18,7 +18,7 @@ func (k *Keyring) Follow(ctx context.Context, poll time.Duration, onRefresh func
 	refresh := func(reason string) {
 		err := k.Refresh(ctx)
 		if err != nil && ctx.Err() == nil {
-			k.log.Error("keyring refresh failed; serving the keys loaded before", "reason", reason, "err", err)
+			k.log.Error("keyring refresh failed", "reason", reason, "err", err)
 		}
 		if onRefresh != nil && ctx.Err() == nil {
 			onRefresh(err)

@@ -320,9 +320,11 @@ RETURNING id, issuer, module, audience, launch_url, method, fields, task, sub, c
 // sqlTicketState tells, after a claim matched nothing, why.
 const sqlTicketState = `SELECT id, redeemed_at IS NOT NULL, expires_at FROM launches WHERE ticket_hash = $1`
 
-// sqlUnclaimTicket gives a ticket back when its token could not be signed.
+// sqlUnclaimTicket gives a ticket back when its token was not sent: the
+// signing failed, or the claim's answer was lost (it may or may not have
+// committed; the jti made here tells).
 const sqlUnclaimTicket = `UPDATE launches SET redeemed_at = NULL, client_addr = NULL, user_agent = NULL, jti = NULL,
-	token_expires_at = NULL, kid = NULL, client_id = NULL WHERE id = $1 AND jti = $2`
+	token_expires_at = NULL, kid = NULL, client_id = NULL WHERE ticket_hash = $1 AND jti = $2`
 
 // Redeem follows a launch link: exactly once, even when many requests
 // arrive together, it claims the ticket and records who followed it from
@@ -360,6 +362,11 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 		return Form{}, fmt.Errorf("redeem launch: %w", keys.ErrNoActiveKey)
 	}
 	if err != nil {
+		// The claim may have committed before its answer was lost: give the
+		// ticket back, since no token left.
+		if uerr := s.unclaim(ctx, hash, jti); uerr != nil {
+			s.log.Warn("could not give back a launch link after a failed redemption; it may show as used", "err", uerr)
+		}
 		return Form{}, storageError("redeem launch", err)
 	}
 	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
@@ -372,12 +379,23 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 	token, claims, err := s.signWith(signer, sp, now, jti)
 	if err != nil {
 		// Give the ticket back; the browser may try again.
-		if _, uerr := s.pool.Exec(context.WithoutCancel(ctx), sqlUnclaimTicket, id, jti); uerr != nil {
-			err = errors.Join(err, uerr)
+		if uerr := s.unclaim(ctx, hash, jti); uerr != nil {
+			s.log.Warn("could not give back a launch link after signing failed; it may show as used", "launch_id", id, "err", uerr)
 		}
 		return Form{LaunchID: id}, err
 	}
 	return form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid), nil
+}
+
+// unclaim undoes a claim made with jti, if it happened, within a bounded
+// time even when the request's context has ended.
+func (s *Service) unclaim(ctx context.Context, hash []byte, jti string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if _, err := s.pool.Exec(ctx, sqlUnclaimTicket, hash, jti); err != nil {
+		return storageError("give back launch link", err)
+	}
+	return nil
 }
 
 // whyNotClaimed tells an unknown ticket from a used or an expired one.

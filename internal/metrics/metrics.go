@@ -26,6 +26,7 @@ type Metrics struct {
 	launchesRefused *prometheus.CounterVec
 	jwksRequests    *prometheus.CounterVec
 	keyChanges      *prometheus.CounterVec
+	keyEvents       *prometheus.CounterVec
 	refreshErrors   prometheus.Counter
 	refreshes       prometheus.Counter
 }
@@ -66,9 +67,13 @@ func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Met
 			Name: "portal_key_changes_total",
 			Help: "Key lifecycle changes made by this instance, by issuer and kind (rotation, revocation, creation, expiry).",
 		}, []string{"issuer", "kind"}),
+		keyEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_key_events_observed_total",
+			Help: "Key lifecycle events this instance's keyring observed, whoever made them (any instance or a command): rotation or revocation.",
+		}, []string{"issuer", "kind"}),
 		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portal_keyring_refresh_errors_total",
-			Help: "Keyring reloads from the database that failed (the previous keys stay in use).",
+			Help: "Keyring reloads that failed: the database could not be read (the previous keys stay in use) or a key did not open (named in the log).",
 		}),
 		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portal_keyring_refreshes_total",
@@ -76,7 +81,7 @@ func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Met
 		}),
 	}
 	m.registry.MustRegister(m.httpDuration, m.launchesCreated, m.launchesRedeem, m.launchesRefused, m.jwksRequests,
-		m.keyChanges, m.refreshErrors, m.refreshes,
+		m.keyChanges, m.keyEvents, m.refreshErrors, m.refreshes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if keyring != nil {
 		m.registry.MustRegister(&keyAgeCollector{keyring: keyring, now: clock})
@@ -106,7 +111,17 @@ func (m *Metrics) ObserveHTTP(route, method string, status int, d time.Duration)
 	case status < 500:
 		class = "4xx"
 	}
-	m.httpDuration.WithLabelValues(route, method, class).Observe(d.Seconds())
+	m.httpDuration.WithLabelValues(route, knownMethod(method), class).Observe(d.Seconds())
+}
+
+// knownMethod keeps the label set bounded: a client may send any method
+// token, and each would otherwise become a new series.
+func knownMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodOptions, http.MethodPatch:
+		return m
+	}
+	return "other"
 }
 
 // LaunchCreated counts a created launch of kind "ticket" or "token".
@@ -143,6 +158,11 @@ func (m *Metrics) KeyChange(c keys.Change) {
 	if n := len(c.Expired); n > 0 {
 		m.keyChanges.WithLabelValues(c.Issuer, "expiry").Add(float64(n))
 	}
+}
+
+// KeyEventObserved counts a rotation or revocation the keyring saw.
+func (m *Metrics) KeyEventObserved(e keys.Event) {
+	m.keyEvents.WithLabelValues(e.Issuer, string(e.Kind)).Inc()
 }
 
 // KeyringRefreshed counts a keyring reload and whether it failed.

@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"regexp"
+	"runtime/debug"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -132,4 +134,26 @@ func refusalReason(err error) string {
 		return "unavailable"
 	}
 	return "error"
+}
+
+// errPanic stands for a handler that panicked; the client gets a 500.
+var errPanic = errors.New("handler panicked")
+
+// recoverPanics turns a panicking handler into a 500, logged with the
+// request id and the stack, so that observe still logs and times it.
+func (s *server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			r := recover()
+			if r == nil {
+				return
+			}
+			if r == http.ErrAbortHandler {
+				panic(r) // net/http's way to abort a response; not ours to swallow
+			}
+			s.logger(c).Error("handler panicked", "route", c.Path(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = errPanic
+		}()
+		return next(c)
+	}
 }

@@ -3,14 +3,25 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/labstack/echo/v4"
 
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/metrics"
+	"github.com/ehealth-nl/portal/internal/pgtest"
 )
 
 // logLines parses the stack's JSON log.
@@ -71,11 +82,15 @@ func TestRequestID_TakenEchoedAndOnEveryLine(t *testing.T) {
 	}
 }
 
-// TestLogs_AFullLaunchLeaksNoSecret runs a launch link, a direct token and
-// an admin call, then searches the whole log for the token, the ticket and
-// the API keys — and finds the ids an operator needs instead.
+// TestLogs_AFullLaunchLeaksNoSecret runs a launch link, a direct token, an
+// admin call, a refused key and launches while the database is away (the
+// paths that log errors), then searches the whole log for the token, the
+// ticket, the API keys, the KEK and the private signing keys — and finds
+// the ids an operator needs instead.
 func TestLogs_AFullLaunchLeaksNoSecret(t *testing.T) {
-	s := newStack(t, testDB.Fresh(t), keys.RS512)
+	url := testDB.Fresh(t)
+	proxy := pgtest.NewProxy(t, url)
+	s := newStack(t, proxy.URL(url), keys.RS512)
 	s.registerTestModule(t)
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Practitioner/2", "patient": "Patient/3"})
 	ticket := link[strings.LastIndex(link, "/")+1:]
@@ -89,20 +104,55 @@ func TestLogs_AFullLaunchLeaksNoSecret(t *testing.T) {
 	}
 	s.apiCall(t, http.MethodGet, "/api/v1/launches", s.adminKey, "", "")
 	s.apiCall(t, http.MethodGet, "/api/v1/launches", "ptl_0123456789abcdef_"+strings.Repeat("B", 43), "", "")
+	pending := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/3"})
+	proxy.Cut()
+	if status, _, _ := s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/3"}`); status != 503 {
+		t.Fatalf("launch during the outage: %d", status)
+	}
+	if resp, _ := get(t, pending, nil); resp.StatusCode != 503 {
+		t.Fatalf("redeem during the outage: %d", resp.StatusCode)
+	}
+	proxy.Restore()
 
-	logs := s.logs.String()
 	secrets := map[string]string{
-		"launch token": token, "direct token": issued.Token, "ticket": ticket,
+		"launch token": token, "direct token": issued.Token, "ticket": ticket, "pending ticket": pending[strings.LastIndex(pending, "/")+1:],
 		"launch API key": s.launchKey, "admin API key": s.adminKey, "presented unknown key": strings.Repeat("B", 43),
 		"token signature": token[strings.LastIndex(token, ".")+1:], "token payload": strings.Split(token, ".")[1],
+		"KEK (base64)": base64.StdEncoding.EncodeToString(s.kek), "KEK (hex)": hex.EncodeToString(s.kek),
 	}
+	rows, err := s.pool.Query(context.Background(), `SELECT kid, issuer, alg, kek_id, sealed_private FROM signing_keys WHERE sealed_private IS NOT NULL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var kid, issuer, alg, kek string
+		var sealed []byte
+		if err := rows.Scan(&kid, &issuer, &alg, &kek, &sealed); err != nil {
+			t.Fatal(err)
+		}
+		der, err := s.sealer.Open(kek, issuer, kid, keys.Algorithm(alg), sealed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv, err := x509.ParsePKCS8PrivateKey(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := priv.(*rsa.PrivateKey).D.Bytes()
+		secrets["private key "+kid+" (base64url)"] = base64.RawURLEncoding.EncodeToString(d)[:32]
+		secrets["private key "+kid+" (hex)"] = hex.EncodeToString(d)[:32]
+		secrets["sealed key "+kid] = base64.StdEncoding.EncodeToString(sealed)[:32]
+	}
+	rows.Close()
+
+	logs := s.logs.String()
 	for what, secret := range secrets {
 		if secret == "" || strings.Contains(logs, secret) {
 			t.Errorf("the log contains the %s", what)
 		}
 	}
 	claims := decodeSegment(t, token, 1)
-	for _, want := range []string{claims["jti"].(string), issued.JTI, `"launch redeemed"`, `"launch link used again"`, `"kid"`, `"launch_id"`} {
+	for _, want := range []string{claims["jti"].(string), issued.JTI, `"launch redeemed"`, `"launch link used again"`, `"kid"`, `"launch_id"`, `"request refused for now"`, `"launch link could not be followed now"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the log lacks %s", want)
 		}
@@ -134,6 +184,13 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 	get(t, s.http.URL+"/launch/"+strings.Repeat("C", 43), nil)
 	s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", `{"module":"nope","task":"Task/1","user":"Patient/1"}`)
 	s.apiCall(t, http.MethodPost, "/api/v1/launches", "", "application/json", `{}`)
+	s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/1","idp_hint":"`+strings.Repeat("x", 20000)+`"}`)
+	for _, m := range []string{"FOO1", "FOO2", "BREW"} {
+		req, _ := http.NewRequest(m, s.http.URL+"/healthz", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}
 	resp, _ := get(t, s.http.URL+"/.well-known/jwks.json", nil)
 	get(t, s.http.URL+"/.well-known/jwks.json", map[string]string{"If-None-Match": resp.Header.Get("ETag")})
 	s.apiCall(t, http.MethodPost, "/api/v1/keys/rotate", s.adminKey, "application/json", `{"ignore_publish_lead":true}`)
@@ -142,16 +199,18 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 	}
 
 	for series, want := range map[string]float64{
-		`portal_launches_created_total{kind="ticket"}`:               1,
-		`portal_launches_redeemed_total`:                             1,
-		`portal_launches_refused_total{reason="ticket_used"}`:        1,
-		`portal_launches_refused_total{reason="ticket_unknown"}`:     1,
-		`portal_launches_refused_total{reason="invalid"}`:            1,
-		`portal_launches_refused_total{reason="unauthenticated"}`:    1,
-		`portal_jwks_requests_total{status="200"}`:                   1,
-		`portal_jwks_requests_total{status="304"}`:                   1,
-		`portal_key_changes_total{issuer="default",kind="rotation"}`: 1,
-		`portal_published_keys{issuer="default"}`:                    3,
+		`portal_launches_created_total{kind="ticket"}`:                       1,
+		`portal_launches_redeemed_total`:                                     1,
+		`portal_launches_refused_total{reason="ticket_used"}`:                1,
+		`portal_launches_refused_total{reason="ticket_unknown"}`:             1,
+		`portal_launches_refused_total{reason="invalid"}`:                    1,
+		`portal_launches_refused_total{reason="unauthenticated"}`:            1,
+		`portal_jwks_requests_total{status="200"}`:                           1,
+		`portal_jwks_requests_total{status="304"}`:                           1,
+		`portal_key_changes_total{issuer="default",kind="rotation"}`:         1,
+		`portal_key_events_observed_total{issuer="default",kind="rotation"}`: 1,
+		`portal_launches_refused_total{reason="malformed"}`:                  1,
+		`portal_published_keys{issuer="default"}`:                            3,
 	} {
 		if got := scrape(t, s, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
@@ -170,11 +229,41 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 			t.Errorf("%s missing from /metrics", series)
 		}
 	}
+	_, metricsBody := get(t, s.http.URL+"/metrics", nil)
+	if strings.Contains(string(metricsBody), "FOO1") || strings.Contains(string(metricsBody), "BREW") {
+		t.Error("a client's made-up HTTP method became a metrics label")
+	}
 	if got := scrape(t, s, `portal_next_rotation_seconds{issuer="default"}`); got < 23*3600 {
 		t.Errorf("next rotation in %vs right after a rotation, want about 24h", got)
 	}
 	_, body := get(t, s.http.URL+"/metrics", nil)
 	if strings.Contains(string(body), "/launch/"+strings.Repeat("C", 43)) {
 		t.Error("a raw launch path (a ticket) reached the metrics")
+	}
+}
+
+// TestPanics_AreLoggedTimedAndAnswered500 runs a handler that panics
+// behind the same middleware as every route.
+func TestPanics_AreLoggedTimedAndAnswered500(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	srv := &server{Deps: Deps{Logger: slog.New(slog.NewJSONHandler(s.logs, nil)), Metrics: metrics.New(nil, nil, time.Now)}}
+	e := echo.New()
+	e.HTTPErrorHandler = srv.handleError
+	e.Use(srv.observe, srv.recoverPanics)
+	e.GET("/boom", func(echo.Context) error { panic("boom") })
+	req := httptest.NewRequest(http.MethodGet, "/boom", nil)
+	req.Header.Set("X-Request-Id", "panic-1")
+	rec := httptest.NewRecorder()
+	e.ServeHTTP(rec, req)
+	if rec.Code != 500 || !strings.Contains(rec.Body.String(), "urn:portal:problem:internal") || strings.Contains(rec.Body.String(), "boom") {
+		t.Fatalf("panic answered %d %s", rec.Code, rec.Body)
+	}
+	var panicked, logged bool
+	for _, l := range logLines(t, s) {
+		panicked = panicked || (l["msg"] == "handler panicked" && l["request_id"] == "panic-1" && l["stack"] != nil)
+		logged = logged || (l["msg"] == "request" && l["request_id"] == "panic-1" && l["status"] == float64(500))
+	}
+	if !panicked || !logged {
+		t.Fatalf("panic line %v, request line %v", panicked, logged)
 	}
 }

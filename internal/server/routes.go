@@ -12,7 +12,7 @@ import (
 
 // routes installs the whole HTTP surface of the portal (DESIGN 2.5).
 func (s *server) routes(e *echo.Echo) {
-	e.Use(middleware.Recover(), s.observe)
+	e.Use(s.observe, s.recoverPanics)
 
 	// Public keys for module providers and the Koppeltaal auth server.
 	e.GET("/.well-known/jwks.json", s.handleJWKS)
@@ -24,17 +24,20 @@ func (s *server) routes(e *echo.Echo) {
 	e.GET("/launch/:ticket", s.handleLaunchPage)
 
 	// The API for portal backends (scope launch) and operators (scope admin).
-	api := e.Group("/api/v1", middleware.BodyLimit(strconv.Itoa(launch.MaxRequestBytes)+"B"))
+	// Route middleware runs in the order given: refusals are counted around
+	// everything, the body limit comes before authentication.
+	api := e.Group("/api/v1")
+	limit := middleware.BodyLimit(strconv.Itoa(launch.MaxRequestBytes) + "B")
 	launcher, admin := s.requireScope(apikeys.ScopeLaunch), s.requireScope(apikeys.ScopeAdmin)
-	api.POST("/launches", s.handleCreateLaunch, s.countLaunchRefusals, launcher)
-	api.POST("/launch-tokens", s.handleIssueToken, s.countLaunchRefusals, launcher)
+	api.POST("/launches", s.handleCreateLaunch, s.countLaunchRefusals, limit, launcher)
+	api.POST("/launch-tokens", s.handleIssueToken, s.countLaunchRefusals, limit, launcher)
 	api.GET("/launches", s.handleListLaunches, admin)
 	api.GET("/modules", s.handleListModules, admin)
 	api.GET("/modules/:slug", s.handleGetModule, admin)
-	api.PUT("/modules/:slug", s.handlePutModule, admin)
+	api.PUT("/modules/:slug", s.handlePutModule, limit, admin)
 	api.DELETE("/modules/:slug", s.handleDeleteModule, admin)
 	api.GET("/keys", s.handleListKeys, admin)
-	api.POST("/keys/rotate", s.handleRotateKeys, admin)
+	api.POST("/keys/rotate", s.handleRotateKeys, limit, admin)
 
 	// Probes and metrics.
 	e.GET("/healthz", s.handleHealthz)

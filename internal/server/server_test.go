@@ -46,6 +46,8 @@ type stack struct {
 	clock     *testClock
 	http      *httptest.Server
 	logs      *syncBuffer
+	sealer    *keys.Sealer
+	kek       []byte // the key-encryption key of the stack's sealer
 	launchKey string // secret of an API key with scope launch
 	adminKey  string // secret of an API key with scope admin
 }
@@ -114,7 +116,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	if err := store.UpsertDefaultIssuer(ctx, defaultIssuer(alg), clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	s := &stack{pool: pool, clock: clock, logs: logs,
+	s := &stack{pool: pool, clock: clock, logs: logs, sealer: sealer, kek: kek,
 		keyring: keys.NewKeyring(store, sealer, clock.Now, logger), rotator: keys.NewRotator(store, sealer, clock.Now, logger)}
 	if _, err := s.rotator.EnsureKeys(ctx, "default"); err != nil {
 		t.Fatal(err)
@@ -141,6 +143,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 		KeyAdmin: testKeyAdmin{store, s.rotator}, DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
 		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second, Metrics: metrics.New(s.keyring, pool, clock.Now),
 	}
+	s.keyring.OnEvent(deps.Metrics.KeyEventObserved)
 	for _, o := range options {
 		o(t, s, &deps)
 	}

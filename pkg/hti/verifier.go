@@ -76,8 +76,8 @@ type Verifier struct {
 	cfg     VerifierConfig
 	allowed map[string]bool
 
-	fetchMu     sync.Mutex // one JWKS fetch at a time
 	mu          sync.Mutex // guards the fields below
+	inflight    *fetchCall // the JWKS fetch running now, if any
 	set         jwk.Set
 	etag        string
 	freshUntil  time.Time
@@ -209,32 +209,28 @@ func (v *Verifier) checkClaims(c *Claims) error {
 }
 
 // key returns the JWK with the given kid, fetching the JWKS when the cached
-// copy is stale and once more (rate-limited) when the kid is unknown. Only
-// one fetch runs at a time; while it runs, other calls go on with the stale
-// copy rather than waiting, unless there is none yet.
+// copy is stale and once more (rate-limited) when the kid is unknown. One
+// fetch runs at a time and every caller that needs it waits for that one
+// (or for its own context); while the stale copy can still answer, callers
+// use it instead of waiting.
 func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 	now := v.cfg.Now()
 	set, fresh := v.cached(now)
-	if set == nil {
-		v.fetchMu.Lock()
-		err := v.fetchIfStale(ctx, now)
-		v.fetchMu.Unlock()
-		if set, _ = v.cached(now); set == nil {
+	switch {
+	case set == nil:
+		if err := v.refresh(ctx, now, true); err != nil {
 			return nil, err
 		}
-	} else if !fresh && v.fetchMu.TryLock() {
-		_ = v.fetchIfStale(ctx, now) // on failure the stale copy serves a little longer
-		v.fetchMu.Unlock()
+		set, _ = v.cached(now)
+	case !fresh:
+		_ = v.refresh(ctx, now, false) // on failure the stale copy serves a little longer
 		set, _ = v.cached(now)
 	}
 	if k, ok := set.LookupKeyID(kid); ok {
 		return usable(k, kid)
 	}
 	if v.claimRefetch(now) {
-		v.fetchMu.Lock()
-		err := v.fetch(ctx, now)
-		v.fetchMu.Unlock()
-		if err != nil {
+		if err := v.refresh(ctx, now, true); err != nil {
 			return nil, err
 		}
 		set, _ = v.cached(now)
@@ -251,6 +247,40 @@ func usable(k jwk.Key, kid string) (jwk.Key, error) {
 		return nil, fmt.Errorf("%w: key %s is for %q, not signatures", ErrAlgorithm, kid, use)
 	}
 	return k, nil
+}
+
+// fetchCall is one JWKS fetch that several callers may wait for.
+type fetchCall struct {
+	done chan struct{}
+	err  error
+}
+
+// refresh fetches the JWKS, or joins the fetch already running. With wait
+// false it does not wait for someone else's fetch.
+func (v *Verifier) refresh(ctx context.Context, now time.Time, wait bool) error {
+	v.mu.Lock()
+	if call := v.inflight; call != nil {
+		v.mu.Unlock()
+		if !wait {
+			return nil
+		}
+		select {
+		case <-call.done:
+			return call.err
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrJWKS, ctx.Err())
+		}
+	}
+	call := &fetchCall{done: make(chan struct{})}
+	v.inflight = call
+	v.mu.Unlock()
+
+	call.err = v.fetch(context.WithoutCancel(ctx), now) // a caller leaving must not fail the others
+	v.mu.Lock()
+	v.inflight = nil
+	v.mu.Unlock()
+	close(call.done)
+	return call.err
 }
 
 // cached returns the cached set and whether it is still fresh.
@@ -271,16 +301,8 @@ func (v *Verifier) claimRefetch(now time.Time) bool {
 	return true
 }
 
-// fetchIfStale fetches unless another call refreshed the set meanwhile.
-func (v *Verifier) fetchIfStale(ctx context.Context, now time.Time) error {
-	if _, fresh := v.cached(now); fresh {
-		return nil
-	}
-	return v.fetch(ctx, now)
-}
-
 // fetch GETs the JWKS (conditionally when an ETag is known) and caches it
-// for the max-age the portal announces. The caller holds fetchMu.
+// for the max-age the portal announces. Only refresh calls it, one at a time.
 func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 	v.mu.Lock()
 	etag, have := v.etag, v.set != nil

@@ -372,3 +372,36 @@ func TestParseReference(t *testing.T) {
 		}
 	}
 }
+
+// TestVerify_ConcurrentFirstUseFetchesTheJWKSOnce starts many verifications
+// before any JWKS is cached, against a slow JWKS endpoint: one fetch serves
+// them all.
+func TestVerify_ConcurrentFirstUseFetchesTheJWKSOnce(t *testing.T) {
+	p := newPortalFixture(t)
+	var fetches atomic.Int32
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		time.Sleep(200 * time.Millisecond) // a slow portal, so the callers overlap
+		p.srv.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(slow.Close)
+	v := p.verifier(t, func(c *VerifierConfig) { c.JWKSURL = slow.URL })
+	var wg sync.WaitGroup
+	errs := make([]error, 10)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512))
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d JWKS fetches for 10 concurrent first verifications, want 1", n)
+	}
+}

@@ -6,11 +6,13 @@
 // through one instance, revokes the active key, and cuts the instances off
 // from PostgreSQL (their connections killed, then no connection possible
 // for a few seconds). It prints what happened and exits 1 on any failure:
-// a token that should have verified but did not, a token signed with the
-// revoked key after the revocation took effect, a JWKS request that did not
-// answer 200, a launch refused with anything but 503 during the outage, no
-// launch succeeding after it, a ticket redeemed twice, or a redeemed launch
-// without its audit row.
+// a token that should have verified but did not; a token signed with the
+// revoked key after the revocation took effect, or still verifying once the
+// verifier's cache could no longer hold it; a JWKS answer that is not 200
+// or still lists the revoked key; a 503 outside the outage or anything else
+// but 503 during it; no launch created, or no interrupted link followed,
+// after it; a link redeemed twice (every tenth is followed from two
+// instances at once); or a token without its audit row.
 package main
 
 import (
@@ -70,8 +72,16 @@ var scaledTimings = map[string]string{
 
 const (
 	refreshInterval = time.Second
+	jwksMaxAge      = time.Second
 	clientID        = "portal-soak"
 	audience        = "Device/soak-module"
+	// revocationSlack is how long after the revoke command returns the
+	// revocation must have reached every instance: a notification, or at
+	// worst one keyring poll, plus scheduling.
+	revocationSlack = refreshInterval + 500*time.Millisecond
+	// recoveryGrace is how long after the database is back requests may
+	// still meet a dead pooled connection.
+	recoveryGrace = 3 * time.Second
 )
 
 // soak is the state of one run.
@@ -87,6 +97,7 @@ type soak struct {
 	tokens     []issuedToken
 	failures   []string
 	jtis       map[string]bool
+	redeemed   map[string]bool // links that answered 200
 	revokedKid string
 	revokedAt  time.Time // when the revoke command returned
 	outageFrom time.Time
@@ -94,6 +105,7 @@ type soak struct {
 
 	issued, verified, refusedExpected, outage503, otherErrors atomic.Int64
 	retriedAfterOutage, lostInOutage, afterOutageOK           atomic.Int64
+	createdAfterOutage, racedLinks                            atomic.Int64
 	jwksRequests, jwksFailures                                atomic.Int64
 	judged                                                    chan struct{} // closed when every verdict is judged
 }
@@ -102,6 +114,7 @@ type issuedToken struct {
 	jti       string
 	kid       string
 	requested time.Time // when the redeem (or token) request started
+	submitted time.Time // when it was handed to the verifier
 	instance  string
 }
 
@@ -126,9 +139,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	if os.Getenv("PORTAL_SOAK_KEEP") == "" {
+		defer os.RemoveAll(work)
+	} else {
+		fmt.Println("soak: keeping the instances' logs in", work)
+	}
 	repo, _ := os.Getwd()
-	s := &soak{client: &http.Client{Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, jtis: map[string]bool{}}
+	s := &soak{client: &http.Client{Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, jtis: map[string]bool{}, redeemed: map[string]bool{}}
 	if s.bin, err = instance.Build(ctx, repo, work); err != nil {
 		return err
 	}
@@ -249,17 +266,21 @@ func instanceURLs(ps []*instance.Process) []string {
 var launchField = regexp.MustCompile(`name="launch" value="([^"]+)"`)
 
 // launchLoop creates launches through one instance and redeems them
-// through the next, as a load balancer would spread them.
+// through the next, as a load balancer would spread them. Every tenth link
+// is followed from two instances at once: exactly one may get the token.
+// Links whose redemption met the outage are followed again after it.
 func (s *soak) launchLoop(ctx context.Context, worker int) {
-	var pending []string // links whose redemption hit the outage
+	var pending []string
 	for n := worker; ctx.Err() == nil; n++ {
 		creator := s.instances[n%3]
 		redeemer := s.instances[(n+1)%3]
-		if len(pending) > 0 && !s.inOutage() {
+		if len(pending) > 0 && !s.inOutage(time.Now()) {
 			link := pending[0]
 			pending = pending[1:]
 			s.retriedAfterOutage.Add(1)
-			s.redeem(link, redeemer, true)
+			if !s.redeem(link, redeemer, true) {
+				pending = append(pending, link)
+			}
 			continue
 		}
 		if n%5 == 0 {
@@ -271,6 +292,7 @@ func (s *soak) launchLoop(ctx context.Context, worker int) {
 			s.refusal("create launch", creator.Name, status, body, err)
 			continue
 		}
+		s.countAfterOutage()
 		var created struct {
 			LaunchURL string `json:"launch_url"`
 		}
@@ -279,46 +301,105 @@ func (s *soak) launchLoop(ctx context.Context, worker int) {
 			continue
 		}
 		link := strings.Replace(created.LaunchURL, creator.URL, redeemer.URL, 1)
+		if n%10 == 1 {
+			s.race(link, redeemer, s.instances[(n+2)%3])
+			continue
+		}
 		if !s.redeem(link, redeemer, false) {
 			pending = append(pending, link)
 		}
 	}
+	// The load has stopped; the links left over must still work.
+	for _, link := range pending {
+		s.retriedAfterOutage.Add(1)
+		if !s.redeem(link, s.instances[worker%3], true) {
+			s.fail("a link whose redemption met the outage could not be followed after it")
+		}
+	}
 }
 
-// redeem follows a launch link; it reports false when the link should be
-// retried (the database was away).
-func (s *soak) redeem(link string, p *instance.Process, retry bool) bool {
+// race follows one link from two instances at the same moment.
+func (s *soak) race(link string, a, b *instance.Process) {
+	s.racedLinks.Add(1)
+	var wg sync.WaitGroup
+	statuses := make([]int, 2)
+	for i, p := range []*instance.Process{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i] = s.follow(strings.Replace(link, a.URL, p.URL, 1), p)
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for _, st := range statuses {
+		switch st {
+		case http.StatusOK:
+			ok++
+		case http.StatusGone, http.StatusServiceUnavailable, 0:
+		default:
+			s.fail("a raced link answered %d", st)
+		}
+	}
+	if ok > 1 {
+		s.fail("one link was redeemed twice (statuses %v)", statuses)
+	}
+}
+
+// follow gets a link once and accounts for the answer; it returns the
+// status (0 for a transport error).
+func (s *soak) follow(link string, p *instance.Process) int {
 	requested := time.Now()
 	resp, err := s.client.Get(link)
 	if err != nil {
 		s.otherErrors.Add(1)
-		return false
+		return 0
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusOK:
+	switch resp.StatusCode {
+	case http.StatusOK:
 		m := launchField.FindSubmatch(page)
 		if m == nil {
 			s.fail("launch page of %s without a token", p.Name)
-			return true
+			return resp.StatusCode
 		}
+		ticket := link[strings.LastIndex(link, "/")+1:]
+		s.mu.Lock()
+		twice := s.redeemed[ticket]
+		s.redeemed[ticket] = true
+		s.mu.Unlock()
+		if twice {
+			s.fail("a link was redeemed a second time on %s", p.Name)
+		}
+		s.submit(string(m[1]), requested, p.Name)
+	case http.StatusServiceUnavailable:
+		s.unavailable(p.Name, "redeem")
+	}
+	return resp.StatusCode
+}
+
+// redeem follows a launch link; it reports false when the link should be
+// tried again (the database was away).
+func (s *soak) redeem(link string, p *instance.Process, retry bool) bool {
+	switch status := s.follow(link, p); {
+	case status == http.StatusOK:
 		if retry {
 			s.afterOutageOK.Add(1)
 		}
-		s.submit(string(m[1]), requested, p.Name)
 		return true
-	case resp.StatusCode == http.StatusServiceUnavailable:
-		s.outage503.Add(1)
+	case status == http.StatusServiceUnavailable || status == 0:
 		return false
-	case resp.StatusCode == http.StatusGone && retry:
+	case status == http.StatusGone && retry:
 		// The redemption committed but its answer was lost with the
-		// connection: the link is used, no token was sent. Not twice.
+		// connection, and the link could not be given back: it is used and
+		// no token was sent. Not twice.
 		s.lostInOutage.Add(1)
 		return true
+	default:
+		s.fail("redeem on %s: status %d", p.Name, status)
+		return true
 	}
-	s.fail("redeem on %s: status %d", p.Name, resp.StatusCode)
-	return true
 }
 
 func (s *soak) directToken(p *instance.Process) {
@@ -328,6 +409,7 @@ func (s *soak) directToken(p *instance.Process) {
 		s.refusal("launch token", p.Name, status, body, err)
 		return
 	}
+	s.countAfterOutage()
 	var issued struct{ Token string }
 	if err := json.Unmarshal(body, &issued); err != nil {
 		s.fail("launch token answer: %v", err)
@@ -337,23 +419,47 @@ func (s *soak) directToken(p *instance.Process) {
 }
 
 // refusal accounts for a refused API request: 503 problem+json is the
-// expected answer while the database is away.
+// expected answer while the database is away, and only then.
 func (s *soak) refusal(what, name string, status int, body []byte, err error) {
 	if err != nil {
 		s.otherErrors.Add(1)
 		return
 	}
 	if status == http.StatusServiceUnavailable && strings.Contains(string(body), "urn:portal:problem:") {
-		s.outage503.Add(1)
+		s.unavailable(name, what)
 		return
 	}
 	s.fail("%s on %s: status %d %s", what, name, status, body)
 }
 
-func (s *soak) inOutage() bool {
+// unavailable accounts for a 503: expected during the outage (and a little
+// after, while dead pooled connections are found), a failure otherwise.
+func (s *soak) unavailable(name, what string) {
+	if !s.inOutage(time.Now()) {
+		s.fail("%s on %s answered 503 outside the database outage", what, name)
+		return
+	}
+	s.outage503.Add(1)
+}
+
+// inOutage reports whether t falls in the outage, its recovery included.
+func (s *soak) inOutage(t time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return !s.outageFrom.IsZero() && s.outageTo.IsZero()
+	if s.outageFrom.IsZero() || t.Before(s.outageFrom) {
+		return false
+	}
+	return s.outageTo.IsZero() || t.Before(s.outageTo.Add(recoveryGrace))
+}
+
+// countAfterOutage counts launches created once the outage is over.
+func (s *soak) countAfterOutage() {
+	s.mu.Lock()
+	after := !s.outageTo.IsZero() && time.Now().After(s.outageTo.Add(recoveryGrace))
+	s.mu.Unlock()
+	if after {
+		s.createdAfterOutage.Add(1)
+	}
 }
 
 func (s *soak) post(u, key, body string) (int, []byte, error) {
@@ -388,30 +494,38 @@ func (s *soak) submit(token string, requested time.Time, instanceName string) {
 	}
 	s.jtis[claims.JTI] = true
 	id := len(s.tokens)
-	s.tokens = append(s.tokens, issuedToken{jti: claims.JTI, kid: hdr.Kid, requested: requested, instance: instanceName})
+	s.tokens = append(s.tokens, issuedToken{jti: claims.JTI, kid: hdr.Kid, requested: requested, submitted: time.Now(), instance: instanceName})
 	s.mu.Unlock()
 	s.issued.Add(1)
 	s.verifier.send(id, token)
 }
 
-// readVerdicts reads the verifier's answers and judges each.
+// readVerdicts reads the verifier's answers and judges each. A token
+// signed with the revoked key is a failure if its redemption began after
+// the revocation reached every instance; it may verify only while the
+// verifier's cached JWKS (fetched before the revocation) can still hold the
+// key, and may be refused only because its kid is no longer published.
 func (s *soak) readVerdicts() {
 	defer close(s.judged)
 	for v := range s.verifier.verdicts {
 		s.mu.Lock()
 		tok := s.tokens[v.ID]
-		revokedKid, effective := s.revokedKid, s.revokedAt.Add(refreshInterval+500*time.Millisecond)
+		revokedKid, revokedAt := s.revokedKid, s.revokedAt
 		s.mu.Unlock()
 		signedWithRevoked := revokedKid != "" && tok.kid == revokedKid
-		if signedWithRevoked && !s.revokedAt.IsZero() && tok.requested.After(effective) {
+		effective := revokedAt.Add(revocationSlack)
+		if signedWithRevoked && !revokedAt.IsZero() && tok.requested.After(effective) {
 			s.fail("token %s was signed by %s with the revoked key %s %s after the revocation took effect",
-				tok.jti, tok.instance, tok.kid, tok.requested.Sub(s.revokedAt).Round(time.Millisecond))
+				tok.jti, tok.instance, tok.kid, tok.requested.Sub(revokedAt).Round(time.Millisecond))
 		}
 		switch {
+		case v.OK && signedWithRevoked && !revokedAt.IsZero() && tok.submitted.After(effective.Add(jwksMaxAge+500*time.Millisecond)):
+			s.fail("token %s with the revoked key %s verified %s after the revocation: the key was still published",
+				tok.jti, tok.kid, tok.submitted.Sub(revokedAt).Round(time.Millisecond))
 		case v.OK:
 			s.verified.Add(1)
-		case signedWithRevoked:
-			s.refusedExpected.Add(1) // signed just before the revocation; refused once the verifier saw the new JWKS
+		case signedWithRevoked && strings.Contains(v.Error, "not in the cached JWKS"):
+			s.refusedExpected.Add(1) // signed just before the revocation, checked after it
 		default:
 			s.fail("token %s (kid %s, from %s) should have verified but did not: %s", tok.jti, tok.kid, tok.instance, v.Error)
 		}
@@ -419,23 +533,46 @@ func (s *soak) readVerdicts() {
 }
 
 // watchJWKS asks every instance for its JWKS every 20 ms: each must answer
-// 200, database or not.
+// 200, database or not, and none may still publish the revoked key once the
+// revocation has reached it.
 func (s *soak) watchJWKS(ctx context.Context) {
 	c := &http.Client{Timeout: 2 * time.Second}
 	for ctx.Err() == nil {
 		for _, p := range s.instances {
 			s.jwksRequests.Add(1)
+			asked := time.Now()
 			resp, err := c.Get(p.URL + "/.well-known/jwks.json")
 			if err != nil {
 				s.jwksFailures.Add(1)
 				s.fail("JWKS of %s: %v", p.Name, err)
 				continue
 			}
-			_, _ = io.Copy(io.Discard, resp.Body)
+			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
 				s.jwksFailures.Add(1)
 				s.fail("JWKS of %s answered %d", p.Name, resp.StatusCode)
+				continue
+			}
+			var set struct {
+				Keys []struct {
+					Kid string `json:"kid"`
+				} `json:"keys"`
+			}
+			if err := json.Unmarshal(body, &set); err != nil || len(set.Keys) == 0 {
+				s.fail("JWKS of %s is empty or not JSON", p.Name)
+				continue
+			}
+			s.mu.Lock()
+			revokedKid, revokedAt := s.revokedKid, s.revokedAt
+			s.mu.Unlock()
+			if revokedAt.IsZero() || !asked.After(revokedAt.Add(revocationSlack)) {
+				continue
+			}
+			for _, k := range set.Keys {
+				if k.Kid == revokedKid {
+					s.fail("JWKS of %s still publishes the revoked key %s %s after the revocation", p.Name, revokedKid, asked.Sub(revokedAt).Round(time.Millisecond))
+				}
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -569,8 +706,12 @@ func (s *soak) checkDatabase(ctx context.Context, dbURL string) {
 func (s *soak) report(work string) error {
 	fmt.Printf("soak: tokens issued %d, verified %d, refused as expected (signed with the revoked key before it took effect) %d\n",
 		s.issued.Load(), s.verified.Load(), s.refusedExpected.Load())
-	fmt.Printf("soak: database outage: %d requests answered 503, %d links retried after it (%d then succeeded, %d found used: committed before the cut, no token sent), %d transport errors\n",
-		s.outage503.Load(), s.retriedAfterOutage.Load(), s.afterOutageOK.Load(), s.lostInOutage.Load(), s.otherErrors.Load())
+	fmt.Printf("soak: database outage: %d requests answered 503 (none outside the outage), %d links retried after it (%d then succeeded, %d found used: committed before the cut, no token sent), %d launches created after it, %d transport errors\n",
+		s.outage503.Load(), s.retriedAfterOutage.Load(), s.afterOutageOK.Load(), s.lostInOutage.Load(), s.createdAfterOutage.Load(), s.otherErrors.Load())
+	s.mu.Lock()
+	redemptions := len(s.redeemed)
+	s.mu.Unlock()
+	fmt.Printf("soak: %d links followed from two instances at once; %d links redeemed in all, each once\n", s.racedLinks.Load(), redemptions)
 	fmt.Printf("soak: JWKS polled %d times during the run, %d answers not 200\n", s.jwksRequests.Load(), s.jwksFailures.Load())
 	s.mu.Lock()
 	from, to := s.outageFrom, s.outageTo
@@ -586,6 +727,12 @@ func (s *soak) report(work string) error {
 	}
 	if !from.IsZero() && s.outage503.Load() == 0 {
 		s.fail("no request met the outage: it proved nothing")
+	}
+	if s.createdAfterOutage.Load() == 0 {
+		s.fail("no launch was created after the outage: the service did not recover")
+	}
+	if s.retriedAfterOutage.Load() > 0 && s.afterOutageOK.Load()+s.lostInOutage.Load() == 0 {
+		s.fail("no link that met the outage could be followed after it")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -78,7 +78,7 @@ const (
 	// revocationSlack is how long after the revoke command returns the
 	// revocation must have reached every instance: a notification, or at
 	// worst one keyring poll, plus scheduling.
-	revocationSlack = refreshInterval + 500*time.Millisecond
+	revocationSlack = refreshInterval + time.Second
 	// recoveryGrace is how long after the database is back requests may
 	// still meet a dead pooled connection.
 	recoveryGrace = 3 * time.Second

@@ -38,8 +38,6 @@ type Change struct {
 	Retired   string   // the key that stopped signing
 	Activated string   // a next key (or a new key) that now signs
 	Created   []string // new keys, in the order active, next
-	// Skipped is set when another instance held the issuer's lock.
-	Skipped bool
 }
 
 // Changed reports whether any key changed state.
@@ -218,7 +216,7 @@ func planRevocation(is Issuer, published []Key, now time.Time, kid string) (plan
 // RotateIfDue does what is due for one issuer: expire retired keys past their
 // grace, rotate when the period is over and the next key has been published
 // long enough, create missing keys. If another instance holds the issuer's
-// lock it does nothing (that instance does the work) and reports Skipped.
+// lock it does nothing: that instance does the work.
 func (r *Rotator) RotateIfDue(ctx context.Context, issuer string) (Change, error) {
 	return r.change(ctx, issuer, false, func(is Issuer, ks []Key, now time.Time) (plan, error) {
 		return planRotation(is, ks, now, scheduled)
@@ -364,7 +362,6 @@ func (r *Rotator) apply(ctx context.Context, slug string, wait bool, decide deci
 		var got bool
 		err = tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(1886351989, hashtext($1))`, slug).Scan(&got)
 		if err == nil && !got {
-			c.Skipped = true
 			return c, false, nil
 		}
 	}

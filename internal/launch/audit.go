@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -77,10 +78,10 @@ func (f *Filter) Validate() error {
 	check("task", f.Task, hti.TypeTask)
 	check("user", f.User, hti.UserTypes...)
 	check("patient", f.Patient, hti.TypePatient)
-	if f.Module != "" && !validSlug(f.Module) {
+	if f.Module != "" && !keys.ValidSlug(f.Module) {
 		v.add("module", slugReason)
 	}
-	if f.Issuer != "" && !validSlug(f.Issuer) {
+	if f.Issuer != "" && !keys.ValidSlug(f.Issuer) {
 		v.add("issuer", slugReason)
 	}
 	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {

@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ehealth-nl/portal/internal/config"
+	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -56,20 +58,6 @@ type Module struct {
 	UpdatedAt         time.Time `json:"updated_at"`                   // when it last changed
 }
 
-// slugRule matches issuer and module slugs.
-func validSlug(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	for i, r := range s {
-		ok := (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || (r == '-' && i > 0)
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
 const slugReason = "must be 1-63 lower-case letters, digits or dashes, starting with a letter or digit"
 
 // Validate checks a module; allowHTTP permits plain-http launch URLs on
@@ -77,12 +65,12 @@ const slugReason = "must be 1-63 lower-case letters, digits or dashes, starting 
 // fields.
 func (m *Module) Validate(allowHTTP bool) error {
 	var v ValidationError
-	if !validSlug(m.Slug) {
+	if !keys.ValidSlug(m.Slug) {
 		v.add("slug", slugReason)
 	}
 	if m.Issuer == "" {
 		v.add("issuer", "is required")
-	} else if !validSlug(m.Issuer) {
+	} else if !keys.ValidSlug(m.Issuer) {
 		v.add("issuer", slugReason)
 	}
 	if normalized, err := checkLaunchURL(m.LaunchURL, allowHTTP); err != nil {
@@ -147,21 +135,13 @@ func checkLaunchURL(s string, allowHTTP bool) (string, error) {
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !allowHTTP && !isLoopback(host) {
+		if !allowHTTP && !config.IsLoopbackHost(host) {
 			return "", fmt.Errorf("%q uses plain http on a public host; the launch token would travel unencrypted (use https, or set PORTAL_ALLOW_HTTP_MODULES=true for development)", s)
 		}
 	default:
 		return "", fmt.Errorf("%q must use https", s)
 	}
 	return u.String(), nil
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // moduleCheckField names the field behind each check constraint of modules.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -103,7 +104,7 @@ func (r Request) Validate() error {
 	switch {
 	case r.Module == "":
 		v.add("module", "is required")
-	case !validSlug(r.Module):
+	case !keys.ValidSlug(r.Module):
 		v.add("module", slugReason)
 	}
 	if r.Task == "" {
@@ -141,7 +142,7 @@ func (r Request) Validate() error {
 			v.add("idp_hint", err.Error())
 		}
 	}
-	if r.Issuer != "" && !validSlug(r.Issuer) {
+	if r.Issuer != "" && !keys.ValidSlug(r.Issuer) {
 		v.add("issuer", slugReason)
 	}
 	return v.orNil()

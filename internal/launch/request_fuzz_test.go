@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -50,7 +51,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 			return
 		}
-		if !validSlug(req.Module) {
+		if !keys.ValidSlug(req.Module) {
 			t.Fatalf("accepted module %q", req.Module)
 		}
 		if _, err := hti.ParseReference(req.Task, hti.TypeTask); err != nil {

@@ -84,24 +84,22 @@ func newPackage(admin, name string) (*Package, error) {
 // when the test ends.
 func (p *Package) Fresh(t testing.TB) string {
 	t.Helper()
-	name := strings.TrimSuffix(p.template, p.template[strings.LastIndex(p.template, "_"):]) + "_" + randomSuffix()
-	if err := p.exec("CREATE DATABASE " + pgx.Identifier{name}.Sanitize() + " TEMPLATE " + pgx.Identifier{p.template}.Sanitize()); err != nil {
-		t.Fatalf("create test database: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := p.drop(name); err != nil {
-			t.Logf("drop test database %s: %v", name, err)
-		}
-	})
-	return p.urlFor(name)
+	return p.create(t, " TEMPLATE "+pgx.Identifier{p.template}.Sanitize())
 }
 
 // Empty returns the URL of a new database without any schema, for tests
 // of the migrations themselves; it is dropped when the test ends.
 func (p *Package) Empty(t testing.TB) string {
 	t.Helper()
-	name := strings.TrimSuffix(p.template, p.template[strings.LastIndex(p.template, "_"):]) + "_" + randomSuffix()
-	if err := p.exec("CREATE DATABASE " + pgx.Identifier{name}.Sanitize()); err != nil {
+	return p.create(t, "")
+}
+
+// create makes a database named after the package's template, with the
+// given CREATE DATABASE options, and drops it when the test ends.
+func (p *Package) create(t testing.TB, options string) string {
+	t.Helper()
+	name := p.template[:strings.LastIndex(p.template, "_")] + "_" + randomSuffix()
+	if err := p.exec("CREATE DATABASE " + pgx.Identifier{name}.Sanitize() + options); err != nil {
 		t.Fatalf("create test database: %v", err)
 	}
 	t.Cleanup(func() {

@@ -37,7 +37,7 @@ func NewProxy(t testing.TB, databaseURL string) *Proxy {
 
 // URL rewrites databaseURL to go through the proxy.
 func (p *Proxy) URL(databaseURL string) string {
-	return ThroughProxy(databaseURL, p.Addr())
+	return throughProxy(databaseURL, p.Addr())
 }
 
 // Restore lets connections through again; it fails the test if it cannot.
@@ -48,8 +48,8 @@ func (p *Proxy) Restore() {
 	}
 }
 
-// ThroughProxy rewrites a database URL to connect to addr instead.
-func ThroughProxy(databaseURL, addr string) string {
+// throughProxy rewrites a database URL to connect to addr instead.
+func throughProxy(databaseURL, addr string) string {
 	u, _ := url.Parse(databaseURL)
 	u.Host = addr
 	q := u.Query()

@@ -1,13 +1,11 @@
 package server
 
 import (
-	"errors"
 	"net/http"
 	"strings"
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 )
 
@@ -25,25 +23,25 @@ func (s *server) handleLaunchPage(c echo.Context) error {
 	form, err := s.Launches.Redeem(req.Context(), c.Param("ticket"), launch.Browser{Addr: c.RealIP(), UserAgent: req.UserAgent()})
 	log := s.logger(c)
 	if err != nil {
+		p := problemFor(err)
 		s.Metrics.LaunchRefused(refusalReason(err))
-	}
-	switch {
-	case err == nil:
-	case errors.Is(err, launch.ErrTicketUsed):
-		log.Info("launch link used again", "launch_id", form.LaunchID)
-		return s.renderMessage(c, http.StatusGone, pageTicketUsed)
-	case errors.Is(err, launch.ErrTicketExpired):
-		log.Info("launch link expired", "launch_id", form.LaunchID)
-		return s.renderMessage(c, http.StatusGone, pageTicketExpired)
-	case errors.Is(err, launch.ErrTicketNotFound):
-		return s.renderMessage(c, http.StatusNotFound, pageTicketNotFound)
-	case errors.Is(err, launch.ErrUnavailable), errors.Is(err, keys.ErrNoActiveKey), errors.Is(err, keys.ErrNotLoaded):
-		log.Warn("launch link could not be followed now", "launch_id", form.LaunchID, "err", err)
-		c.Response().Header().Set("Retry-After", "30")
-		return s.renderMessage(c, http.StatusServiceUnavailable, pageUnavailable)
-	default:
-		log.Error("launch link failed", "launch_id", form.LaunchID, "err", err)
-		return s.renderMessage(c, http.StatusInternalServerError, pageInternalError)
+		switch problemKind(p) {
+		case "ticket-used":
+			log.Info("launch link used again", "launch_id", form.LaunchID)
+			return s.renderMessage(c, p.Status, pageTicketUsed)
+		case "ticket-expired":
+			log.Info("launch link expired", "launch_id", form.LaunchID)
+			return s.renderMessage(c, p.Status, pageTicketExpired)
+		case "ticket-unknown":
+			return s.renderMessage(c, p.Status, pageTicketNotFound)
+		}
+		if p.Status == http.StatusServiceUnavailable {
+			log.Warn("launch link could not be followed now", "launch_id", form.LaunchID, "err", err)
+			c.Response().Header().Set("Retry-After", "30")
+		} else {
+			log.Error("launch link failed", "launch_id", form.LaunchID, "err", err)
+		}
+		return s.renderMessage(c, p.Status, statusPage(p.Status))
 	}
 	s.Metrics.LaunchRedeemed()
 	log.Info("launch redeemed", "launch_id", form.LaunchID, "module", form.Module, "jti", form.JTI, "kid", form.Kid)

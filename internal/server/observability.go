@@ -13,10 +13,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-
-	"github.com/ehealth-nl/portal/internal/apikeys"
-	"github.com/ehealth-nl/portal/internal/keys"
-	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 // Where observe leaves the request id, and logger keeps the request's logger.
@@ -106,32 +102,20 @@ func (s *server) countLaunchRefusals(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// refusalReason names why a launch was refused, for the metrics.
+// refusalReasons groups problem kinds into the reasons of the refusal
+// metric.
+var refusalReasons = map[string]string{
+	"malformed-request": "malformed", "unsupported-media-type": "malformed", "body-too-large": "malformed",
+	"invalid-request": "invalid", "unauthenticated": "unauthenticated", "forbidden": "forbidden",
+	"ticket-used": "ticket_used", "ticket-expired": "ticket_expired", "ticket-unknown": "ticket_unknown",
+	"unavailable": "unavailable", "keys-unavailable": "unavailable",
+}
+
+// refusalReason names why a launch was refused, for the metrics, from the
+// problem the error becomes.
 func refusalReason(err error) string {
-	var (
-		malformed *launch.MalformedError
-		invalid   *launch.ValidationError
-		he        *echo.HTTPError
-	)
-	switch {
-	case errors.As(err, &malformed), errors.Is(err, errNotJSON):
-		return "malformed"
-	case errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge:
-		return "malformed"
-	case errors.As(err, &invalid):
-		return "invalid"
-	case errors.Is(err, errMissingAPIKey), errors.Is(err, apikeys.ErrUnauthenticated):
-		return "unauthenticated"
-	case errors.Is(err, errWrongScope):
-		return "forbidden"
-	case errors.Is(err, launch.ErrTicketUsed):
-		return "ticket_used"
-	case errors.Is(err, launch.ErrTicketExpired):
-		return "ticket_expired"
-	case errors.Is(err, launch.ErrTicketNotFound):
-		return "ticket_unknown"
-	case errors.Is(err, launch.ErrUnavailable), errors.Is(err, keys.ErrNoActiveKey), errors.Is(err, keys.ErrNotLoaded):
-		return "unavailable"
+	if reason, ok := refusalReasons[problemKind(problemFor(err))]; ok {
+		return reason
 	}
 	return "error"
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 
@@ -35,8 +36,9 @@ func newProblem(status int, kind, title, detail string) *Problem {
 }
 
 // problemFor translates an error from a domain package or from Echo into
-// the problem the client sees. It is the only place that maps errors to
-// status codes. Unknown errors become a 500 whose detail reveals nothing.
+// the problem the client sees. It is the only place that classifies errors:
+// API answers, the launch page and the refusal metrics all derive from it.
+// Unknown errors become a 500 whose detail reveals nothing.
 func problemFor(err error) *Problem {
 	var (
 		he        *echo.HTTPError
@@ -75,6 +77,12 @@ func problemFor(err error) *Problem {
 		p := newProblem(http.StatusForbidden, "forbidden", "Wrong scope", "This API key's scope does not allow this request.")
 		p.Errors = []FieldError{{Field: "Authorization", Reason: "the key's scope does not allow this request"}}
 		return p
+	case errors.Is(err, launch.ErrTicketUsed):
+		return newProblem(http.StatusGone, "ticket-used", "Launch link already used", "A launch link works once; start the module again from the portal.")
+	case errors.Is(err, launch.ErrTicketExpired):
+		return newProblem(http.StatusGone, "ticket-expired", "Launch link expired", "Start the module again from the portal.")
+	case errors.Is(err, launch.ErrTicketNotFound):
+		return newProblem(http.StatusNotFound, "ticket-unknown", "Unknown launch link", "No launch has this link.")
 	case errors.Is(err, launch.ErrUnavailable):
 		return newProblem(http.StatusServiceUnavailable, "unavailable", "Temporarily unavailable", "The database cannot be reached; nothing was changed. Retry shortly.")
 	case errors.Is(err, keys.ErrUnknownIssuer), errors.Is(err, keys.ErrIssuerNotFound):
@@ -132,3 +140,6 @@ func (s *server) handleError(err error, c echo.Context) {
 func writeJSON(w http.ResponseWriter, v any) error {
 	return json.NewEncoder(w).Encode(v)
 }
+
+// problemKind is the problem type without its prefix, e.g. "ticket-used".
+func problemKind(p *Problem) string { return strings.TrimPrefix(p.Type, problemTypePrefix) }

@@ -1,12 +1,10 @@
 package launch
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
 // FieldError names one invalid request field and says what is wrong with it.
@@ -52,32 +50,11 @@ var (
 	// ErrTicketExpired means the link was not followed in time.
 	ErrTicketExpired = errors.New("launch link expired")
 	// ErrUnavailable means the database could not be reached; nothing was
-	// changed and the request may be retried.
-	ErrUnavailable = errors.New("launch storage unavailable")
+	// changed and the request may be retried. It is postgres.ErrUnavailable.
+	ErrUnavailable = postgres.ErrUnavailable
 )
 
-// storageError wraps a database error: failures to reach the database
-// become ErrUnavailable (a 503 for the client), errors the server reported
-// stay as they are (a bug, a 500).
-func storageError(op string, err error) error {
-	var pgErr *pgconn.PgError
-	if errors.Is(err, context.Canceled) || (errors.As(err, &pgErr) && !transientSQLState(pgErr.Code)) {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return fmt.Errorf("%s: %w: %v", op, ErrUnavailable, err)
-}
-
-// transientSQLState reports SQLSTATEs that mean "try again": connection
-// exceptions (08), a server shutting down or starting (57P01-57P03),
-// exhausted resources (53) and transaction conflicts (40001, 40P01).
-func transientSQLState(code string) bool {
-	switch {
-	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "53"):
-		return true
-	}
-	switch code {
-	case "57P01", "57P02", "57P03", "40001", "40P01":
-		return true
-	}
-	return false
-}
+// storageError classifies a database error with the one classifier of
+// the storage boundary (postgres.Error): transient failures wrap
+// ErrUnavailable, anything else is a bug.
+func storageError(op string, err error) error { return postgres.Error(op, err) }

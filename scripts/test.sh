@@ -42,7 +42,7 @@ step "go test -race"
 go test -race -count=1 -timeout 20m ./...
 
 step "fuzzing (each target ${PORTAL_FUZZTIME:-10s})"
-for target in "FuzzDecodeRequest ./internal/launch" "FuzzVerify ./pkg/hti" "FuzzParseClaims ./pkg/hti"; do
+for target in "FuzzDecodeRequest ./internal/server" "FuzzVerify ./pkg/hti" "FuzzParseClaims ./pkg/hti"; do
   set -- $target
   # go test passes when -fuzz matches nothing: make sure the target exists.
   listed="$(go test -list "^$1\$" "$2")"

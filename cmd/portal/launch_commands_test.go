@@ -154,6 +154,16 @@ func TestMakeRunDemo_Flow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	followPage, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(followPage, []byte(`id="follow"`)) {
+		t.Fatalf("demo launch link: %d\n%s", resp.StatusCode, followPage)
+	}
+	// The link's page posts back to the link, which redeems it.
+	resp, err = client.Post(resp.Request.URL.String(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	launchPage, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !bytes.Contains(launchPage, []byte(`name="launch"`)) {

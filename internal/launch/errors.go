@@ -49,6 +49,10 @@ var (
 	ErrTicketUsed = errors.New("launch link already used")
 	// ErrTicketExpired means the link was not followed in time.
 	ErrTicketExpired = errors.New("launch link expired")
+	// ErrModuleChanged means the module was removed or re-pointed (another
+	// launch URL, audience, method or fields) after the link was made; the
+	// link no longer leads anywhere and the launch must be started again.
+	ErrModuleChanged = errors.New("module changed since the launch link was made")
 	// ErrUnavailable means the database could not be reached; nothing was
 	// changed and the request may be retried. It is postgres.ErrUnavailable.
 	ErrUnavailable = postgres.ErrUnavailable

@@ -1,11 +1,7 @@
 package launch
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/ehealth-nl/portal/internal/keys"
@@ -23,77 +19,6 @@ type Request struct {
 	Intent     string `json:"intent,omitempty"`     // a Task.intent code; plan by default
 	IDPHint    string `json:"idp_hint,omitempty"`   // passed through to the token
 	Issuer     string `json:"issuer,omitempty"`     // the module's issuer, when named
-}
-
-// MalformedError means the body is not a JSON object of the known fields
-// with string values: a 400, naming the field where one is to blame.
-type MalformedError struct {
-	Field  string // "body" when no single field is to blame
-	Reason string // what is wrong with it
-	Err    error  // what reading the body failed with, if it did
-}
-
-// Error says which field is malformed and how.
-func (e *MalformedError) Error() string { return "malformed request: " + e.Field + ": " + e.Reason }
-
-// Unwrap returns the read error, so the HTTP layer can tell a body over the
-// size limit (413) from one that is merely unreadable.
-func (e *MalformedError) Unwrap() error { return e.Err }
-
-// MaxRequestBytes is the largest request body accepted.
-const MaxRequestBytes = 16 << 10
-
-// DecodeRequest reads a launch request strictly: one JSON object, known
-// fields only, every value a string (or null), nothing after it.
-func DecodeRequest(body io.Reader) (Request, error) {
-	var r Request
-	data, err := io.ReadAll(io.LimitReader(body, MaxRequestBytes+1))
-	if err != nil {
-		return r, &MalformedError{Field: "body", Reason: "could not be read", Err: err}
-	}
-	if len(data) > MaxRequestBytes {
-		return r, &MalformedError{Field: "body", Reason: fmt.Sprintf("is over %d bytes", MaxRequestBytes)}
-	}
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return r, &MalformedError{Field: "body", Reason: "must be a JSON object"}
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return Request{}, decodeProblem(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Request{}, &MalformedError{Field: "body", Reason: "has data after the JSON object"}
-	}
-	return r, nil
-}
-
-// decodeProblem names the field a json decoding error is about.
-func decodeProblem(err error) error {
-	var (
-		syntax  *json.SyntaxError
-		typeErr *json.UnmarshalTypeError
-	)
-	switch {
-	case errors.As(err, &syntax):
-		return &MalformedError{Field: "body", Reason: fmt.Sprintf("is not valid JSON (at byte %d)", syntax.Offset)}
-	case errors.As(err, &typeErr):
-		field := typeErr.Field
-		if field == "" {
-			field = "body"
-		}
-		return &MalformedError{Field: field, Reason: "must be a string"}
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return &MalformedError{Field: "body", Reason: "is truncated JSON"}
-	}
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		if name = strings.Trim(name, `"`); name == "" {
-			return &MalformedError{Field: "body", Reason: "has a member with an empty name"}
-		}
-		return &MalformedError{Field: name, Reason: "is not a known field"}
-	}
-	return &MalformedError{Field: "body", Reason: "is not a valid launch request"}
 }
 
 // Validate applies the field rules of a launch request (DESIGN 1.1): the

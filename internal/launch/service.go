@@ -13,10 +13,10 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ehealth-nl/portal/internal/keys"
@@ -24,11 +24,13 @@ import (
 )
 
 // Signers is what the service needs of the keyring: the active signer of
-// an issuer and the issuer's settings, both from memory.
+// an issuer and the issuer's settings, both from memory, and a reload from
+// the database when a signer turns out to be no longer usable there.
 type Signers interface {
 	Signer(issuer string) (*keys.Signer, error)
 	ActiveSigners() []*keys.Signer
 	Issuer(slug string) (keys.Issuer, error)
+	Refresh(ctx context.Context) error
 }
 
 // Config holds the service's timings and the public URL of launch links.
@@ -36,6 +38,9 @@ type Config struct {
 	PublicURL      string        // launch links are PublicURL + "/launch/" + ticket
 	TokenLifetime  time.Duration // exp - iat of every token, at most 300 s
 	TicketLifetime time.Duration // how long a launch link may be followed
+	// IATBackdate is how far iat is set before the moment of signing, for
+	// verifiers whose clock is a little behind (they allow no skew).
+	IATBackdate time.Duration
 }
 
 // Service creates launches, redeems launch links and lists the audit trail.
@@ -176,6 +181,16 @@ func (s *Service) resolve(ctx context.Context, req Request) (spec, error) {
 	return sp, nil
 }
 
+// issuedAt is the iat of a token signed at now: whole seconds, backdated
+// by the configured allowance. Verifiers in the domain allow no clock skew
+// (the Koppeltaal auth server refuses an iat one second ahead of its
+// clock), so a small backdate keeps a token valid on a verifier whose clock
+// is slightly behind ours; exp is iat + the token lifetime, so exp - iat
+// never exceeds it.
+func (s *Service) issuedAt(now time.Time) time.Time {
+	return now.Truncate(time.Second).Add(-s.cfg.IATBackdate)
+}
+
 // sign builds the claims of DESIGN 1.1 and signs them with the issuer's
 // active key at time now.
 func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims, signer *keys.Signer, err error) {
@@ -189,7 +204,7 @@ func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims,
 
 // signWith signs the claims of sp at time now with the given signer and jti.
 func (s *Service) signWith(signer *keys.Signer, sp spec, now time.Time, jti string) (string, hti.Claims, error) {
-	iat := now.Truncate(time.Second) // whole seconds, never in the future
+	iat := s.issuedAt(now)
 	claims := hti.Claims{
 		Issuer:     signer.Issuer.ClientID,
 		Audience:   sp.module.Audience, // TOP-KT-007: a single string, the module's Device
@@ -213,6 +228,7 @@ func (s *Service) signWith(signer *keys.Signer, sp spec, now time.Time, jti stri
 	if err != nil {
 		return "", hti.Claims{}, err
 	}
+	payload = asciiJSON(payload)
 	raw, err := signer.Sign(payload)
 	if err != nil {
 		return "", hti.Claims{}, err
@@ -236,10 +252,21 @@ func form(launchID string, sp spec, issuer keys.Issuer, token, jti, kid string) 
 	return f
 }
 
-const sqlInsertLaunch = `INSERT INTO launches (id, kind, issuer, client_id, module, audience, launch_url, method, fields,
+const launchColumns = `id, kind, issuer, client_id, module, audience, launch_url, method, fields,
 	task, sub, patient, definition, intent, idp_hint, created_by, created_from, created_at,
-	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at)
+	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at`
+
+const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`
+
+// sqlInsertSignedLaunch records a launch whose token is already signed,
+// only while the signing key ($25) is still usable in the database (as in
+// sqlClaimTicket): a revoked key's token is never handed out, even by an
+// instance that missed the revocation's notification.
+const sqlInsertSignedLaunch = `INSERT INTO launches (` + launchColumns + `)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26
+WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
+	AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))`
 
 // nullable maps "" to NULL.
 func nullable(s string) *string {
@@ -286,39 +313,73 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		return IssuedToken{}, err
 	}
 	now := s.now().UTC()
-	token, claims, signer, err := s.sign(sp, now)
-	if err != nil {
-		return IssuedToken{}, err
-	}
 	id := newLaunchID()
-	exp := time.Unix(claims.ExpiresAt, 0).UTC()
-	_, err = s.pool.Exec(ctx, sqlInsertLaunch, id, "token", sp.issuer, claims.Issuer, sp.module.Slug, sp.module.Audience,
-		sp.module.LaunchURL, string(sp.module.Method), string(sp.module.Fields), sp.task, sp.user, nullable(sp.patient),
-		nullable(sp.definition), sp.intent, nullable(sp.idpHint), by.Name, nullable(by.Addr), now,
-		nil, nil, now, nullable(by.Addr), nil, claims.JTI, signer.Kid, exp)
-	if err != nil {
-		// The token is never handed out without its audit record.
-		return IssuedToken{}, storageError("store launch", err)
+	var (
+		token  string
+		claims hti.Claims
+		signer *keys.Signer
+	)
+	for attempt := 0; ; attempt++ {
+		token, claims, signer, err = s.sign(sp, now)
+		if err != nil {
+			return IssuedToken{}, err
+		}
+		tag, err := s.pool.Exec(ctx, sqlInsertSignedLaunch, id, "token", sp.issuer, claims.Issuer, sp.module.Slug, sp.module.Audience,
+			sp.module.LaunchURL, string(sp.module.Method), string(sp.module.Fields), sp.task, sp.user, nullable(sp.patient),
+			nullable(sp.definition), sp.intent, nullable(sp.idpHint), by.Name, nullable(by.Addr), now,
+			nil, nil, now, nullable(by.Addr), nil, claims.JTI, signer.Kid, time.Unix(claims.ExpiresAt, 0).UTC())
+		if err != nil {
+			// The token is never handed out without its audit record.
+			return IssuedToken{}, storageError("store launch", err)
+		}
+		if tag.RowsAffected() == 1 {
+			break
+		}
+		// The key is no longer usable in the database (a revocation this
+		// instance has not heard of): reload the keys once and sign again.
+		if attempt > 0 || s.signers.Refresh(ctx) != nil {
+			return IssuedToken{}, fmt.Errorf("issue token: key %s of issuer %q is no longer usable: %w", signer.Kid, sp.issuer, keys.ErrNoActiveKey)
+		}
 	}
+	exp := time.Unix(claims.ExpiresAt, 0).UTC()
 	return IssuedToken{ID: id, Token: token, JTI: claims.JTI, ExpiresAt: exp, Form: form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid)}, nil
 }
 
 // sqlClaimTicket marks a ticket redeemed and returns its launch, in one
 // statement: two requests for the same ticket cannot both match
 // "redeemed_at IS NULL" (the second waits for the first's row lock, then
-// re-checks). The kid and client_id are chosen from the arrays of the
-// active signers by the row's issuer; an issuer without a signer leaves kid
-// NULL, which the table refuses, so nothing changes.
-const sqlClaimTicket = `UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
-	token_expires_at = $6,
-	kid = (SELECT s.kid FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id) WHERE s.issuer = l.issuer),
-	client_id = (SELECT s.client_id FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id) WHERE s.issuer = l.issuer)
-WHERE ticket_hash = $1 AND redeemed_at IS NULL AND expires_at > $2
-RETURNING id, issuer, module, audience, launch_url, method, fields, task, sub, coalesce(patient, ''),
-	coalesce(definition, ''), intent, coalesce(idp_hint, ''), kid`
+// re-checks). The kid and client_id come from the arrays of this instance's
+// active signers, joined with signing_keys so that the key must still be
+// usable in the database at this moment — active, or retired by a rotation
+// this instance has not seen yet and published beyond the token's exp — so
+// a revocation takes effect on the next redemption even if this instance
+// missed its notification. The
+// module must still be registered as it was when the link was made (same
+// issuer, launch URL, audience, method and fields): a module removed or
+// re-pointed since does not receive the pending links made for it
+// (docs/ARCHITECTURE.md, Decisions). When any of this fails, no row
+// matches and nothing changes.
+const sqlClaimTicket = `WITH signer AS (
+	SELECT s.issuer, s.kid, s.client_id
+	FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id)
+	JOIN signing_keys k ON k.kid = s.kid AND k.issuer = s.issuer
+		AND (k.state = 'active' OR (k.state = 'retired' AND k.expires_at > $6)))
+UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
+	token_expires_at = $6, kid = signer.kid, client_id = signer.client_id
+FROM signer
+WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
+	AND ` + sqlModuleUnchanged + `
+RETURNING l.id, l.issuer, l.module, l.audience, l.launch_url, l.method, l.fields, l.task, l.sub, coalesce(l.patient, ''),
+	coalesce(l.definition, ''), l.intent, coalesce(l.idp_hint, ''), l.kid`
 
-// sqlTicketState tells, after a claim matched nothing, why.
-const sqlTicketState = `SELECT id, redeemed_at IS NOT NULL, expires_at FROM launches WHERE ticket_hash = $1`
+// sqlModuleUnchanged holds when launch l's module is still registered as
+// it was when the launch was created.
+const sqlModuleUnchanged = `EXISTS (SELECT 1 FROM modules m WHERE m.slug = l.module AND m.issuer = l.issuer
+	AND m.launch_url = l.launch_url AND m.audience = l.audience AND m.method = l.method AND m.fields = l.fields)`
+
+// sqlTicketState reads what a ticket's launch is in, without changing it.
+const sqlTicketState = `SELECT l.id, l.redeemed_at IS NOT NULL, l.expires_at, ` + sqlModuleUnchanged + `
+FROM launches l WHERE l.ticket_hash = $1`
 
 // sqlUnclaimTicket gives a ticket back when its token was not sent: the
 // signing failed, or the claim's answer was lost (it may or may not have
@@ -337,37 +398,48 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 	}
 	hash := hashTicket(ticket)
 	now := s.now().UTC()
-	signers := s.signers.ActiveSigners()
-	issuers, kids, clientIDs := make([]string, len(signers)), make([]string, len(signers)), make([]string, len(signers))
-	for i, sg := range signers {
-		issuers[i], kids[i], clientIDs[i] = sg.Issuer.Slug, sg.Kid, sg.Issuer.ClientID
-	}
 	jti := newJTI()
 	var (
 		sp             spec
 		id, kid        string
 		method, fields string
+		signers        []*keys.Signer
 	)
-	err := s.pool.QueryRow(ctx, sqlClaimTicket, hash, now, nullable(b.Addr), nullable(truncate(b.UserAgent, 512)), jti,
-		now.Truncate(time.Second).Add(s.cfg.TokenLifetime), issuers, kids, clientIDs).
-		Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
-			&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return s.whyNotClaimed(ctx, hash, now)
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.ConstraintName == "launches_signed_shape" {
-		// The launch's issuer has no active key on this instance: the
-		// claim did not happen, the link stays valid.
-		return Form{}, fmt.Errorf("redeem launch: %w", keys.ErrNoActiveKey)
-	}
-	if err != nil {
-		// The claim may have committed before its answer was lost: give the
-		// ticket back, since no token left.
-		if uerr := s.unclaim(ctx, hash, jti); uerr != nil {
-			s.log.Warn("could not give back a launch link after a failed redemption; it may show as used", "err", uerr)
+	for attempt := 0; ; attempt++ {
+		signers = s.signers.ActiveSigners()
+		issuers, kids, clientIDs := make([]string, len(signers)), make([]string, len(signers)), make([]string, len(signers))
+		for i, sg := range signers {
+			issuers[i], kids[i], clientIDs[i] = sg.Issuer.Slug, sg.Kid, sg.Issuer.ClientID
 		}
-		return Form{}, storageError("redeem launch", err)
+		err := s.pool.QueryRow(ctx, sqlClaimTicket, hash, now, nullable(b.Addr), nullable(truncate(b.UserAgent, 512)), jti,
+			s.issuedAt(now).Add(s.cfg.TokenLifetime), issuers, kids, clientIDs).
+			Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
+				&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			id, err := s.ticketState(ctx, hash, now)
+			if err != nil {
+				return Form{LaunchID: id}, err
+			}
+			// The link is usable, yet the claim matched nothing: this
+			// instance's signer for the issuer is no longer usable in the
+			// database (a revocation it has not heard of), or it has none.
+			// Reload the keys once and try again; the link stays valid.
+			if attempt == 0 {
+				if rerr := s.signers.Refresh(ctx); rerr == nil {
+					continue
+				}
+			}
+			return Form{LaunchID: id}, fmt.Errorf("redeem launch %s: %w", id, keys.ErrNoActiveKey)
+		}
+		if err != nil {
+			// The claim may have committed before its answer was lost: give the
+			// ticket back, since no token left.
+			if uerr := s.unclaim(ctx, hash, jti); uerr != nil {
+				s.log.Warn("could not give back a launch link after a failed redemption; it may show as used", "err", uerr)
+			}
+			return Form{}, storageError("redeem launch", err)
+		}
+		break
 	}
 	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
 	var signer *keys.Signer
@@ -398,27 +470,39 @@ func (s *Service) unclaim(ctx context.Context, hash []byte, jti string) error {
 	return nil
 }
 
-// whyNotClaimed tells an unknown ticket from a used or an expired one.
-func (s *Service) whyNotClaimed(ctx context.Context, hash []byte, now time.Time) (Form, error) {
+// Inspect tells whether a launch link can be followed now, without
+// changing anything: nil, or ErrTicketNotFound, ErrTicketUsed,
+// ErrTicketExpired or ErrModuleChanged. GET /launch/{ticket} uses it, so
+// that a link previewer or a prefetch never spends a link.
+func (s *Service) Inspect(ctx context.Context, ticket string) (launchID string, err error) {
+	if !plausibleTicket(ticket) {
+		return "", ErrTicketNotFound
+	}
+	return s.ticketState(ctx, hashTicket(ticket), s.now().UTC())
+}
+
+// ticketState reads a ticket's launch and says why it cannot be redeemed,
+// or nil when it can.
+func (s *Service) ticketState(ctx context.Context, hash []byte, now time.Time) (string, error) {
 	var (
-		id       string
-		redeemed bool
-		expires  time.Time
+		id                string
+		redeemed, current bool
+		expires           time.Time
 	)
-	err := s.pool.QueryRow(ctx, sqlTicketState, hash).Scan(&id, &redeemed, &expires)
+	err := s.pool.QueryRow(ctx, sqlTicketState, hash).Scan(&id, &redeemed, &expires, &current)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return Form{}, ErrTicketNotFound
+		return "", ErrTicketNotFound
 	case err != nil:
-		return Form{}, storageError("redeem launch", err)
+		return "", storageError("read launch link", err)
 	case redeemed:
-		return Form{LaunchID: id}, ErrTicketUsed
+		return id, ErrTicketUsed
 	case !now.Before(expires):
-		return Form{LaunchID: id}, ErrTicketExpired
+		return id, ErrTicketExpired
+	case !current:
+		return id, ErrModuleChanged
 	}
-	// Neither used nor expired, yet not claimed: the clock moved between
-	// the two statements. Say used, the safe answer.
-	return Form{LaunchID: id}, ErrTicketUsed
+	return id, nil
 }
 
 // truncate makes s valid UTF-8 (a browser may send any bytes) and cuts it
@@ -432,4 +516,35 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// asciiJSON escapes every non-ASCII character of a JSON text as \uXXXX
+// (a surrogate pair above U+FFFF), which leaves its meaning unchanged
+// (RFC 8259 §7). The Koppeltaal auth server decodes token payloads a second
+// time as ASCII and answers 500 on anything else.
+func asciiJSON(b []byte) []byte {
+	ascii := true
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for _, r := range string(b) {
+		if r < utf8.RuneSelf {
+			out = append(out, byte(r))
+			continue
+		}
+		if r > 0xFFFF {
+			hi, lo := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, hi, lo)
+			continue
+		}
+		out = fmt.Appendf(out, `\u%04x`, r)
+	}
+	return out
 }

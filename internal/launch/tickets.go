@@ -34,11 +34,14 @@ func plausibleTicket(s string) bool {
 	return err == nil
 }
 
-// newJTI returns a token id of 144 random bits (DESIGN 1.1: at least 128).
+// newJTI returns a token id of 128 random bits as 32 lowercase hex
+// digits. The domain uses the jti as the trace id of its AuditEvents, a
+// FHIR id ([A-Za-z0-9\-.]{1,64}, TOP-KT-011), which cannot hold the '_' of
+// base64url.
 func newJTI() string {
-	b := make([]byte, 18)
+	b := make([]byte, 16)
 	randomBytes(b)
-	return base64.RawURLEncoding.EncodeToString(b)
+	return hex.EncodeToString(b)
 }
 
 // newLaunchID returns a random (version 4) UUID for a launch record.

@@ -1,15 +1,11 @@
 package server
 
 import (
-	"bytes"
-	"encoding/json"
-	"io"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/ehealth-nl/portal/internal/keys"
-	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 func (s *server) issuerParam(v string) string {
@@ -43,19 +39,8 @@ type rotateBody struct {
 // reloads its keyring at once, the others follow the notification.
 func (s *server) handleRotateKeys(c echo.Context) error {
 	var body rotateBody
-	data, err := io.ReadAll(c.Request().Body)
-	if err != nil {
+	if err := bindJSON(c, &body, true); err != nil {
 		return err
-	}
-	if len(bytes.TrimSpace(data)) > 0 {
-		if err := requireJSON(c); err != nil {
-			return err
-		}
-		dec := json.NewDecoder(bytes.NewReader(data))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil {
-			return &launch.MalformedError{Field: "body", Reason: `must be {"issuer": "slug", "ignore_publish_lead": false}`}
-		}
 	}
 	change, err := s.KeyAdmin.Rotate(c.Request().Context(), s.issuerParam(body.Issuer), body.IgnorePublishLead)
 	if err != nil {

@@ -1,8 +1,6 @@
 package server
 
 import (
-	"errors"
-	"mime"
 	"net/http"
 	"time"
 
@@ -11,23 +9,12 @@ import (
 	"github.com/ehealth-nl/portal/internal/launch"
 )
 
-// errNotJSON means a request body was sent with another content type.
-var errNotJSON = errors.New("the request body must be application/json")
-
-// requireJSON refuses bodies that do not say they are JSON.
-func requireJSON(c echo.Context) error {
-	mt, _, err := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
-	if err != nil || mt != echo.MIMEApplicationJSON {
-		return errNotJSON
-	}
-	return nil
-}
-
+// decodeLaunchRequest reads the body of POST /api/v1/launches and
+// /api/v1/launch-tokens.
 func decodeLaunchRequest(c echo.Context) (launch.Request, error) {
-	if err := requireJSON(c); err != nil {
-		return launch.Request{}, err
-	}
-	return launch.DecodeRequest(c.Request().Body)
+	var req launch.Request
+	err := bindJSON(c, &req, false)
+	return req, err
 }
 
 // handleCreateLaunch answers POST /api/v1/launches with a one-time launch link.
@@ -85,7 +72,7 @@ func (s *server) handleListLaunches(c echo.Context) error {
 		switch name {
 		case "task", "user", "patient", "module", "issuer", "from", "to", "limit", "cursor":
 		default:
-			return &launch.MalformedError{Field: name, Reason: "is not a known filter (task, user, patient, module, issuer, from, to, limit, cursor)"}
+			return &malformedError{Field: name, Reason: "is not a known filter (task, user, patient, module, issuer, from, to, limit, cursor)"}
 		}
 	}
 	f := launch.Filter{Task: q.Get("task"), User: q.Get("user"), Patient: q.Get("patient"), Module: q.Get("module"),
@@ -97,14 +84,14 @@ func (s *server) handleListLaunches(c echo.Context) error {
 		if v := q.Get(p.name); v != "" {
 			t, err := time.Parse(time.RFC3339, v)
 			if err != nil {
-				return &launch.MalformedError{Field: p.name, Reason: "must be an RFC 3339 time such as 2026-11-24T09:00:00Z"}
+				return &malformedError{Field: p.name, Reason: "must be an RFC 3339 time such as 2026-11-24T09:00:00Z"}
 			}
 			*p.dst = t
 		}
 	}
 	if v := q.Get("limit"); v != "" {
 		if err := echo.QueryParamsBinder(c).Int("limit", &f.Limit).BindError(); err != nil {
-			return &launch.MalformedError{Field: "limit", Reason: "must be a whole number"}
+			return &malformedError{Field: "limit", Reason: "must be a whole number"}
 		}
 		if f.Limit < 1 || f.Limit > 500 {
 			return &launch.ValidationError{Fields: []launch.FieldError{{Field: "limit", Reason: "must be between 1 and 500"}}}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -21,6 +23,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -166,7 +169,7 @@ func TestLaunch_ClaimsAndHeaderForEachRole(t *testing.T) {
 					req["patient"] = tc.patient
 				}
 				before := time.Now().Unix()
-				resp, page := get(t, s.createLaunch(t, req), nil)
+				resp, page := redeem(t, s.createLaunch(t, req), nil)
 				if resp.StatusCode != 200 {
 					t.Fatalf("%s: launch page %d %s", tc.role, resp.StatusCode, page)
 				}
@@ -209,11 +212,14 @@ func TestLaunch_ClaimsAndHeaderForEachRole(t *testing.T) {
 				if *claims != wantClaims {
 					t.Errorf("%s: claims\n got %+v\nwant %+v", tc.role, *claims, wantClaims)
 				}
-				if claims.IssuedAt < before || claims.IssuedAt > time.Now().Unix() {
-					t.Errorf("%s: iat %d is not the moment of redemption", tc.role, claims.IssuedAt)
+				// iat is the moment of redemption, backdated by the stack's 5 s
+				// for verifiers whose clock is a little behind.
+				if claims.IssuedAt < before-5 || claims.IssuedAt > time.Now().Unix()-5 {
+					t.Errorf("%s: iat %d is not the moment of redemption less 5 s", tc.role, claims.IssuedAt)
 				}
-				if len(claims.JTI) < 22 {
-					t.Errorf("%s: jti %q is shorter than 128 bits", tc.role, claims.JTI)
+				// TOP-KT-011: the jti becomes the AuditEvent trace-id, a FHIR id.
+				if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(claims.JTI) {
+					t.Errorf("%s: jti %q is not 128 bits of lowercase hex", tc.role, claims.JTI)
 				}
 			}
 		})
@@ -232,7 +238,7 @@ func sortedKeys(m map[string]string) []string {
 func TestLaunch_PageHeaders(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
-	resp, page := get(t, s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"}), nil)
+	resp, page := redeem(t, s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"}), nil)
 	h := resp.Header
 	for name, want := range map[string]string{"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"} {
 		if h.Get(name) != want {
@@ -265,7 +271,7 @@ func TestLaunch_GetModuleRedirectsWithQuery(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.putModule(t, "redirecting", map[string]string{"launch_url": "https://module.example.org/start?tenant=7", "audience": "Device/r-1", "method": "get"})
 	link := s.createLaunch(t, map[string]string{"module": "redirecting", "task": "Task/1", "user": "Practitioner/2", "patient": "Patient/3"})
-	resp, err := noRedirects.Get(link)
+	resp, err := noRedirects.Post(link, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +299,7 @@ func TestLaunch_FieldSets(t *testing.T) {
 		want   []string
 	}{{"koppeltaal", []string{"iss", "launch"}}, {"hti", []string{"token"}}, {"all", []string{"iss", "launch", "token"}}} {
 		s.putModule(t, "m-"+tc.fields, map[string]string{"launch_url": testModuleURL, "audience": "Device/x", "fields": tc.fields})
-		_, page := get(t, s.createLaunch(t, map[string]string{"module": "m-" + tc.fields, "task": "Task/1", "user": "Patient/1"}), nil)
+		_, page := redeem(t, s.createLaunch(t, map[string]string{"module": "m-" + tc.fields, "task": "Task/1", "user": "Patient/1"}), nil)
 		if got := sortedKeys(formFields(t, page)); !slices.Equal(got, tc.want) {
 			t.Errorf("fields %s: form has %v, want %v", tc.fields, got, tc.want)
 		}
@@ -497,10 +503,10 @@ func TestTicket_SecondRedeemIsGone(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
-	if resp, _ := get(t, link, nil); resp.StatusCode != 200 {
+	if resp, _ := redeem(t, link, nil); resp.StatusCode != 200 {
 		t.Fatalf("first redeem: %d", resp.StatusCode)
 	}
-	resp, page := get(t, link, nil)
+	resp, page := redeem(t, link, nil)
 	if resp.StatusCode != http.StatusGone || !strings.Contains(string(page), "already used") || strings.Contains(string(page), `name="launch"`) {
 		t.Fatalf("second redeem: %d\n%s", resp.StatusCode, page)
 	}
@@ -511,7 +517,7 @@ func TestTicket_ExpiredIsGoneAndUnknownIsNotFound(t *testing.T) {
 	s.registerTestModule(t)
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
 	s.clock.Advance(121 * time.Second)
-	resp, page := get(t, link, nil)
+	resp, page := redeem(t, link, nil)
 	if resp.StatusCode != http.StatusGone || !strings.Contains(string(page), "expired") {
 		t.Fatalf("expired link: %d\n%s", resp.StatusCode, page)
 	}
@@ -538,7 +544,7 @@ func TestTicket_ConcurrentRedeemsSucceedOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			resp, err := http.Get(link)
+			resp, err := http.Post(link, "", nil)
 			if err != nil {
 				return
 			}
@@ -572,7 +578,7 @@ func TestLaunch_AuditRecordAndListing(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		link := s.createLaunch(t, map[string]string{"module": "diary", "task": fmt.Sprintf("Task/%d", i%2), "user": "Practitioner/dr", "patient": fmt.Sprintf("Patient/%d", i)})
 		if i < 3 {
-			req, _ := http.NewRequest(http.MethodGet, link, nil)
+			req, _ := http.NewRequest(http.MethodPost, link, nil)
 			req.Header.Set("User-Agent", "audit-test-browser")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
@@ -696,7 +702,7 @@ func TestLaunch_AnyUserAgentIsRecorded(t *testing.T) {
 	s.registerTestModule(t)
 	for _, ua := range []string{"bad \xff\xfe bytes", strings.Repeat("a", 511) + "é and more", strings.Repeat("ü", 600)} {
 		link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
-		resp, _ := get(t, link, map[string]string{"User-Agent": ua})
+		resp, _ := redeem(t, link, map[string]string{"User-Agent": ua})
 		if resp.StatusCode != 200 {
 			t.Errorf("user agent %q: status %d", ua[:10], resp.StatusCode)
 		}
@@ -779,5 +785,169 @@ func TestAPI_EdgeCasesAreClear4xx(t *testing.T) {
 	}
 	if resp, _ := get(t, s.http.URL+"/issuers//jwks.json", nil); resp.StatusCode != 404 {
 		t.Fatalf("/issuers//jwks.json: %d", resp.StatusCode)
+	}
+}
+
+// TestLaunchLink_FollowingChangesNothing fetches a link the way previewers,
+// prefetchers and scanners do — GET and HEAD, many times — and then
+// redeems it: the first POST still gets the token, and following the link
+// afterwards shows that it was used.
+func TestLaunchLink_FollowingChangesNothing(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	u, _ := url.Parse(link)
+	for range 3 {
+		resp, page := get(t, link, nil)
+		if resp.StatusCode != 200 || !strings.Contains(string(page), `method="post" action="`+u.Path+`"`) {
+			t.Fatalf("following the link: %d\n%s", resp.StatusCode, page)
+		}
+		if strings.Contains(string(page), `name="launch"`) {
+			t.Fatal("following the link (GET) handed out a token")
+		}
+		csp := resp.Header.Get("Content-Security-Policy")
+		if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Referrer-Policy") != "no-referrer" ||
+			!strings.Contains(csp, "form-action 'self'") || !strings.Contains(csp, "script-src 'nonce-") {
+			t.Fatalf("page headers %v", resp.Header)
+		}
+		if !strings.Contains(string(page), "<noscript>") || !strings.Contains(string(page), `id="proceed"`) {
+			t.Fatal("the page has no button for browsers without JavaScript")
+		}
+		if head, _ := send(t, http.MethodHead, link, nil); head.StatusCode != 200 {
+			t.Fatalf("HEAD: %d", head.StatusCode)
+		}
+	}
+	var redeemed int
+	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 0 {
+		t.Fatalf("GET and HEAD redeemed %d launches (%v)", redeemed, err)
+	}
+	resp, page := redeem(t, link, nil)
+	if resp.StatusCode != 200 || formFields(t, page)["launch"] == "" {
+		t.Fatalf("the POST after the GETs: %d\n%s", resp.StatusCode, page)
+	}
+	resp, page = get(t, link, nil)
+	if resp.StatusCode != http.StatusGone || !strings.Contains(string(page), "already used") {
+		t.Fatalf("following a used link: %d\n%s", resp.StatusCode, page)
+	}
+}
+
+// TestLaunchLink_CrossSitePostIsRefusedAndSpendsNothing posts to a link as
+// another site's page would make a browser do it.
+func TestLaunchLink_CrossSitePostIsRefusedAndSpendsNothing(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	for _, h := range []map[string]string{
+		{"Sec-Fetch-Site": "cross-site"},
+		{"Sec-Fetch-Site": "same-site"},
+		{"Origin": "https://evil.example"},
+	} {
+		resp, page := redeem(t, link, h)
+		if resp.StatusCode != http.StatusForbidden || strings.Contains(string(page), `name="launch"`) {
+			t.Fatalf("%v: %d\n%s", h, resp.StatusCode, page)
+		}
+	}
+	resp, page := redeem(t, link, map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "null"})
+	if resp.StatusCode != 200 || formFields(t, page)["launch"] == "" {
+		t.Fatalf("the same-origin post after the refused ones: %d\n%s", resp.StatusCode, page)
+	}
+}
+
+// TestRedeem_RevokedKeyNeverSignsWithoutNotification revokes the active
+// key in the database while the server's keyring still holds it (as when
+// the notification is lost): redemption and launch-tokens notice it in
+// their own statement, reload the keys and sign with the new key.
+func TestRedeem_RevokedKeyNeverSignsWithoutNotification(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	ctx := context.Background()
+	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	old, err := s.keyring.Signer("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.rotator.Revoke(ctx, "default", old.Kid); err != nil {
+		t.Fatal(err)
+	}
+	resp, page := redeem(t, link, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("redeem after a revocation the keyring missed: %d\n%s", resp.StatusCode, page)
+	}
+	if kid := decodeSegment(t, formFields(t, page)["launch"], 0)["kid"]; kid == old.Kid {
+		t.Fatal("redemption signed with the revoked key")
+	}
+	if _, err := s.rotator.Revoke(ctx, "default", mustSigner(t, s.keyring).Kid); err != nil {
+		t.Fatal(err)
+	}
+	status, _, body := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/1"}`)
+	var issued struct{ Token string }
+	if err := json.Unmarshal(body, &issued); status != 201 || err != nil {
+		t.Fatalf("launch-tokens after a revocation the keyring missed: %d %s", status, body)
+	}
+	var withRevoked int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM launches l JOIN signing_keys k ON k.kid = l.kid WHERE k.state = 'revoked' AND l.redeemed_at >= k.revoked_at`).Scan(&withRevoked); err != nil || withRevoked != 0 {
+		t.Fatalf("%d launches signed after their key was revoked (%v)", withRevoked, err)
+	}
+}
+
+// staleSigners is a keyring that cannot reload: it keeps handing out the
+// signer it had.
+type staleSigners struct{ *keys.Keyring }
+
+func (staleSigners) Refresh(context.Context) error { return errors.New("the database cannot be read") }
+
+// TestRedeem_RevokedKeyRefusedWhenKeysCannotReload is the same revocation
+// on an instance that cannot reload its keys: nothing is signed with the
+// revoked key, and the link stays usable.
+func TestRedeem_RevokedKeyRefusedWhenKeysCannotReload(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	ctx := context.Background()
+	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	if _, err := s.rotator.Revoke(ctx, "default", mustSigner(t, s.keyring).Kid); err != nil {
+		t.Fatal(err)
+	}
+	stale := launch.NewService(s.pool, s.registry, staleSigners{s.keyring}, launch.Config{PublicURL: s.http.URL, TokenLifetime: 300 * time.Second, TicketLifetime: 120 * time.Second}, s.clock.Now, slog.New(slog.DiscardHandler))
+	ticket := link[strings.LastIndex(link, "/")+1:]
+	if _, err := stale.Redeem(ctx, ticket, launch.Browser{}); !errors.Is(err, keys.ErrNoActiveKey) {
+		t.Fatalf("redeem with a revoked key: %v, want ErrNoActiveKey", err)
+	}
+	if _, err := stale.IssueToken(ctx, launch.Request{Module: "diary", Task: "Task/1", User: "Patient/1"}, launch.Caller{Name: "t"}); !errors.Is(err, keys.ErrNoActiveKey) {
+		t.Fatalf("issue a token with a revoked key: %v, want ErrNoActiveKey", err)
+	}
+	if _, err := stale.Inspect(ctx, ticket); err != nil {
+		t.Fatalf("the link is no longer usable after the refused redemption: %v", err)
+	}
+}
+
+func mustSigner(t testing.TB, k *keys.Keyring) *keys.Signer {
+	t.Helper()
+	sg, err := k.Signer("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sg
+}
+
+// TestRedeem_ModuleRepointedOrRemovedSinceTheLinkWasMade re-points a
+// module (where tokens are posted) and removes another while links for
+// them are pending: neither link redeems, and each says why.
+func TestRedeem_ModuleRepointedOrRemovedSinceTheLinkWasMade(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	s.putModule(t, "other", map[string]string{"launch_url": "https://other.example.org/launch", "audience": "Device/o"})
+	repointed := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	removed := s.createLaunch(t, map[string]string{"module": "other", "task": "Task/1", "user": "Patient/1"})
+	s.putModule(t, "diary", map[string]string{"launch_url": "https://elsewhere.example.org/launch", "audience": "Device/diary-1", "default_definition": "ActivityDefinition/diary"})
+	if status, _, b := s.apiCall(t, http.MethodDelete, "/api/v1/modules/other", s.adminKey, "", ""); status != 204 {
+		t.Fatalf("delete: %d %s", status, b)
+	}
+	for _, link := range []string{repointed, removed} {
+		for _, call := range []func(testing.TB, string, map[string]string) (*http.Response, []byte){get, redeem} {
+			resp, page := call(t, link, nil)
+			if resp.StatusCode != http.StatusGone || !strings.Contains(string(page), "module changed") || strings.Contains(string(page), `name="launch"`) {
+				t.Fatalf("%s: %d\n%s", link, resp.StatusCode, page)
+			}
+		}
 	}
 }

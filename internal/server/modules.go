@@ -1,12 +1,7 @@
 package server
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
-	"strings"
 
 	"github.com/labstack/echo/v4"
 
@@ -46,28 +41,9 @@ func (s *server) handleGetModule(c echo.Context) error {
 // handlePutModule creates or replaces the module named in the path: 201
 // when it is new, 200 when it replaced one.
 func (s *server) handlePutModule(c echo.Context) error {
-	if err := requireJSON(c); err != nil {
-		return err
-	}
 	var body moduleBody
-	data, err := io.ReadAll(c.Request().Body)
-	if err != nil {
+	if err := bindJSON(c, &body, false); err != nil {
 		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return &launch.MalformedError{Field: typeErr.Field, Reason: "must be a string"}
-		}
-		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok && strings.Trim(name, `"`) != "" {
-			return &launch.MalformedError{Field: strings.Trim(name, `"`), Reason: "is not a known field"}
-		}
-		return &launch.MalformedError{Field: "body", Reason: "must be a JSON object describing the module"}
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return &launch.MalformedError{Field: "body", Reason: "has data after the JSON object"}
 	}
 	slug := c.Param("slug")
 	if body.Slug != "" && body.Slug != slug {

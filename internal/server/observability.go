@@ -108,7 +108,8 @@ var refusalReasons = map[string]string{
 	"malformed-request": "malformed", "unsupported-media-type": "malformed", "body-too-large": "malformed",
 	"invalid-request": "invalid", "unauthenticated": "unauthenticated", "forbidden": "forbidden",
 	"ticket-used": "ticket_used", "ticket-expired": "ticket_expired", "ticket-unknown": "ticket_unknown",
-	"unavailable": "unavailable", "keys-unavailable": "unavailable",
+	"module-changed": "module_changed",
+	"unavailable":    "unavailable", "keys-unavailable": "unavailable",
 }
 
 // refusalReason names why a launch was refused, for the metrics, from the

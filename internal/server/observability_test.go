@@ -94,9 +94,9 @@ func TestLogs_AFullLaunchLeaksNoSecret(t *testing.T) {
 	s.registerTestModule(t)
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Practitioner/2", "patient": "Patient/3"})
 	ticket := link[strings.LastIndex(link, "/")+1:]
-	_, page := get(t, link, nil)
+	_, page := redeem(t, link, nil)
 	token := formFields(t, page)["launch"]
-	get(t, link, nil) // used again: refused
+	redeem(t, link, nil) // used again: refused
 	_, _, body := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/3"}`)
 	var issued struct{ Token, JTI string }
 	if err := json.Unmarshal(body, &issued); err != nil || issued.Token == "" {
@@ -179,9 +179,10 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
-	get(t, link, nil)
-	get(t, link, nil)
-	get(t, s.http.URL+"/launch/"+strings.Repeat("C", 43), nil)
+	redeem(t, link, nil)
+	redeem(t, link, nil)
+	redeem(t, s.http.URL+"/launch/"+strings.Repeat("C", 43), nil)
+	get(t, s.http.URL+"/launch/"+strings.Repeat("C", 43), nil) // following is not a refusal
 	s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", `{"module":"nope","task":"Task/1","user":"Patient/1"}`)
 	s.apiCall(t, http.MethodPost, "/api/v1/launches", "", "application/json", `{}`)
 	s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/1","idp_hint":"`+strings.Repeat("x", 20000)+`"}`)
@@ -217,7 +218,8 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 		}
 	}
 	for _, series := range []string{
-		`portal_http_request_duration_seconds_count{method="GET",route="/launch/:ticket",status_class="2xx"}`,
+		`portal_http_request_duration_seconds_count{method="POST",route="/launch/:ticket",status_class="2xx"}`,
+		`portal_http_request_duration_seconds_count{method="POST",route="/launch/:ticket",status_class="4xx"}`,
 		`portal_http_request_duration_seconds_count{method="GET",route="/launch/:ticket",status_class="4xx"}`,
 		`portal_active_key_age_seconds{issuer="default"}`,
 		`portal_next_rotation_seconds{issuer="default"}`,

@@ -79,6 +79,16 @@ var (
 		Message: "Een module-link werkt maar kort. Start de module opnieuw vanuit het portaal.",
 		English: "This launch link has expired — start the module again from the portal.",
 	}
+	pageModuleChanged = message{
+		Title:   "Deze link werkt niet meer",
+		Message: "De module is gewijzigd nadat deze link werd gemaakt. Start de module opnieuw vanuit het portaal.",
+		English: "The module changed after this launch link was made — start the module again from the portal.",
+	}
+	pageCrossSite = message{
+		Title:   "Deze link kan zo niet worden geopend",
+		Message: "Een andere website probeerde deze module-link te gebruiken. Open de module vanuit het portaal.",
+		English: "Another website tried to use this launch link — open the module from the portal.",
+	}
 	pageTicketNotFound = message{
 		Title:   "Onbekende link",
 		Message: "Deze module-link bestaat niet. Start de module vanuit het portaal.",

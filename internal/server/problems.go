@@ -11,6 +11,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
 // problemTypePrefix starts every problem type URI; the README lists them.
@@ -42,7 +43,7 @@ func newProblem(status int, kind, title, detail string) *Problem {
 func problemFor(err error) *Problem {
 	var (
 		he        *echo.HTTPError
-		malformed *launch.MalformedError
+		malformed *malformedError
 		invalid   *launch.ValidationError
 	)
 	switch {
@@ -81,9 +82,11 @@ func problemFor(err error) *Problem {
 		return newProblem(http.StatusGone, "ticket-used", "Launch link already used", "A launch link works once; start the module again from the portal.")
 	case errors.Is(err, launch.ErrTicketExpired):
 		return newProblem(http.StatusGone, "ticket-expired", "Launch link expired", "Start the module again from the portal.")
+	case errors.Is(err, launch.ErrModuleChanged):
+		return newProblem(http.StatusGone, "module-changed", "Module changed", "The module was removed or re-pointed after the launch link was made; start the launch again.")
 	case errors.Is(err, launch.ErrTicketNotFound):
 		return newProblem(http.StatusNotFound, "ticket-unknown", "Unknown launch link", "No launch has this link.")
-	case errors.Is(err, launch.ErrUnavailable):
+	case errors.Is(err, postgres.ErrUnavailable):
 		return newProblem(http.StatusServiceUnavailable, "unavailable", "Temporarily unavailable", "The database cannot be reached; nothing was changed. Retry shortly.")
 	case errors.Is(err, keys.ErrUnknownIssuer), errors.Is(err, keys.ErrIssuerNotFound):
 		return newProblem(http.StatusNotFound, "unknown-issuer", "Unknown issuer", "No issuer has that name.")

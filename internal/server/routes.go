@@ -7,7 +7,6 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/ehealth-nl/portal/internal/apikeys"
-	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 // routes installs the whole HTTP surface of the portal (DESIGN 2.5).
@@ -20,14 +19,17 @@ func (s *server) routes(e *echo.Echo) {
 	e.GET("/issuers/:issuer/jwks.json", s.handleJWKS)
 	e.HEAD("/issuers/:issuer/jwks.json", s.handleJWKS)
 
-	// The browser follows a one-time launch link.
-	e.GET("/launch/:ticket", s.handleLaunchPage)
+	// The browser follows a one-time launch link (GET and HEAD change
+	// nothing) and its page redeems it (POST).
+	e.GET("/launch/:ticket", s.handleFollowLink)
+	e.HEAD("/launch/:ticket", s.handleFollowLink)
+	e.POST("/launch/:ticket", s.handleRedeemLink)
 
 	// The API for portal backends (scope launch) and operators (scope admin).
 	// Route middleware runs in the order given: refusals are counted around
 	// everything, the body limit comes before authentication.
 	api := e.Group("/api/v1")
-	limit := middleware.BodyLimit(strconv.Itoa(launch.MaxRequestBytes) + "B")
+	limit := middleware.BodyLimit(strconv.Itoa(maxBodyBytes) + "B")
 	launcher, admin := s.requireScope(apikeys.ScopeLaunch), s.requireScope(apikeys.ScopeAdmin)
 	api.POST("/launches", s.handleCreateLaunch, s.countLaunchRefusals, limit, launcher)
 	api.POST("/launch-tokens", s.handleIssueToken, s.countLaunchRefusals, limit, launcher)

@@ -38,6 +38,7 @@ type Pinger interface {
 type Launches interface {
 	Create(ctx context.Context, req launch.Request, by launch.Caller) (launch.Created, error)
 	IssueToken(ctx context.Context, req launch.Request, by launch.Caller) (launch.IssuedToken, error)
+	Inspect(ctx context.Context, ticket string) (launchID string, err error)
 	Redeem(ctx context.Context, ticket string, b launch.Browser) (launch.Form, error)
 	List(ctx context.Context, f launch.Filter) (launch.Page, error)
 }

@@ -130,7 +130,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	}
 	publicURL := "http://" + ln.Addr().String()
 	s.registry = launch.NewRegistry(pool, false)
-	s.launches = launch.NewService(pool, s.registry, s.keyring, launch.Config{PublicURL: publicURL, TokenLifetime: 300 * time.Second, TicketLifetime: 120 * time.Second}, clock.Now, logger)
+	s.launches = launch.NewService(pool, s.registry, s.keyring, launch.Config{PublicURL: publicURL, TokenLifetime: 300 * time.Second, TicketLifetime: 120 * time.Second, IATBackdate: 5 * time.Second}, clock.Now, logger)
 	s.apikeys = apikeys.NewStore(pool)
 	if _, s.launchKey, err = s.apikeys.Create(ctx, "backend", apikeys.ScopeLaunch, clock.Now()); err != nil {
 		t.Fatal(err)
@@ -190,9 +190,21 @@ func (a testKeyAdmin) Rotate(ctx context.Context, issuer string, ignoreLead bool
 	return a.rotator.Rotate(ctx, issuer, ignoreLead)
 }
 
+// get fetches url with the given headers.
 func get(t testing.TB, url string, header map[string]string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
+	return send(t, http.MethodGet, url, header)
+}
+
+// redeem posts to a launch link, as its page does.
+func redeem(t testing.TB, link string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	return send(t, http.MethodPost, link, header)
+}
+
+func send(t testing.TB, method, url string, header map[string]string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

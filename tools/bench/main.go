@@ -299,7 +299,7 @@ func launch(client *http.Client, base, key string) error {
 	if err := json.Unmarshal(body, &created); err != nil {
 		return err
 	}
-	resp, err = client.Get(created.LaunchURL)
+	resp, err = client.Post(created.LaunchURL, "", nil) // redeem, as the launch page does
 	if err != nil {
 		return err
 	}

@@ -350,7 +350,7 @@ func (s *soak) race(link string, a, b *instance.Process) {
 // status (0 for a transport error).
 func (s *soak) follow(link string, p *instance.Process) int {
 	requested := time.Now()
-	resp, err := s.client.Get(link)
+	resp, err := s.client.Post(link, "", nil) // the launch page posts to its link to redeem it
 	if err != nil {
 		s.otherErrors.Add(1)
 		return 0

@@ -1,19 +1,19 @@
-package launch
+package server
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
 // FuzzDecodeRequest feeds arbitrary bodies to the decoder and validator of
 // launch requests. Whatever the input: no panic; a refusal is a
-// MalformedError (400) or a ValidationError (422) naming a field; and an
-// accepted request obeys the rules of DESIGN 1.1.
+// malformedError (400) or a launch.ValidationError (422) naming a field; and an
+// accepted request obeys the rules of docs/ARCHITECTURE.md, The launch token.
 func FuzzDecodeRequest(f *testing.F) {
 	for _, seed := range []string{
 		`{"module":"diary","task":"Task/1","user":"Patient/1"}`,
@@ -31,16 +31,17 @@ func FuzzDecodeRequest(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		req, err := DecodeRequest(bytes.NewReader(body))
+		var req launch.Request
+		err := decodeStrict(body, &req)
 		if err != nil {
-			var m *MalformedError
+			var m *malformedError
 			if !errors.As(err, &m) || m.Field == "" || m.Reason == "" {
 				t.Fatalf("decode error %v is not a MalformedError naming a field", err)
 			}
 			return
 		}
 		if err := req.Validate(); err != nil {
-			var v *ValidationError
+			var v *launch.ValidationError
 			if !errors.As(err, &v) || len(v.Fields) == 0 {
 				t.Fatalf("validation error %v names no field", err)
 			}
@@ -73,22 +74,34 @@ func FuzzDecodeRequest(f *testing.F) {
 	})
 }
 
-func TestDecodeRequest_NamesTheField(t *testing.T) {
+func TestDecodeStrict_NamesTheMember(t *testing.T) {
 	for body, field := range map[string]string{
 		`{"module":"diary","colour":"red"}`: "colour",
 		`{"task":5}`:                        "task",
 		`{"module":"diary"`:                 "body",
 		`{}{}`:                              "body",
 		`null`:                              "body",
+		`{"module":"m","user":"Patient/1","USER":"Patient/2"}`: "USER",
+		`{"Module":"m"}`:              "Module",
+		`{"module":"a","module":"b"}`: "module",
+		`{"module":"a\u0000b"}`:       "module",
+		"{\"module\":\"\xff\"}":       "body",
+		`{"":"x"}`:                    "body",
+		`{"module":"a"} x`:            "body",
 	} {
-		_, err := DecodeRequest(strings.NewReader(body))
-		var m *MalformedError
+		var req launch.Request
+		err := decodeStrict([]byte(body), &req)
+		var m *malformedError
 		if !errors.As(err, &m) || m.Field != field {
-			t.Errorf("%s: err %v, want field %s", body, err, field)
+			t.Errorf("%s: err %v, want a malformed %s", body, err, field)
 		}
 	}
-	big := `{"module":"` + strings.Repeat("a", MaxRequestBytes) + `"}`
-	if _, err := DecodeRequest(strings.NewReader(big)); err == nil {
+	big := `{"module":"` + strings.Repeat("a", maxBodyBytes) + `"}`
+	var req launch.Request
+	if err := decodeStrict([]byte(big), &req); err == nil {
 		t.Error("a body over the limit was decoded")
+	}
+	if err := decodeStrict([]byte(`{"module":"a","task":"Task/1","user":"Patient/1"}`), &req); err != nil || req.Module != "a" {
+		t.Errorf("a good body: %v %+v", err, req)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
@@ -52,6 +54,8 @@ func runVerifier(args []string) error {
 	return sc.Err()
 }
 
+// jwksCache is the verifier's one cached JWK Set: fetched from the next URL
+// in turn when the last one's max-age has run out, never earlier.
 type jwksCache struct {
 	urls    []string
 	next    int
@@ -60,6 +64,7 @@ type jwksCache struct {
 	expires time.Time
 }
 
+// get returns the cached set, fetching it first if it has expired.
 func (c *jwksCache) get() (jwk.Set, error) {
 	if c.set != nil && time.Now().Before(c.expires) {
 		return c.set, nil
@@ -90,6 +95,8 @@ func (c *jwksCache) get() (jwk.Set, error) {
 	return set, nil
 }
 
+// verifyToken checks a token's signature against the cached JWKS and its
+// iss, aud, exp, iat, lifetime (at most 300 s), sub, resource and jti.
 func verifyToken(c *jwksCache, token, issuer, aud string) error {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
@@ -143,3 +150,77 @@ func verifyToken(c *jwksCache, token, issuer, aud string) error {
 	}
 	return nil
 }
+
+// verifierProcess is the soak's side of the independent verifier, run as a
+// child process (this binary with the argument "verifier"): tokens go in
+// on its stdin, verdicts come out on its stdout.
+type verifierProcess struct {
+	cmd      *exec.Cmd
+	in       io.WriteCloser
+	inMu     sync.Mutex
+	verdicts chan verdict
+	done     chan struct{}
+}
+
+// verdict is the verifier's answer on one token: the id it was sent with,
+// whether it verified, and why not.
+type verdict struct {
+	ID    int    `json:"id"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// startVerifier starts the verifier on the comma-separated JWKS URLs and
+// reads its verdicts into the verdicts channel, closed when it exits.
+func startVerifier(jwksURLs string) (*verifierProcess, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "verifier", "--jwks", jwksURLs, "--issuer", clientID, "--audience", audience)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	v := &verifierProcess{cmd: cmd, in: in, verdicts: make(chan verdict, 1024), done: make(chan struct{})}
+	go func() {
+		defer close(v.done)
+		defer close(v.verdicts)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var vd verdict
+			if json.Unmarshal(sc.Bytes(), &vd) == nil {
+				v.verdicts <- vd
+			}
+		}
+	}()
+	return v, nil
+}
+
+// send hands the verifier one token under an id.
+func (v *verifierProcess) send(id int, token string) {
+	v.inMu.Lock()
+	defer v.inMu.Unlock()
+	fmt.Fprintf(v.in, "%d %s\n", id, token)
+}
+
+// closeInput tells the verifier no more tokens come.
+func (v *verifierProcess) closeInput() {
+	v.inMu.Lock()
+	defer v.inMu.Unlock()
+	_ = v.in.Close()
+}
+
+// wait waits until the verifier has answered everything and exited.
+func (v *verifierProcess) wait() { <-v.done; _ = v.cmd.Wait() }
+
+// stop kills the verifier.
+func (v *verifierProcess) stop() { _ = v.cmd.Process.Kill() }

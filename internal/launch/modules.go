@@ -15,8 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/ehealth-nl/portal/internal/config"
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/weburl"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -107,6 +107,17 @@ func (m *Module) Validate(allowHTTP bool) error {
 // separately. Nothing else may reach the CSP built from the launch URL.
 var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
 
+// MaxLaunchURLLength caps a module's launch URL. The URL is stored, put in
+// the launch page's form action and CSP, and for get modules extended with
+// a token of about a kilobyte as a query: 2048 characters keeps the whole
+// redirect within what browsers and proxies reliably carry (about 8 KB).
+const MaxLaunchURLLength = 2048
+
+// formFieldNames are the names the launch form sends (docs/ARCHITECTURE.md,
+// The launch form); a launch URL whose query already holds one would make
+// the module see two values, or a value the portal did not send.
+var formFieldNames = []string{"iss", "launch", "token"}
+
 // checkLaunchURL applies the launch URL rule: absolute https, or plain http
 // for loopback hosts or when the operator allows it for development. The
 // token travels in this request, so it must not cross a network in clear.
@@ -114,6 +125,9 @@ var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
 func checkLaunchURL(s string, allowHTTP bool) (string, error) {
 	if s == "" {
 		return "", errors.New("is required")
+	}
+	if len(s) > MaxLaunchURLLength {
+		return "", fmt.Errorf("is %d characters; at most %d", len(s), MaxLaunchURLLength)
 	}
 	u, err := url.Parse(s)
 	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
@@ -126,22 +140,69 @@ func checkLaunchURL(s string, allowHTTP bool) (string, error) {
 	if ip := net.ParseIP(host); ip == nil && !hostPattern.MatchString(host) {
 		return "", fmt.Errorf("%q has an invalid host name", s)
 	}
+	if strings.HasSuffix(host, ".") {
+		return "", fmt.Errorf("%q has a host name with a trailing dot; write it without", s)
+	}
+	if numericHost(host) && !canonicalIPv4(host) {
+		// 2130706433, 0x7f.1, 017700000001 and 127.1 all mean 127.0.0.1 to
+		// some resolvers: a reviewer must see the address that is used.
+		return "", fmt.Errorf("%q has a numeric host that is not a dotted-quad IPv4 address such as 192.0.2.10", s)
+	}
 	if port := u.Port(); port != "" {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 			return "", fmt.Errorf("%q has an invalid port", s)
+		}
+	}
+	for name := range u.Query() {
+		for _, field := range formFieldNames {
+			if strings.EqualFold(name, field) {
+				return "", fmt.Errorf("%q has a query parameter %q, a name the launch form sends itself", s, name)
+			}
 		}
 	}
 	u.Scheme, u.Host = strings.ToLower(u.Scheme), strings.ToLower(u.Host)
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !allowHTTP && !config.IsLoopbackHost(host) {
+		if !allowHTTP && !weburl.IsLoopbackHost(host) {
 			return "", fmt.Errorf("%q uses plain http on a public host; the launch token would travel unencrypted (use https, or set PORTAL_ALLOW_HTTP_MODULES=true for development)", s)
 		}
 	default:
 		return "", fmt.Errorf("%q must use https", s)
 	}
 	return u.String(), nil
+}
+
+// numericHost reports whether a host name's last label is not a DNS label
+// a top-level domain can have (all digits, or a 0x hexadecimal number):
+// then the host is an IPv4 address in some notation.
+func numericHost(host string) bool {
+	last := host[strings.LastIndex(host, ".")+1:]
+	if strings.HasPrefix(strings.ToLower(last), "0x") {
+		return true
+	}
+	for _, r := range last {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return last != ""
+}
+
+// canonicalIPv4 reports whether host is four decimal octets without
+// leading zeros, the one notation every resolver reads the same way.
+func canonicalIPv4(host string) bool {
+	parts := strings.Split(host, ".")
+	if len(parts) != 4 {
+		return false
+	}
+	for _, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 255 || strconv.Itoa(n) != p {
+			return false
+		}
+	}
+	return true
 }
 
 // moduleCheckField names the field behind each check constraint of modules.
@@ -197,15 +258,38 @@ func (r *Registry) Module(ctx context.Context, slug string) (Module, error) {
 
 // Modules lists every module by slug.
 func (r *Registry) Modules(ctx context.Context) ([]Module, error) {
-	rows, err := r.pool.Query(ctx, `SELECT `+moduleColumns+` FROM modules ORDER BY slug`)
+	var all []Module
+	after := ""
+	for {
+		page, next, err := r.ModulesPage(ctx, after, 500)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next == "" {
+			return all, nil
+		}
+		after = next
+	}
+}
+
+// ModulesPage lists at most limit modules by slug, after the slug given
+// (none: from the start), and the slug to continue after, empty on the
+// last page.
+func (r *Registry) ModulesPage(ctx context.Context, after string, limit int) ([]Module, string, error) {
+	rows, err := r.pool.Query(ctx, `SELECT `+moduleColumns+` FROM modules WHERE slug > $1 ORDER BY slug LIMIT $2`, after, limit+1)
 	if err != nil {
-		return nil, storageError("list modules", err)
+		return nil, "", storageError("list modules", err)
 	}
 	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Module, error) { return scanModule(row) })
 	if err != nil {
-		return nil, storageError("list modules", err)
+		return nil, "", storageError("list modules", err)
 	}
-	return list, nil
+	if len(list) > limit {
+		list = list[:limit]
+		return list, list[limit-1].Slug, nil
+	}
+	return list, "", nil
 }
 
 // Put validates and stores a module, creating or replacing it; it reports

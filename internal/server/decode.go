@@ -9,10 +9,13 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/keys"
 )
 
 // maxBodyBytes is the largest request body any route accepts. Launch
@@ -36,6 +39,58 @@ func (e *malformedError) Error() string { return "malformed request: " + e.Field
 // Unwrap returns the read error, so a body over the size limit (413) can be
 // told from one that is merely unreadable.
 func (e *malformedError) Unwrap() error { return e.Err }
+
+// limitBody caps every request body at maxBodyBytes, on every route (the
+// demo module's form post and the launch link's post included): a body
+// that says it is longer is refused with 413 at once, and reading past the
+// limit of one that does not say (chunked) fails with an
+// *http.MaxBytesError, which the decoder answers with 413 too.
+func limitBody(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if r.ContentLength > maxBodyBytes {
+			return echo.ErrStatusRequestEntityTooLarge
+		}
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(c.Response(), r.Body, maxBodyBytes)
+		}
+		return next(c)
+	}
+}
+
+// noStore marks every answer of a route as not to be cached: API answers
+// hold launch links, tokens and audit records.
+func noStore(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "no-store")
+		return next(c)
+	}
+}
+
+// allowQuery refuses query parameters other than the named ones, so a
+// misspelt filter is an error instead of being ignored.
+func allowQuery(c echo.Context, names ...string) error {
+	for name := range c.QueryParams() {
+		if !slices.Contains(names, name) {
+			known := "none"
+			if len(names) > 0 {
+				known = strings.Join(names, ", ")
+			}
+			return &malformedError{Field: printableName(name), Reason: "is not a known query parameter (known: " + known + ")"}
+		}
+	}
+	return nil
+}
+
+// slugParam reads a path or query parameter that names a module or an
+// issuer, refusing what cannot be a slug before it reaches the database
+// (PostgreSQL refuses NUL and invalid UTF-8 with an error, not a miss).
+func slugParam(field, value string) (string, error) {
+	if !keys.ValidSlug(value) {
+		return "", &malformedError{Field: field, Reason: "must be 1-63 lower-case letters, digits or dashes, starting with a letter or digit"}
+	}
+	return value, nil
+}
 
 // errNotJSON means a request body was sent with another content type.
 var errNotJSON = errors.New("the request body must be application/json")

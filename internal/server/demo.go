@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -96,6 +97,13 @@ type demoModulePage struct {
 // the form (or query), verifies it with pkg/hti against this service's
 // JWKS fetched over HTTP, and shows the verified claims.
 func (s *server) handleDemoModule(c echo.Context) error {
+	if _, err := c.FormParams(); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return echo.ErrStatusRequestEntityTooLarge
+		}
+		return &malformedError{Field: "body", Reason: "is not a form"}
+	}
 	token := c.FormValue("launch")
 	if token == "" {
 		token = c.FormValue("token")

@@ -8,17 +8,26 @@ import (
 	"github.com/ehealth-nl/portal/internal/keys"
 )
 
-func (s *server) issuerParam(v string) string {
+// issuerParam reads the issuer named by a request: the default issuer when
+// none is named, a slug otherwise.
+func (s *server) issuerParam(field, v string) (string, error) {
 	if v == "" {
-		return s.DefaultIssuer
+		return s.DefaultIssuer, nil
 	}
-	return v
+	return slugParam(field, v)
 }
 
 // handleListKeys answers GET /api/v1/keys?issuer=SLUG with the issuer's
 // keys, newest first.
 func (s *server) handleListKeys(c echo.Context) error {
-	list, err := s.KeyAdmin.Keys(c.Request().Context(), s.issuerParam(c.QueryParam("issuer")))
+	if err := allowQuery(c, "issuer"); err != nil {
+		return err
+	}
+	issuer, err := s.issuerParam("issuer", c.QueryParam("issuer"))
+	if err != nil {
+		return err
+	}
+	list, err := s.KeyAdmin.Keys(c.Request().Context(), issuer)
 	if err != nil {
 		return err
 	}
@@ -38,11 +47,18 @@ type rotateBody struct {
 // handleRotateKeys forces a rotation of an issuer's keys; this instance
 // reloads its keyring at once, the others follow the notification.
 func (s *server) handleRotateKeys(c echo.Context) error {
+	if err := allowQuery(c); err != nil {
+		return err
+	}
 	var body rotateBody
 	if err := bindJSON(c, &body, true); err != nil {
 		return err
 	}
-	change, err := s.KeyAdmin.Rotate(c.Request().Context(), s.issuerParam(body.Issuer), body.IgnorePublishLead)
+	issuer, err := s.issuerParam("issuer", body.Issuer)
+	if err != nil {
+		return err
+	}
+	change, err := s.KeyAdmin.Rotate(c.Request().Context(), issuer, body.IgnorePublishLead)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,9 @@ import (
 // decodeLaunchRequest reads the body of POST /api/v1/launches and
 // /api/v1/launch-tokens.
 func decodeLaunchRequest(c echo.Context) (launch.Request, error) {
+	if err := allowQuery(c); err != nil {
+		return launch.Request{}, err
+	}
 	var req launch.Request
 	err := bindJSON(c, &req, false)
 	return req, err
@@ -29,7 +32,6 @@ func (s *server) handleCreateLaunch(c echo.Context) error {
 	}
 	s.Metrics.LaunchCreated("ticket")
 	s.logger(c).Info("launch created", "launch_id", created.ID, "module", req.Module, "api_key", caller(c).Name)
-	c.Response().Header().Set("Cache-Control", "no-store") // the link is a secret
 	return c.JSON(http.StatusCreated, created)
 }
 
@@ -67,14 +69,10 @@ func (s *server) handleIssueToken(c echo.Context) error {
 // handleListLaunches answers GET /api/v1/launches: the audit trail, newest
 // first, filtered by task, user, patient, module, issuer and time.
 func (s *server) handleListLaunches(c echo.Context) error {
-	q := c.QueryParams()
-	for name := range q {
-		switch name {
-		case "task", "user", "patient", "module", "issuer", "from", "to", "limit", "cursor":
-		default:
-			return &malformedError{Field: name, Reason: "is not a known filter (task, user, patient, module, issuer, from, to, limit, cursor)"}
-		}
+	if err := allowQuery(c, "task", "user", "patient", "module", "issuer", "from", "to", "limit", "cursor"); err != nil {
+		return err
 	}
+	q := c.QueryParams()
 	f := launch.Filter{Task: q.Get("task"), User: q.Get("user"), Patient: q.Get("patient"), Module: q.Get("module"),
 		Issuer: q.Get("issuer"), Cursor: q.Get("cursor")}
 	for _, p := range []struct {

@@ -1,10 +1,13 @@
 package server
 
 import (
+	"encoding/base64"
 	"net/http"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 )
 
@@ -19,19 +22,71 @@ type moduleBody struct {
 	Fields            string `json:"fields"`
 }
 
+// modulesPage is the answer of GET /api/v1/modules: modules by slug, paged
+// like the launch audit trail.
+type modulesPage struct {
+	Modules []launch.Module `json:"modules"`
+	Next    string          `json:"next,omitempty"` // cursor of the next page; empty on the last
+}
+
+// handleListModules answers GET /api/v1/modules?limit=&cursor=.
 func (s *server) handleListModules(c echo.Context) error {
-	list, err := s.Modules.Modules(c.Request().Context())
+	if err := allowQuery(c, "limit", "cursor"); err != nil {
+		return err
+	}
+	limit, err := limitParam(c)
 	if err != nil {
 		return err
 	}
-	if list == nil {
-		list = []launch.Module{}
+	after := ""
+	if cursor := c.QueryParam("cursor"); cursor != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(cursor)
+		if err != nil || !keys.ValidSlug(string(raw)) {
+			return &malformedError{Field: "cursor", Reason: "is not a cursor this service returned"}
+		}
+		after = string(raw)
 	}
-	return c.JSON(http.StatusOK, map[string]any{"modules": list})
+	list, next, err := s.Modules.ModulesPage(c.Request().Context(), after, limit)
+	if err != nil {
+		return err
+	}
+	page := modulesPage{Modules: list}
+	if page.Modules == nil {
+		page.Modules = []launch.Module{}
+	}
+	if next != "" {
+		page.Next = base64.RawURLEncoding.EncodeToString([]byte(next))
+	}
+	return c.JSON(http.StatusOK, page)
 }
 
+// limitParam reads the limit query parameter of a paged list: 1-500,
+// 50 when absent.
+func limitParam(c echo.Context) (int, error) {
+	v := c.QueryParam("limit")
+	if v == "" {
+		return 50, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, &malformedError{Field: "limit", Reason: "must be a whole number"}
+	}
+	if n < 1 || n > 500 {
+		return 0, &launch.ValidationError{Fields: []launch.FieldError{{Field: "limit", Reason: "must be between 1 and 500"}}}
+	}
+	return n, nil
+}
+
+// handleGetModule answers GET /api/v1/modules/{slug}.
 func (s *server) handleGetModule(c echo.Context) error {
-	m, err := s.Modules.Module(c.Request().Context(), c.Param("slug"))
+	if err := allowQuery(c); err != nil {
+		return err
+	}
+	slug, err := slugParam("slug", c.Param("slug"))
+	if err != nil {
+		return err
+	}
+	m, err := s.Modules.Module(c.Request().Context(), slug)
 	if err != nil {
 		return err
 	}
@@ -41,11 +96,17 @@ func (s *server) handleGetModule(c echo.Context) error {
 // handlePutModule creates or replaces the module named in the path: 201
 // when it is new, 200 when it replaced one.
 func (s *server) handlePutModule(c echo.Context) error {
+	if err := allowQuery(c); err != nil {
+		return err
+	}
+	slug, err := slugParam("slug", c.Param("slug"))
+	if err != nil {
+		return err
+	}
 	var body moduleBody
 	if err := bindJSON(c, &body, false); err != nil {
 		return err
 	}
-	slug := c.Param("slug")
 	if body.Slug != "" && body.Slug != slug {
 		return &launch.ValidationError{Fields: []launch.FieldError{{Field: "slug", Reason: "differs from the slug in the path"}}}
 	}
@@ -65,8 +126,16 @@ func (s *server) handlePutModule(c echo.Context) error {
 	return c.JSON(status, stored)
 }
 
+// handleDeleteModule answers DELETE /api/v1/modules/{slug}.
 func (s *server) handleDeleteModule(c echo.Context) error {
-	if err := s.Modules.Delete(c.Request().Context(), c.Param("slug")); err != nil {
+	if err := allowQuery(c); err != nil {
+		return err
+	}
+	slug, err := slugParam("slug", c.Param("slug"))
+	if err != nil {
+		return err
+	}
+	if err := s.Modules.Delete(c.Request().Context(), slug); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

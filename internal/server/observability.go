@@ -90,12 +90,17 @@ func (s *server) logger(c echo.Context) *slog.Logger {
 	return l
 }
 
+// launchCreatingRoutes are the routes whose refusals are counted as
+// refused launches.
+var launchCreatingRoutes = map[string]bool{"/api/v1/launches": true, "/api/v1/launch-tokens": true}
+
 // countLaunchRefusals counts, on the launch-creating routes, every request
-// that was refused and why (authentication included).
+// that was refused and why (authentication and body size included). It
+// runs for every route, before the body limit, and looks at the route.
 func (s *server) countLaunchRefusals(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
-		if err != nil {
+		if err != nil && c.Request().Method == http.MethodPost && launchCreatingRoutes[c.Path()] {
 			s.Metrics.LaunchRefused(refusalReason(err))
 		}
 		return err

@@ -1,17 +1,17 @@
 package server
 
 import (
-	"strconv"
-
 	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/ehealth-nl/portal/internal/apikeys"
 )
 
 // routes installs the whole HTTP surface of the portal (DESIGN 2.5).
 func (s *server) routes(e *echo.Echo) {
-	e.Use(s.observe, s.recoverPanics)
+	// Every request: an id, a log line and a duration; panics answered;
+	// refused launches counted; a body of at most maxBodyBytes, on every
+	// route.
+	e.Use(s.observe, s.recoverPanics, s.countLaunchRefusals, limitBody)
 
 	// Public keys for module providers and the Koppeltaal auth server.
 	e.GET("/.well-known/jwks.json", s.handleJWKS)
@@ -26,20 +26,18 @@ func (s *server) routes(e *echo.Echo) {
 	e.POST("/launch/:ticket", s.handleRedeemLink)
 
 	// The API for portal backends (scope launch) and operators (scope admin).
-	// Route middleware runs in the order given: refusals are counted around
-	// everything, the body limit comes before authentication.
-	api := e.Group("/api/v1")
-	limit := middleware.BodyLimit(strconv.Itoa(maxBodyBytes) + "B")
+	// Nothing it answers may be cached.
+	api := e.Group("/api/v1", noStore)
 	launcher, admin := s.requireScope(apikeys.ScopeLaunch), s.requireScope(apikeys.ScopeAdmin)
-	api.POST("/launches", s.handleCreateLaunch, s.countLaunchRefusals, limit, launcher)
-	api.POST("/launch-tokens", s.handleIssueToken, s.countLaunchRefusals, limit, launcher)
+	api.POST("/launches", s.handleCreateLaunch, launcher)
+	api.POST("/launch-tokens", s.handleIssueToken, launcher)
 	api.GET("/launches", s.handleListLaunches, admin)
 	api.GET("/modules", s.handleListModules, admin)
 	api.GET("/modules/:slug", s.handleGetModule, admin)
-	api.PUT("/modules/:slug", s.handlePutModule, limit, admin)
+	api.PUT("/modules/:slug", s.handlePutModule, admin)
 	api.DELETE("/modules/:slug", s.handleDeleteModule, admin)
 	api.GET("/keys", s.handleListKeys, admin)
-	api.POST("/keys/rotate", s.handleRotateKeys, limit, admin)
+	api.POST("/keys/rotate", s.handleRotateKeys, admin)
 
 	// Probes and metrics.
 	e.GET("/healthz", s.handleHealthz)

@@ -46,7 +46,7 @@ type Launches interface {
 // Modules is the module registry.
 type Modules interface {
 	Module(ctx context.Context, slug string) (launch.Module, error)
-	Modules(ctx context.Context) ([]launch.Module, error)
+	ModulesPage(ctx context.Context, after string, limit int) ([]launch.Module, string, error)
 	Put(ctx context.Context, m launch.Module, now time.Time) (launch.Module, bool, error)
 	Delete(ctx context.Context, slug string) error
 }

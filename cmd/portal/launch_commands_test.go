@@ -57,6 +57,11 @@ func TestCommands_ModulesKeysLaunchesAndVerify(t *testing.T) {
 	if strings.Contains(mustRun(t, env, "modules", "list"), "plain") {
 		t.Fatal("removed module still listed")
 	}
+	// Each change is in the admin trail, as made by this operator here.
+	trail := mustRun(t, env, "admin-events", "list", "--target", "module:plain")
+	if !strings.Contains(trail, "module.delete") || !strings.Contains(trail, "module.put") || !strings.Contains(trail, "cli:") {
+		t.Fatalf("admin-events list:\n%s", trail)
+	}
 
 	launchKey := strings.TrimSpace(mustRun(t, env, "apikeys", "create", "--name", "backend", "--scope", "launch"))
 	if !strings.HasPrefix(launchKey, "ptl_") || len(launchKey) != 64 {

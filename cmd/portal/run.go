@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-
 	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/config"
 )
 
@@ -66,6 +66,7 @@ Run "portal COMMAND --help" for the variables a command reads.`,
 			modulesCommand(),
 			apikeysCommand(),
 			launchesCommand(),
+			adminEventsCommand(),
 			tokenCommand(),
 		},
 	}
@@ -77,6 +78,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	c := &cli{getenv: getenv, stdout: stdout, stderr: stderr}
 	if len(args) > 0 {
 		args = args[1:]
+	}
+	// Changes to issuers, keys, modules and API keys are recorded with who
+	// made them: the operator at this terminal, or, for what a starting
+	// instance writes from its configuration, the instance's host.
+	if len(args) > 0 && args[0] == "serve" {
+		ctx = adminevents.WithActor(ctx, adminevents.ServeActor())
+	} else {
+		ctx = adminevents.WithActor(ctx, adminevents.CommandLineActor())
 	}
 	return dispatch(ctx, c, commands(), args, "portal")
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
@@ -139,6 +140,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		Modules:        registry,
 		APIKeys:        apikeys.NewStore(env.pool),
 		KeyAdmin:       keyAdmin{env.store, env.rotator},
+		AdminEvents:    adminevents.NewStore(env.pool),
 		DefaultIssuer:  cfg.DefaultIssuer.Slug,
 		Logger:         log,
 		Clock:          env.clock,

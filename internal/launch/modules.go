@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/weburl"
 	"github.com/ehealth-nl/portal/pkg/hti"
@@ -246,7 +247,7 @@ func scanModule(row pgx.Row) (Module, error) {
 
 // Module returns the module with the given slug.
 func (r *Registry) Module(ctx context.Context, slug string) (Module, error) {
-	m, err := scanModule(r.pool.QueryRow(ctx, `SELECT `+moduleColumns+` FROM modules WHERE slug = $1`, slug))
+	m, err := scanModule(r.pool.QueryRow(ctx, sqlSelectModule, slug))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Module{}, fmt.Errorf("module %q: %w", slug, ErrModuleNotFound)
 	}
@@ -293,29 +294,49 @@ func (r *Registry) ModulesPage(ctx context.Context, after string, limit int) ([]
 }
 
 // Put validates and stores a module, creating or replacing it; it reports
-// whether the module is new.
+// whether the module is new. The change and its admin event (before and
+// after) are written in one transaction; the context must carry the actor
+// (adminevents.WithActor).
 func (r *Registry) Put(ctx context.Context, m Module, now time.Time) (Module, bool, error) {
 	if err := m.Validate(r.allowHTTP); err != nil {
 		return Module{}, false, err
+	}
+	if _, ok := adminevents.ActorFrom(ctx); !ok {
+		return Module{}, false, fmt.Errorf("store module %s: %w", m.Slug, adminevents.ErrNoActor)
 	}
 	var def *string
 	if m.DefaultDefinition != "" {
 		def = &m.DefaultDefinition
 	}
-	var created bool
-	err := r.pool.QueryRow(ctx, `
-INSERT INTO modules (slug, issuer, launch_url, audience, default_definition, method, fields, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-ON CONFLICT (slug) DO UPDATE SET issuer = EXCLUDED.issuer, launch_url = EXCLUDED.launch_url, audience = EXCLUDED.audience,
-	default_definition = EXCLUDED.default_definition, method = EXCLUDED.method, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at
-RETURNING (xmax = 0)`, m.Slug, m.Issuer, m.LaunchURL, m.Audience, def, string(m.Method), string(m.Fields), now.UTC()).Scan(&created)
+	var (
+		stored  Module
+		created bool
+	)
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		before, err := scanModule(tx.QueryRow(ctx, sqlSelectModule+` FOR UPDATE`, m.Slug))
+		created = errors.Is(err, pgx.ErrNoRows)
+		if err != nil && !created {
+			return err
+		}
+		if _, err := tx.Exec(ctx, sqlUpsertModule, m.Slug, m.Issuer, m.LaunchURL, m.Audience, def, string(m.Method), string(m.Fields), now.UTC()); err != nil {
+			return err
+		}
+		if stored, err = scanModule(tx.QueryRow(ctx, sqlSelectModule, m.Slug)); err != nil {
+			return err
+		}
+		change := adminevents.Change{Action: adminevents.ModulePut, Target: "module:" + m.Slug, After: stored}
+		if !created {
+			change.Before = before
+		}
+		return adminevents.Record(ctx, tx, now, change)
+	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign key: no such issuer
 		var v ValidationError
 		v.add("issuer", fmt.Sprintf("no issuer is named %q", m.Issuer))
 		return Module{}, false, &v
 	}
-	if errors.As(err, &pgErr) && pgErr.Code == "23514" { // a check the validation above should have caught
+	if errors.As(err, &pgErr) && pgErr.Code == "23514" && moduleCheckField[pgErr.ConstraintName] != "" { // a check the validation above should have caught
 		var v ValidationError
 		v.add(moduleCheckField[pgErr.ConstraintName], "is not accepted by the database ("+pgErr.ConstraintName+")")
 		return Module{}, false, &v
@@ -323,18 +344,39 @@ RETURNING (xmax = 0)`, m.Slug, m.Issuer, m.LaunchURL, m.Audience, def, string(m.
 	if err != nil {
 		return Module{}, false, storageError("store module "+m.Slug, err)
 	}
-	stored, err := r.Module(ctx, m.Slug)
-	return stored, created, err
+	return stored, created, nil
 }
 
-// Delete removes a module. Launch records keep what they launched.
+const sqlSelectModule = `SELECT ` + moduleColumns + ` FROM modules WHERE slug = $1`
+
+const sqlUpsertModule = `
+INSERT INTO modules (slug, issuer, launch_url, audience, default_definition, method, fields, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+ON CONFLICT (slug) DO UPDATE SET issuer = EXCLUDED.issuer, launch_url = EXCLUDED.launch_url, audience = EXCLUDED.audience,
+	default_definition = EXCLUDED.default_definition, method = EXCLUDED.method, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at`
+
+// Delete removes a module, with its admin event, in one transaction; the
+// context must carry the actor. Launch records keep what they launched.
 func (r *Registry) Delete(ctx context.Context, slug string) error {
-	tag, err := r.pool.Exec(ctx, `DELETE FROM modules WHERE slug = $1`, slug)
+	now := time.Now()
+	if _, ok := adminevents.ActorFrom(ctx); !ok {
+		return fmt.Errorf("delete module %s: %w", slug, adminevents.ErrNoActor)
+	}
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		before, err := scanModule(tx.QueryRow(ctx, sqlSelectModule+` FOR UPDATE`, slug))
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM modules WHERE slug = $1`, slug); err != nil {
+			return err
+		}
+		return adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.ModuleDelete, Target: "module:" + slug, Before: before})
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("module %q: %w", slug, ErrModuleNotFound)
+	}
 	if err != nil {
 		return storageError("delete module "+slug, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("module %q: %w", slug, ErrModuleNotFound)
 	}
 	return nil
 }

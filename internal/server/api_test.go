@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -151,5 +152,69 @@ func TestModulesAPI_ListIsPaged(t *testing.T) {
 	}
 	if strings.Join(slugs, ",") != "m0,m1,m2,m3,m4" {
 		t.Fatalf("pages held %v", slugs)
+	}
+}
+
+// TestAdminEvents_ModuleChangesAreRecordedWithTheirActor re-points a
+// module and removes it through the admin API: each change is an admin
+// event naming the API key, with the module before and after, and the
+// request log lines name the key.
+func TestAdminEvents_ModuleChangesAreRecordedWithTheirActor(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.putModule(t, "audited", map[string]string{"launch_url": "https://m.example.org/launch", "audience": "Device/a"})
+	s.putModule(t, "audited", map[string]string{"launch_url": "https://elsewhere.example.org/launch", "audience": "Device/a"})
+	if status, _, b := s.apiCall(t, http.MethodDelete, "/api/v1/modules/audited", s.adminKey, "", ""); status != 204 {
+		t.Fatalf("delete: %d %s", status, b)
+	}
+	status, _, body := s.apiCall(t, http.MethodGet, "/api/v1/admin-events?target=module:audited", s.adminKey, "", "")
+	var page struct {
+		Events []struct {
+			Actor, Action, Target string
+			Before, After         map[string]any
+		} `json:"events"`
+	}
+	if err := json.Unmarshal(body, &page); err != nil || status != 200 || len(page.Events) != 3 {
+		t.Fatalf("admin events: %d %s", status, body)
+	}
+	deleted, repointed, created := page.Events[0], page.Events[1], page.Events[2] // newest first
+	for _, e := range page.Events {
+		if e.Actor != "apikey:operator" || e.Target != "module:audited" {
+			t.Errorf("event %+v", e)
+		}
+	}
+	if created.Action != "module.put" || created.Before != nil || created.After["launch_url"] != "https://m.example.org/launch" {
+		t.Errorf("creation %+v", created)
+	}
+	if repointed.Action != "module.put" || repointed.Before["launch_url"] != "https://m.example.org/launch" || repointed.After["launch_url"] != "https://elsewhere.example.org/launch" {
+		t.Errorf("re-pointing %+v", repointed)
+	}
+	if deleted.Action != "module.delete" || deleted.Before["launch_url"] != "https://elsewhere.example.org/launch" || deleted.After != nil {
+		t.Errorf("removal %+v", deleted)
+	}
+	if !strings.Contains(s.logs.String(), `"api_key":"operator"`) {
+		t.Error("request log lines do not name the API key")
+	}
+	if status, _, body := s.apiCall(t, http.MethodGet, "/api/v1/admin-events?target=module%00", s.adminKey, "", ""); status != 422 {
+		t.Errorf("bad target filter: %d %s", status, body)
+	}
+	if status, _, _ := s.apiCall(t, http.MethodGet, "/api/v1/admin-events", s.launchKey, "", ""); status != 403 {
+		t.Errorf("a launch key read the admin events: %d", status)
+	}
+}
+
+// TestAdminEvents_NoChangeWithoutItsEvent makes the event's insert fail:
+// the module change it belongs to is not made either.
+func TestAdminEvents_NoChangeWithoutItsEvent(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	if _, err := s.pool.Exec(context.Background(), `ALTER TABLE admin_events ADD CONSTRAINT refuse_all CHECK (false) NOT VALID`); err != nil {
+		t.Fatal(err)
+	}
+	status, _, body := s.apiCall(t, http.MethodPut, "/api/v1/modules/unrecorded", s.adminKey, "application/json", `{"launch_url":"https://m.example.org","audience":"Device/u"}`)
+	if status < 500 {
+		t.Fatalf("a change whose event could not be written: %d %s", status, body)
+	}
+	var n int
+	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM modules WHERE slug = 'unrecorded'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the module was stored without its event (%d, %v)", n, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/launch"
 )
@@ -40,6 +41,8 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 				return errWrongScope
 			}
 			c.Set(apiKeyContextKey, key)
+			// Changes made by this request are recorded as the key's.
+			c.SetRequest(c.Request().WithContext(adminevents.WithActor(c.Request().Context(), adminevents.APIKeyActor(key.Name))))
 			return next(c)
 		}
 	}

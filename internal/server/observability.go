@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/ehealth-nl/portal/internal/apikeys"
 )
 
 // Where observe leaves the request id, and logger keeps the request's logger.
@@ -68,8 +70,12 @@ func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			level = slog.LevelDebug
 		}
 		if s.Logger.Enabled(c.Request().Context(), level) {
-			s.logger(c).Log(c.Request().Context(), level, "request", "method", c.Request().Method, "route", route,
-				"status", status, "duration_ms", float64(elapsed.Microseconds())/1000, "client", c.RealIP())
+			attrs := []any{"method", c.Request().Method, "route", route,
+				"status", status, "duration_ms", float64(elapsed.Microseconds()) / 1000, "client", c.RealIP()}
+			if key, ok := c.Get(apiKeyContextKey).(apikeys.Key); ok {
+				attrs = append(attrs, "api_key", key.Name)
+			}
+			s.logger(c).Log(c.Request().Context(), level, "request", attrs...)
 		}
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
@@ -45,6 +46,7 @@ func problemFor(err error) *Problem {
 		he        *echo.HTTPError
 		malformed *malformedError
 		invalid   *launch.ValidationError
+		filter    *adminevents.FilterError
 	)
 	switch {
 	case errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge:
@@ -61,6 +63,10 @@ func problemFor(err error) *Problem {
 		for _, f := range invalid.Fields {
 			p.Errors = append(p.Errors, FieldError{Field: f.Field, Reason: f.Reason})
 		}
+		return p
+	case errors.As(err, &filter):
+		p := newProblem(http.StatusUnprocessableEntity, "invalid-request", "Invalid request", "Some fields are invalid; see errors.")
+		p.Errors = []FieldError{{Field: filter.Field, Reason: filter.Reason}}
 		return p
 	case errors.Is(err, errNotJSON):
 		p := newProblem(http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type", "Send the body as application/json.")

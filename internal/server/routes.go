@@ -38,6 +38,7 @@ func (s *server) routes(e *echo.Echo) {
 	api.DELETE("/modules/:slug", s.handleDeleteModule, admin)
 	api.GET("/keys", s.handleListKeys, admin)
 	api.POST("/keys/rotate", s.handleRotateKeys, admin)
+	api.GET("/admin-events", s.handleListAdminEvents, admin)
 
 	// Probes and metrics.
 	e.GET("/healthz", s.handleHealthz)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
@@ -62,6 +63,11 @@ type KeyAdmin interface {
 	Rotate(ctx context.Context, issuer string, ignoreLead bool) (keys.Change, error)
 }
 
+// AdminEvents is the trail of changes made by people.
+type AdminEvents interface {
+	List(ctx context.Context, f adminevents.Filter) (adminevents.Page, error)
+}
+
 // Demo configures the demo portal and module; nil turns them off.
 type Demo struct {
 	Module   string        // slug of the demo module
@@ -76,6 +82,7 @@ type Deps struct {
 	Modules       Modules          // the module registry
 	APIKeys       Authenticator    // authenticates bearer keys
 	KeyAdmin      KeyAdmin         // key listing and forced rotation
+	AdminEvents   AdminEvents      // who changed issuers, keys, modules and API keys
 	DefaultIssuer string           // slug of the issuer of /.well-known/jwks.json
 	Logger        *slog.Logger     // where request logs go
 	Clock         func() time.Time // time.Now unless a test moves time

@@ -21,6 +21,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
@@ -140,7 +141,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	}
 	deps := Deps{
 		Keyring: s.keyring, Database: pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
-		KeyAdmin: testKeyAdmin{store, s.rotator}, DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
+		KeyAdmin: testKeyAdmin{store, s.rotator}, AdminEvents: adminevents.NewStore(pool), DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
 		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second, Metrics: metrics.New(s.keyring, pool, clock.Now),
 	}
 	s.keyring.OnEvent(deps.Metrics.KeyEventObserved)
@@ -167,7 +168,7 @@ func withDemo(t testing.TB, s *stack, d *Deps) {
 	t.Helper()
 	m := launch.Module{Slug: "demo", Issuer: "default", LaunchURL: d.PublicURL + "/demo/module/launch", Audience: "Device/demo-module",
 		DefaultDefinition: "ActivityDefinition/demo-diary"}
-	if _, _, err := s.registry.Put(context.Background(), m, time.Now()); err != nil {
+	if _, _, err := s.registry.Put(adminevents.WithActor(context.Background(), "serve:test"), m, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	v, err := hti.NewVerifier(hti.VerifierConfig{JWKSURL: d.PublicURL + "/.well-known/jwks.json", Issuer: "portal-test", Audience: "Device/demo-module"})

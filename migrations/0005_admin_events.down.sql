@@ -1,0 +1,3 @@
+BEGIN;
+DROP TABLE admin_events;
+COMMIT;

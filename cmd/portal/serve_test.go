@@ -178,7 +178,7 @@ func TestMigrate_ConcurrentUpIsSafe(t *testing.T) {
 	if _, err := runCommand(t, map[string]string{"DATABASE_URL": url}, "migrate", "down", "99"); err == nil || !strings.Contains(err.Error(), "only") {
 		t.Fatalf("migrate down past the first migration: %v", err)
 	}
-	mustRun(t, map[string]string{"DATABASE_URL": url}, "migrate", "down", fmt.Sprint(version))
+	mustRun(t, map[string]string{"DATABASE_URL": url}, "migrate", "down", fmt.Sprint(embeddedMigrations(t)), "--yes")
 	mustRun(t, map[string]string{"DATABASE_URL": url}, "migrate", "up")
 }
 

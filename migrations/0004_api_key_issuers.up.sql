@@ -1,7 +1,7 @@
 -- API keys limited to issuers: a launch key may name the issuers (and so
 -- the Koppeltaal client_ids) it may launch for, so that one portal's
--- backend cannot mint tokens under another portal's client_id
--- (docs/ARCHITECTURE.md, Data model). NULL means any issuer, as before.
+-- backend cannot mint tokens under another portal's client_id. NULL means
+-- any issuer, as before.
 -- The slugs are checked against issuers when a key is created; an array
 -- cannot hold a foreign key, and issuers are never deleted.
 BEGIN;

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"text/tabwriter"
@@ -66,14 +65,12 @@ func adminEventsList(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(page)
+		return writeTerminalJSON(c.stdout, page)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "AT\tACTOR\tACTION\tTARGET")
 	for _, e := range page.Events {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", stamp(e.At), e.Actor, e.Action, e.Target)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", stamp(e.At), terminalSafe(e.Actor), terminalSafe(e.Action), terminalSafe(e.Target))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

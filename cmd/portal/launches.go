@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"text/tabwriter"
@@ -66,9 +65,7 @@ func launchesList(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(page)
+		return writeTerminalJSON(c.stdout, page)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CREATED\tSTATUS\tMODULE\tTASK\tUSER\tPATIENT\tREDEEMED\tFROM\tJTI\tBY")
@@ -77,14 +74,18 @@ func launchesList(ctx context.Context, c *cli, args []string) error {
 		if r.RedeemedAt != nil {
 			redeemed = stamp(*r.RedeemedAt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.Status, r.Module, r.Task, r.User,
-			dash(r.Patient), redeemed, dash(r.ClientAddr), dash(r.JTI), r.CreatedBy)
+		// Every column is from the database, where a browser or a backend
+		// put it (the client address comes from a header): printed
+		// terminal-safe. The user agent is in --json.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), terminalSafe(r.Status), terminalSafe(r.Module),
+			terminalSafe(r.Task), terminalSafe(r.User), terminalSafe(dash(r.Patient)), redeemed, terminalSafe(dash(r.ClientAddr)),
+			terminalSafe(dash(r.JTI)), terminalSafe(r.CreatedBy))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	if page.Next != "" {
-		fmt.Fprintf(c.stdout, "more: --cursor %s\n", page.Next)
+		fmt.Fprintf(c.stdout, "more: --cursor %s\n", terminalSafe(page.Next))
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,11 +18,19 @@ func main() {
 	err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "portal:", err)
-		var ue *usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+		os.Exit(reportError(os.Stderr, err))
 	}
+}
+
+// reportError prints a command's error as one line and returns the exit
+// status: 2 for a mistake in the command line, 1 otherwise. The message
+// may hold text from the database or a token (a kid, a claim), so it is
+// made terminal-safe; a multi-line error stays on one line.
+func reportError(w io.Writer, err error) int {
+	fmt.Fprintln(w, "portal:", terminalSafe(err.Error()))
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
 }

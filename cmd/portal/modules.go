@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -127,7 +126,8 @@ func putModule(ctx context.Context, c *cli, args []string, verb string) error {
 		return moduleError(err)
 	}
 	done := map[string]string{"add": "added", "update": "updated"}[verb]
-	fmt.Fprintf(c.stdout, "module %s %s: %s %s → %s (aud %s, fields %s)\n", stored.Slug, done, stored.Issuer, stored.Method, stored.LaunchURL, stored.Audience, stored.Fields)
+	fmt.Fprintf(c.stdout, "module %s %s: %s %s → %s (aud %s, fields %s)\n", terminalSafe(stored.Slug), done, terminalSafe(stored.Issuer),
+		terminalSafe(string(stored.Method)), terminalSafe(stored.LaunchURL), terminalSafe(stored.Audience), terminalSafe(string(stored.Fields)))
 	return nil
 }
 
@@ -154,14 +154,14 @@ func modulesList(ctx context.Context, c *cli, args []string) error {
 		if list == nil {
 			list = []launch.Module{}
 		}
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(list)
+		return writeTerminalJSON(c.stdout, list)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SLUG\tISSUER\tMETHOD\tFIELDS\tAUDIENCE\tDEFINITION\tLAUNCH URL")
 	for _, m := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Slug, m.Issuer, m.Method, m.Fields, m.Audience, dash(m.DefaultDefinition), m.LaunchURL)
+		// Validated when stored, but read back from the database: printed terminal-safe.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", terminalSafe(m.Slug), terminalSafe(m.Issuer), terminalSafe(string(m.Method)),
+			terminalSafe(string(m.Fields)), terminalSafe(m.Audience), terminalSafe(dash(m.DefaultDefinition)), terminalSafe(m.LaunchURL))
 	}
 	return tw.Flush()
 }
@@ -178,6 +178,6 @@ func modulesRemove(ctx context.Context, c *cli, args []string) error {
 	if err := launch.NewRegistry(env.pool, env.cfg.AllowHTTPModules).Delete(ctx, args[0]); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "module %s removed\n", args[0])
+	fmt.Fprintf(c.stdout, "module %s removed\n", terminalSafe(args[0]))
 	return nil
 }

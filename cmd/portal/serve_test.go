@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/base64"
 	"fmt"
-	"io/fs"
 	"slices"
 	"strings"
 	"sync"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
-	"github.com/ehealth-nl/portal/migrations"
 )
 
 // TestServe_TwoInstancesFollowRotationAndRevocation runs two instances on
@@ -180,11 +178,7 @@ func TestMigrate_ConcurrentUpIsSafe(t *testing.T) {
 	if _, err := runCommand(t, map[string]string{"DATABASE_URL": url}, "migrate", "down", "99"); err == nil || !strings.Contains(err.Error(), "only") {
 		t.Fatalf("migrate down past the first migration: %v", err)
 	}
-	ups, err := fs.Glob(migrations.Files, "*.up.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustRun(t, map[string]string{"DATABASE_URL": url}, "migrate", "down", fmt.Sprint(len(ups)))
+	mustRun(t, map[string]string{"DATABASE_URL": url}, "migrate", "down", fmt.Sprint(embeddedMigrations(t)), "--yes")
 	mustRun(t, map[string]string{"DATABASE_URL": url}, "migrate", "up")
 }
 

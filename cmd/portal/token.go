@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"io"
 	"os"
@@ -62,9 +61,7 @@ func tokenVerify(ctx context.Context, c *cli, args []string) error {
 	}
 	claims, err := v.Verify(ctx, token)
 	if err != nil {
-		return err
+		return err // main prints it terminal-safe: it may quote the token's kid or claims
 	}
-	enc := json.NewEncoder(c.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(claims)
+	return writeTerminalJSON(c.stdout, claims)
 }

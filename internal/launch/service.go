@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf16"
@@ -58,11 +59,12 @@ func NewService(pool *pgxpool.Pool, modules ModuleSource, signers Signers, cfg C
 	return &Service{pool: pool, modules: modules, signers: signers, cfg: cfg, now: clock, log: logger}
 }
 
-// Caller is who asked for a launch: the API key's name and the address the
-// request came from.
+// Caller is who asked for a launch: the API key's name, the issuers it may
+// launch for, and the address the request came from.
 type Caller struct {
-	Name string // the API key's name
-	Addr string // the client address of the request
+	Name    string   // the API key's name
+	Addr    string   // the client address of the request
+	Issuers []string // slugs of the issuers the key may launch for; empty means any
 }
 
 // Browser is who followed a launch link.
@@ -142,8 +144,9 @@ type spec struct {
 	idpHint    string
 }
 
-// resolve validates a request and looks up its module and issuer.
-func (s *Service) resolve(ctx context.Context, req Request) (spec, error) {
+// resolve validates a request and looks up its module and issuer, which
+// must be one the caller's key may launch for.
+func (s *Service) resolve(ctx context.Context, req Request, by Caller) (spec, error) {
 	if err := req.Validate(); err != nil {
 		return spec{}, err
 	}
@@ -158,6 +161,12 @@ func (s *Service) resolve(ctx context.Context, req Request) (spec, error) {
 	// client_id); a token for it under another issuer's name would mix two
 	// domains, so the request may only name the module's own issuer.
 	issuer := m.Issuer
+	// A key limited to issuers launches only under their client_ids: one
+	// portal's backend must not mint tokens in another portal's domain.
+	if len(by.Issuers) > 0 && !slices.Contains(by.Issuers, issuer) {
+		return spec{}, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("this API key may launch only for issuers %s; module %q is registered for issuer %q",
+			quoteList(by.Issuers), m.Slug, issuer)}}}
+	}
 	if req.Issuer != "" && req.Issuer != m.Issuer {
 		return spec{}, &ValidationError{Fields: []FieldError{{"issuer", fmt.Sprintf("module %q is registered for issuer %q, not %q", m.Slug, m.Issuer, req.Issuer)}}}
 	}
@@ -179,6 +188,15 @@ func (s *Service) resolve(ctx context.Context, req Request) (spec, error) {
 		sp.intent = hti.DefaultIntent
 	}
 	return sp, nil
+}
+
+// quoteList renders slugs as "a", "b" for messages.
+func quoteList(slugs []string) string {
+	q := make([]string, len(slugs))
+	for i, s := range slugs {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // issuedAt is the iat of a token signed at now: whole seconds, backdated
@@ -287,7 +305,7 @@ func nullableTime(t time.Time) *time.Time {
 // launch row is the audit record and is written in the same statement as
 // the ticket. No token exists yet: it is signed when the link is followed.
 func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, error) {
-	sp, err := s.resolve(ctx, req)
+	sp, err := s.resolve(ctx, req, by)
 	if err != nil {
 		return Created{}, err
 	}
@@ -308,7 +326,7 @@ func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, 
 // IssueToken validates a request, signs its token at once and records the
 // launch, for portals that post the form themselves.
 func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (IssuedToken, error) {
-	sp, err := s.resolve(ctx, req)
+	sp, err := s.resolve(ctx, req, by)
 	if err != nil {
 		return IssuedToken{}, err
 	}

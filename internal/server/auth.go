@@ -9,6 +9,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
 	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
 // Authentication outcomes, mapped to 401, 403 and 503 in problems.go.
@@ -35,8 +36,14 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 			switch {
 			case errors.Is(err, apikeys.ErrUnauthenticated):
 				return err
-			case err != nil:
+			case err != nil && postgres.Transient(err):
+				// The database is away or busy: 503 with Retry-After.
 				return errors.Join(errAuthUnavailable, launch.ErrUnavailable, err)
+			case err != nil:
+				// Anything else (a missing table, a broken schema) is a bug:
+				// a 500, logged with the request id. The message names the
+				// operation and pgx's cause, never the presented key.
+				return err
 			case key.Scope != scope:
 				return errWrongScope
 			}
@@ -48,8 +55,9 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 	}
 }
 
-// caller describes the authenticated API client for the audit trail.
+// caller describes the authenticated API client for the audit trail and
+// the issuers its key may launch for.
 func caller(c echo.Context) launch.Caller {
 	key, _ := c.Get(apiKeyContextKey).(apikeys.Key)
-	return launch.Caller{Name: key.Name, Addr: c.RealIP()}
+	return launch.Caller{Name: key.Name, Addr: c.RealIP(), Issuers: key.Issuers}
 }

@@ -1,0 +1,3 @@
+BEGIN;
+ALTER TABLE api_keys DROP COLUMN issuers;
+COMMIT;

@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
@@ -175,15 +176,36 @@ func (s *Store) Create(ctx context.Context, name string, scope Scope, now time.T
 	}
 	k := Key{KeyID: hex.EncodeToString(idBytes), Name: name, Scope: scope, Issuers: limit, CreatedAt: now.UTC()}
 	secret := base64.RawURLEncoding.EncodeToString(secretBytes)
-	_, err = s.pool.Exec(ctx, sqlInsertKey, k.KeyID, k.Name, string(k.Scope), hashSecret(secret), k.CreatedAt, k.Issuers)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, sqlInsertKey, k.KeyID, k.Name, string(k.Scope), hashSecret(secret), k.CreatedAt, k.Issuers); err != nil {
+			return err
+		}
+		return adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.APIKeyCreate, Target: "apikey:" + k.Name, After: k.auditState()})
+	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "api_keys_name_in_use" {
 		return Key{}, "", fmt.Errorf("create API key %q: %w", name, ErrNameInUse)
+	}
+	if errors.Is(err, adminevents.ErrNoActor) {
+		return Key{}, "", fmt.Errorf("create API key %q: %w", name, err)
 	}
 	if err != nil {
 		return Key{}, "", postgres.Error(fmt.Sprintf("create API key %q", name), err)
 	}
 	return k, keyPrefix + k.KeyID + "_" + secret, nil
+}
+
+// auditState is what the admin trail records of a key: never its secret
+// or the secret's hash.
+func (k Key) auditState() map[string]any {
+	state := map[string]any{"key_id": k.KeyID, "name": k.Name, "scope": string(k.Scope), "created_at": k.CreatedAt}
+	if k.Issuers != nil {
+		state["issuers"] = k.Issuers
+	}
+	if !k.RevokedAt.IsZero() {
+		state["revoked_at"] = k.RevokedAt
+	}
+	return state
 }
 
 // Authenticate returns the valid key a presented key string belongs to,
@@ -249,13 +271,23 @@ func (s *Store) List(ctx context.Context) ([]Key, error) {
 func (s *Store) Revoke(ctx context.Context, name string, now time.Time) (Key, error) {
 	var k Key
 	var scope string
-	err := s.pool.QueryRow(ctx, sqlRevokeKey, name, now.UTC()).Scan(&k.KeyID, &k.Name, &scope, &k.CreatedAt, &k.Issuers)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, sqlRevokeKey, name, now.UTC()).Scan(&k.KeyID, &k.Name, &scope, &k.CreatedAt, &k.Issuers); err != nil {
+			return err
+		}
+		k.Scope, k.CreatedAt = Scope(scope), k.CreatedAt.UTC()
+		before := k.auditState()
+		k.RevokedAt = now.UTC()
+		return adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.APIKeyRevoke, Target: "apikey:" + k.Name, Before: before, After: k.auditState()})
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Key{}, fmt.Errorf("revoke API key %q: %w", name, ErrNotFound)
+	}
+	if errors.Is(err, adminevents.ErrNoActor) {
+		return Key{}, fmt.Errorf("revoke API key %q: %w", name, err)
 	}
 	if err != nil {
 		return Key{}, postgres.Error(fmt.Sprintf("revoke API key %q", name), err)
 	}
-	k.Scope, k.RevokedAt = Scope(scope), now.UTC()
 	return k, nil
 }

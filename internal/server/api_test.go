@@ -218,3 +218,34 @@ func TestAdminEvents_NoChangeWithoutItsEvent(t *testing.T) {
 		t.Fatalf("the module was stored without its event (%d, %v)", n, err)
 	}
 }
+
+// TestAdminEvents_APIKeyChangesAreRecordedWithoutTheSecret creates and
+// revokes an API key: both are in the trail, with the key's name, scope
+// and limit, and never its secret or the secret's hash.
+func TestAdminEvents_APIKeyChangesAreRecordedWithoutTheSecret(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	ctx := operatorContext()
+	_, secret, err := s.apikeys.Create(ctx, "audited-backend", "launch", s.clock.Now(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.apikeys.Revoke(ctx, "audited-backend", s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.apikeys.Create(context.Background(), "no-actor", "launch", s.clock.Now()); err == nil {
+		t.Fatal("an API key was created without an actor to record")
+	}
+	status, _, body := s.apiCall(t, http.MethodGet, "/api/v1/admin-events?target=apikey:audited-backend", s.adminKey, "", "")
+	if status != 200 || !strings.Contains(string(body), `"action":"apikey.revoke"`) || !strings.Contains(string(body), `"action":"apikey.create"`) ||
+		!strings.Contains(string(body), `"actor":"cli:test@localhost"`) || !strings.Contains(string(body), `"issuers":["default"]`) {
+		t.Fatalf("admin events: %d %s", status, body)
+	}
+	secretPart := secret[strings.LastIndex(secret, "_")+1:]
+	if strings.Contains(string(body), secretPart) || strings.Contains(string(body), "hash") {
+		t.Fatalf("the trail holds the secret or its hash: %s", body)
+	}
+	var n int
+	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE name = 'no-actor'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("key without an actor stored (%d, %v)", n, err)
+	}
+}

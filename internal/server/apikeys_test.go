@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -17,7 +16,7 @@ import (
 // addIssuer creates a second issuer with its keys and loads them.
 func (s *stack) addIssuer(t testing.TB, slug, clientID string) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := operatorContext()
 	is := defaultIssuer(keys.ES256)
 	is.Slug, is.ClientID, is.IsDefault = slug, clientID, false
 	if err := keys.NewStore(s.pool).CreateIssuer(ctx, is, time.Now()); err != nil {
@@ -37,7 +36,7 @@ func (s *stack) addIssuer(t testing.TB, slug, clientID string) {
 // launches its own issuer's modules under that issuer's client_id. An
 // unlimited key still launches for any issuer.
 func TestAPIKeys_LimitedKeyLaunchesOnlyForItsIssuers(t *testing.T) {
-	ctx := context.Background()
+	ctx := operatorContext()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.addIssuer(t, "second", "portal-second")
 	s.registerTestModule(t) // "diary", issuer default
@@ -89,7 +88,7 @@ func TestAPIKeys_LimitedKeyLaunchesOnlyForItsIssuers(t *testing.T) {
 // issuers by slug, and only launch keys take one; nothing is stored
 // otherwise. List and Authenticate return the limit.
 func TestAPIKeys_IssuerLimitIsCheckedAtCreation(t *testing.T) {
-	ctx := context.Background()
+	ctx := operatorContext()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.addIssuer(t, "second", "portal-second")
 	before := countRows(t, s, "api_keys")
@@ -135,7 +134,7 @@ func TestAPIKeys_IssuerLimitIsCheckedAtCreation(t *testing.T) {
 // problem, logged with the request id; only a transient failure (the
 // database cut off) is a 503 with Retry-After.
 func TestAPIKeys_DatabaseErrorsAre500UnlessTransient(t *testing.T) {
-	ctx := context.Background()
+	ctx := operatorContext()
 	url := testDB.Fresh(t)
 	proxy := pgtest.NewProxy(t, url)
 	s := newStack(t, proxy.URL(url), keys.ES256)

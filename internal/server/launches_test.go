@@ -348,7 +348,7 @@ func countRows(t testing.TB, s *stack, table string) int {
 // both launch endpoints and checks the status, the problem type, the field
 // named, and that no row was written.
 func TestLaunch_BadInputIsAClear4xxAndWritesNothing(t *testing.T) {
-	ctx := context.Background()
+	ctx := operatorContext()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
 	_, revokedKey, err := s.apikeys.Create(ctx, "old-backend", "launch", time.Now())

@@ -133,6 +133,7 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	s.registry = launch.NewRegistry(pool, false)
 	s.launches = launch.NewService(pool, s.registry, s.keyring, launch.Config{PublicURL: publicURL, TokenLifetime: 300 * time.Second, TicketLifetime: 120 * time.Second, IATBackdate: 5 * time.Second}, clock.Now, logger)
 	s.apikeys = apikeys.NewStore(pool)
+	ctx = adminevents.WithActor(ctx, "cli:test@localhost") // the operator who set the stack up
 	if _, s.launchKey, err = s.apikeys.Create(ctx, "backend", apikeys.ScopeLaunch, clock.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -420,4 +421,10 @@ func BenchmarkJWKSHandler(b *testing.B) {
 			}
 		})
 	}
+}
+
+// operatorContext is the context of a change a test makes directly through
+// a store, as an operator at the command line would.
+func operatorContext() context.Context {
+	return adminevents.WithActor(context.Background(), "cli:test@localhost")
 }

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
@@ -120,19 +118,6 @@ func decodeCursor(c string) (time.Time, string, error) {
 	return time.UnixMicro(n).UTC(), id, nil
 }
 
-// The filters are fixed parameters compared only when set, so the query
-// text never depends on input.
-const sqlListLaunches = `SELECT id, kind, issuer, coalesce(client_id, ''), module, audience, launch_url, task, sub,
-	coalesce(patient, ''), coalesce(definition, ''), intent, coalesce(idp_hint, ''), created_by, coalesce(created_from, ''),
-	created_at, expires_at, redeemed_at, coalesce(client_addr, ''), coalesce(user_agent, ''), coalesce(jti, ''),
-	coalesce(kid, ''), token_expires_at
-FROM launches
-WHERE ($1 = '' OR task = $1) AND ($2 = '' OR sub = $2) AND ($3 = '' OR patient = $3) AND ($4 = '' OR module = $4)
-	AND ($5 = '' OR issuer = $5) AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7)
-	AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9::uuid))
-ORDER BY created_at DESC, id DESC
-LIMIT $10`
-
 // List returns a page of the audit trail, newest first.
 func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
 	if err := f.Validate(); err != nil {
@@ -146,23 +131,13 @@ func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
 		t, id, _ := decodeCursor(f.Cursor)
 		cursorTime, cursorID = &t, &id
 	}
-	rows, err := s.pool.Query(ctx, sqlListLaunches, f.Task, f.User, f.Patient, f.Module, f.Issuer,
-		nullableTime(f.From), nullableTime(f.To), cursorTime, cursorID, f.Limit+1)
+	records, err := s.store.list(ctx, f, cursorTime, cursorID)
 	if err != nil {
 		return Page{}, storageError("list launches", err)
 	}
 	now := s.now()
-	records, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
-		var r Record
-		err := row.Scan(&r.ID, &r.Kind, &r.Issuer, &r.ClientID, &r.Module, &r.Audience, &r.LaunchURL, &r.Task, &r.User,
-			&r.Patient, &r.Definition, &r.Intent, &r.IDPHint, &r.CreatedBy, &r.CreatedFrom, &r.CreatedAt, &r.ExpiresAt,
-			&r.RedeemedAt, &r.ClientAddr, &r.UserAgent, &r.JTI, &r.Kid, &r.TokenExpiresAt)
-		r.CreatedAt = r.CreatedAt.UTC()
-		for _, t := range []*time.Time{r.ExpiresAt, r.RedeemedAt, r.TokenExpiresAt} {
-			if t != nil {
-				*t = t.UTC()
-			}
-		}
+	for i := range records {
+		r := &records[i]
 		switch {
 		case r.Kind == "token":
 			r.Status = "issued"
@@ -173,10 +148,6 @@ func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
 		default:
 			r.Status = "pending"
 		}
-		return r, err
-	})
-	if err != nil {
-		return Page{}, storageError("list launches", err)
 	}
 	page := Page{Records: records}
 	if len(records) > f.Limit {

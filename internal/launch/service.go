@@ -46,7 +46,7 @@ type Config struct {
 
 // Service creates launches, redeems launch links and lists the audit trail.
 type Service struct {
-	pool    *pgxpool.Pool
+	store   *Store
 	modules ModuleSource
 	signers Signers
 	cfg     Config
@@ -56,7 +56,7 @@ type Service struct {
 
 // NewService returns a launch service.
 func NewService(pool *pgxpool.Pool, modules ModuleSource, signers Signers, cfg Config, clock func() time.Time, logger *slog.Logger) *Service {
-	return &Service{pool: pool, modules: modules, signers: signers, cfg: cfg, now: clock, log: logger}
+	return &Service{store: NewStore(pool), modules: modules, signers: signers, cfg: cfg, now: clock, log: logger}
 }
 
 // Caller is who asked for a launch: the API key's name, the issuers it may
@@ -270,37 +270,6 @@ func form(launchID string, sp spec, issuer keys.Issuer, token, jti, kid string) 
 	return f
 }
 
-const launchColumns = `id, kind, issuer, client_id, module, audience, launch_url, method, fields,
-	task, sub, patient, definition, intent, idp_hint, created_by, created_from, created_at,
-	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at`
-
-const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`
-
-// sqlInsertSignedLaunch records a launch whose token is already signed,
-// only while the signing key ($25) is still usable in the database (as in
-// sqlClaimTicket): a revoked key's token is never handed out, even by an
-// instance that missed the revocation's notification.
-const sqlInsertSignedLaunch = `INSERT INTO launches (` + launchColumns + `)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26
-WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
-	AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))`
-
-// nullable maps "" to NULL.
-func nullable(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
-func nullableTime(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
-
 // Create validates a request and stores a launch with a one-time link; the
 // launch row is the audit record and is written in the same statement as
 // the ticket. No token exists yet: it is signed when the link is followed.
@@ -313,10 +282,7 @@ func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, 
 	id := newLaunchID()
 	ticket, hash := newTicket()
 	expires := now.Add(s.cfg.TicketLifetime)
-	_, err = s.pool.Exec(ctx, sqlInsertLaunch, id, "ticket", sp.issuer, nil, sp.module.Slug, sp.module.Audience,
-		sp.module.LaunchURL, string(sp.module.Method), string(sp.module.Fields), sp.task, sp.user, nullable(sp.patient),
-		nullable(sp.definition), sp.intent, nullable(sp.idpHint), by.Name, nullable(by.Addr), now,
-		hash, expires, nil, nil, nil, nil, nil, nil)
+	err = s.store.insertTicket(ctx, newLaunch{id: id, sp: sp, by: by, createdAt: now, ticketHash: hash, expiresAt: expires})
 	if err != nil {
 		return Created{}, storageError("store launch", err)
 	}
@@ -342,15 +308,13 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		if err != nil {
 			return IssuedToken{}, err
 		}
-		tag, err := s.pool.Exec(ctx, sqlInsertSignedLaunch, id, "token", sp.issuer, claims.Issuer, sp.module.Slug, sp.module.Audience,
-			sp.module.LaunchURL, string(sp.module.Method), string(sp.module.Fields), sp.task, sp.user, nullable(sp.patient),
-			nullable(sp.definition), sp.intent, nullable(sp.idpHint), by.Name, nullable(by.Addr), now,
-			nil, nil, now, nullable(by.Addr), nil, claims.JTI, signer.Kid, time.Unix(claims.ExpiresAt, 0).UTC())
+		stored, err := s.store.insertSigned(ctx, newLaunch{id: id, sp: sp, by: by, createdAt: now,
+			clientID: claims.Issuer, jti: claims.JTI, kid: signer.Kid, tokenExpiresAt: time.Unix(claims.ExpiresAt, 0).UTC()})
 		if err != nil {
 			// The token is never handed out without its audit record.
 			return IssuedToken{}, storageError("store launch", err)
 		}
-		if tag.RowsAffected() == 1 {
+		if stored {
 			break
 		}
 		// The key is no longer usable in the database (a revocation this
@@ -362,48 +326,6 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 	exp := time.Unix(claims.ExpiresAt, 0).UTC()
 	return IssuedToken{ID: id, Token: token, JTI: claims.JTI, ExpiresAt: exp, Form: form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid)}, nil
 }
-
-// sqlClaimTicket marks a ticket redeemed and returns its launch, in one
-// statement: two requests for the same ticket cannot both match
-// "redeemed_at IS NULL" (the second waits for the first's row lock, then
-// re-checks). The kid and client_id come from the arrays of this instance's
-// active signers, joined with signing_keys so that the key must still be
-// usable in the database at this moment — active, or retired by a rotation
-// this instance has not seen yet and published beyond the token's exp — so
-// a revocation takes effect on the next redemption even if this instance
-// missed its notification. The
-// module must still be registered as it was when the link was made (same
-// issuer, launch URL, audience, method and fields): a module removed or
-// re-pointed since does not receive the pending links made for it
-// (docs/ARCHITECTURE.md, Decisions). When any of this fails, no row
-// matches and nothing changes.
-const sqlClaimTicket = `WITH signer AS (
-	SELECT s.issuer, s.kid, s.client_id
-	FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id)
-	JOIN signing_keys k ON k.kid = s.kid AND k.issuer = s.issuer
-		AND (k.state = 'active' OR (k.state = 'retired' AND k.expires_at > $6)))
-UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
-	token_expires_at = $6, kid = signer.kid, client_id = signer.client_id
-FROM signer
-WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
-	AND ` + sqlModuleUnchanged + `
-RETURNING l.id, l.issuer, l.module, l.audience, l.launch_url, l.method, l.fields, l.task, l.sub, coalesce(l.patient, ''),
-	coalesce(l.definition, ''), l.intent, coalesce(l.idp_hint, ''), l.kid`
-
-// sqlModuleUnchanged holds when launch l's module is still registered as
-// it was when the launch was created.
-const sqlModuleUnchanged = `EXISTS (SELECT 1 FROM modules m WHERE m.slug = l.module AND m.issuer = l.issuer
-	AND m.launch_url = l.launch_url AND m.audience = l.audience AND m.method = l.method AND m.fields = l.fields)`
-
-// sqlTicketState reads what a ticket's launch is in, without changing it.
-const sqlTicketState = `SELECT l.id, l.redeemed_at IS NOT NULL, l.expires_at, ` + sqlModuleUnchanged + `
-FROM launches l WHERE l.ticket_hash = $1`
-
-// sqlUnclaimTicket gives a ticket back when its token was not sent: the
-// signing failed, or the claim's answer was lost (it may or may not have
-// committed; the jti made here tells).
-const sqlUnclaimTicket = `UPDATE launches SET redeemed_at = NULL, client_addr = NULL, user_agent = NULL, jti = NULL,
-	token_expires_at = NULL, kid = NULL, client_id = NULL WHERE ticket_hash = $1 AND jti = $2`
 
 // Redeem follows a launch link: exactly once, even when many requests
 // arrive together, it claims the ticket and records who followed it from
@@ -418,21 +340,15 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 	now := s.now().UTC()
 	jti := newJTI()
 	var (
-		sp             spec
-		id, kid        string
-		method, fields string
-		signers        []*keys.Signer
+		sp      spec
+		id, kid string
+		signers []*keys.Signer
 	)
 	for attempt := 0; ; attempt++ {
 		signers = s.signers.ActiveSigners()
-		issuers, kids, clientIDs := make([]string, len(signers)), make([]string, len(signers)), make([]string, len(signers))
-		for i, sg := range signers {
-			issuers[i], kids[i], clientIDs[i] = sg.Issuer.Slug, sg.Kid, sg.Issuer.ClientID
-		}
-		err := s.pool.QueryRow(ctx, sqlClaimTicket, hash, now, nullable(b.Addr), nullable(truncate(b.UserAgent, 512)), jti,
-			s.issuedAt(now).Add(s.cfg.TokenLifetime), issuers, kids, clientIDs).
-			Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
-				&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid)
+		var err error
+		id, sp, kid, err = s.store.claim(ctx, claimRequest{hash: hash, now: now, browser: b, jti: jti,
+			tokenExpiresAt: s.issuedAt(now).Add(s.cfg.TokenLifetime), signers: signers})
 		if errors.Is(err, pgx.ErrNoRows) {
 			id, err := s.ticketState(ctx, hash, now)
 			if err != nil {
@@ -459,7 +375,6 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 		}
 		break
 	}
-	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
 	var signer *keys.Signer
 	for _, sg := range signers {
 		if sg.Kid == kid {
@@ -482,7 +397,7 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 func (s *Service) unclaim(ctx context.Context, hash []byte, jti string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if _, err := s.pool.Exec(ctx, sqlUnclaimTicket, hash, jti); err != nil {
+	if err := s.store.unclaim(ctx, hash, jti); err != nil {
 		return storageError("give back launch link", err)
 	}
 	return nil
@@ -502,12 +417,7 @@ func (s *Service) Inspect(ctx context.Context, ticket string) (launchID string, 
 // ticketState reads a ticket's launch and says why it cannot be redeemed,
 // or nil when it can.
 func (s *Service) ticketState(ctx context.Context, hash []byte, now time.Time) (string, error) {
-	var (
-		id                string
-		redeemed, current bool
-		expires           time.Time
-	)
-	err := s.pool.QueryRow(ctx, sqlTicketState, hash).Scan(&id, &redeemed, &expires, &current)
+	id, redeemed, expires, current, err := s.store.ticketState(ctx, hash)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return "", ErrTicketNotFound

@@ -1,0 +1,210 @@
+package launch
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ehealth-nl/portal/internal/keys"
+)
+
+// Store keeps the launch records in PostgreSQL: it is the only code that
+// knows the launches table. One row per launch is the audit record; its
+// ticket hash, claim and give-back are single statements, so that a launch
+// link is redeemed at most once however many requests race for it.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// NewStore returns a Store over a connection pool.
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// newLaunch is a launch row as it is created: a ticket (ticketHash and
+// expiresAt set) or a token signed at once (jti, kid, clientID and
+// tokenExpiresAt set).
+type newLaunch struct {
+	id             string
+	sp             spec
+	by             Caller
+	createdAt      time.Time
+	ticketHash     []byte
+	expiresAt      time.Time
+	clientID       string
+	jti, kid       string
+	tokenExpiresAt time.Time
+}
+
+const launchColumns = `id, kind, issuer, client_id, module, audience, launch_url, method, fields,
+	task, sub, patient, definition, intent, idp_hint, created_by, created_from, created_at,
+	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at`
+
+const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`
+
+// sqlInsertSignedLaunch records a launch whose token is already signed,
+// only while the signing key ($25) is still usable in the database (as in
+// sqlClaimTicket): a revoked key's token is never handed out, even by an
+// instance that missed the revocation's notification.
+const sqlInsertSignedLaunch = `INSERT INTO launches (` + launchColumns + `)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26
+WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
+	AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))`
+
+// insertTicket stores a launch with a one-time link, the ticket and its
+// audit record in one statement.
+func (st *Store) insertTicket(ctx context.Context, l newLaunch) error {
+	_, err := st.pool.Exec(ctx, sqlInsertLaunch, l.id, "ticket", l.sp.issuer, nil, l.sp.module.Slug, l.sp.module.Audience,
+		l.sp.module.LaunchURL, string(l.sp.module.Method), string(l.sp.module.Fields), l.sp.task, l.sp.user, nullable(l.sp.patient),
+		nullable(l.sp.definition), l.sp.intent, nullable(l.sp.idpHint), l.by.Name, nullable(l.by.Addr), l.createdAt,
+		l.ticketHash, l.expiresAt, nil, nil, nil, nil, nil, nil)
+	return err
+}
+
+// insertSigned stores a launch whose token is signed, and reports false
+// (storing nothing) when its key is no longer usable in the database.
+func (st *Store) insertSigned(ctx context.Context, l newLaunch) (bool, error) {
+	tag, err := st.pool.Exec(ctx, sqlInsertSignedLaunch, l.id, "token", l.sp.issuer, l.clientID, l.sp.module.Slug, l.sp.module.Audience,
+		l.sp.module.LaunchURL, string(l.sp.module.Method), string(l.sp.module.Fields), l.sp.task, l.sp.user, nullable(l.sp.patient),
+		nullable(l.sp.definition), l.sp.intent, nullable(l.sp.idpHint), l.by.Name, nullable(l.by.Addr), l.createdAt,
+		nil, nil, l.createdAt, nullable(l.by.Addr), nil, l.jti, l.kid, l.tokenExpiresAt)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// sqlClaimTicket marks a ticket redeemed and returns its launch, in one
+// statement: two requests for the same ticket cannot both match
+// "redeemed_at IS NULL" (the second waits for the first's row lock, then
+// re-checks). The kid and client_id come from the arrays of this instance's
+// active signers, joined with signing_keys so that the key must still be
+// usable in the database at this moment — active, or retired by a rotation
+// this instance has not seen yet and published beyond the token's exp — so
+// a revocation takes effect on the next redemption even if this instance
+// missed its notification. The
+// module must still be registered as it was when the link was made (same
+// issuer, launch URL, audience, method and fields): a module removed or
+// re-pointed since does not receive the pending links made for it
+// (docs/ARCHITECTURE.md, Decisions). When any of this fails, no row
+// matches and nothing changes.
+const sqlClaimTicket = `WITH signer AS (
+	SELECT s.issuer, s.kid, s.client_id
+	FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id)
+	JOIN signing_keys k ON k.kid = s.kid AND k.issuer = s.issuer
+		AND (k.state = 'active' OR (k.state = 'retired' AND k.expires_at > $6)))
+UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
+	token_expires_at = $6, kid = signer.kid, client_id = signer.client_id
+FROM signer
+WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
+	AND ` + sqlModuleUnchanged + `
+RETURNING l.id, l.issuer, l.module, l.audience, l.launch_url, l.method, l.fields, l.task, l.sub, coalesce(l.patient, ''),
+	coalesce(l.definition, ''), l.intent, coalesce(l.idp_hint, ''), l.kid`
+
+// sqlModuleUnchanged holds when launch l's module is still registered as
+// it was when the launch was created.
+const sqlModuleUnchanged = `EXISTS (SELECT 1 FROM modules m WHERE m.slug = l.module AND m.issuer = l.issuer
+	AND m.launch_url = l.launch_url AND m.audience = l.audience AND m.method = l.method AND m.fields = l.fields)`
+
+// sqlTicketState reads what a ticket's launch is in, without changing it.
+const sqlTicketState = `SELECT l.id, l.redeemed_at IS NOT NULL, l.expires_at, ` + sqlModuleUnchanged + `
+FROM launches l WHERE l.ticket_hash = $1`
+
+// sqlUnclaimTicket gives a ticket back when its token was not sent: the
+// signing failed, or the claim's answer was lost (it may or may not have
+// committed; the jti made here tells).
+const sqlUnclaimTicket = `UPDATE launches SET redeemed_at = NULL, client_addr = NULL, user_agent = NULL, jti = NULL,
+	token_expires_at = NULL, kid = NULL, client_id = NULL WHERE ticket_hash = $1 AND jti = $2`
+
+// claimRequest is what a redemption claims a ticket with: who follows it,
+// the jti of the token about to be signed, and this instance's signers.
+type claimRequest struct {
+	hash           []byte
+	now            time.Time
+	browser        Browser
+	jti            string
+	tokenExpiresAt time.Time
+	signers        []*keys.Signer
+}
+
+// claim marks a ticket redeemed (sqlClaimTicket) and returns its launch and
+// the kid chosen to sign; pgx.ErrNoRows when nothing was claimed.
+func (st *Store) claim(ctx context.Context, r claimRequest) (id string, sp spec, kid string, err error) {
+	n := len(r.signers)
+	issuers, kids, clientIDs := make([]string, n), make([]string, n), make([]string, n)
+	for i, sg := range r.signers {
+		issuers[i], kids[i], clientIDs[i] = sg.Issuer.Slug, sg.Kid, sg.Issuer.ClientID
+	}
+	var method, fields string
+	err = st.pool.QueryRow(ctx, sqlClaimTicket, r.hash, r.now, nullable(r.browser.Addr), nullable(truncate(r.browser.UserAgent, 512)), r.jti,
+		r.tokenExpiresAt, issuers, kids, clientIDs).
+		Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
+			&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid)
+	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
+	return id, sp, kid, err
+}
+
+// unclaim gives a ticket back (sqlUnclaimTicket).
+func (st *Store) unclaim(ctx context.Context, hash []byte, jti string) error {
+	_, err := st.pool.Exec(ctx, sqlUnclaimTicket, hash, jti)
+	return err
+}
+
+// ticketState reads a ticket's launch without changing it; pgx.ErrNoRows
+// for an unknown ticket.
+func (st *Store) ticketState(ctx context.Context, hash []byte) (id string, redeemed bool, expires time.Time, moduleUnchanged bool, err error) {
+	err = st.pool.QueryRow(ctx, sqlTicketState, hash).Scan(&id, &redeemed, &expires, &moduleUnchanged)
+	return id, redeemed, expires, moduleUnchanged, err
+}
+
+// The filters are fixed parameters compared only when set, so the query
+// text never depends on input.
+const sqlListLaunches = `SELECT id, kind, issuer, coalesce(client_id, ''), module, audience, launch_url, task, sub,
+	coalesce(patient, ''), coalesce(definition, ''), intent, coalesce(idp_hint, ''), created_by, coalesce(created_from, ''),
+	created_at, expires_at, redeemed_at, coalesce(client_addr, ''), coalesce(user_agent, ''), coalesce(jti, ''),
+	coalesce(kid, ''), token_expires_at
+FROM launches
+WHERE ($1 = '' OR task = $1) AND ($2 = '' OR sub = $2) AND ($3 = '' OR patient = $3) AND ($4 = '' OR module = $4)
+	AND ($5 = '' OR issuer = $5) AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7)
+	AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $10`
+
+// list reads one page (and one record more) of the audit trail, newest
+// first, after the cursor when one is given.
+func (st *Store) list(ctx context.Context, f Filter, cursorTime *time.Time, cursorID *string) ([]Record, error) {
+	rows, err := st.pool.Query(ctx, sqlListLaunches, f.Task, f.User, f.Patient, f.Module, f.Issuer,
+		nullableTime(f.From), nullableTime(f.To), cursorTime, cursorID, f.Limit+1)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Record, error) {
+		var r Record
+		err := row.Scan(&r.ID, &r.Kind, &r.Issuer, &r.ClientID, &r.Module, &r.Audience, &r.LaunchURL, &r.Task, &r.User,
+			&r.Patient, &r.Definition, &r.Intent, &r.IDPHint, &r.CreatedBy, &r.CreatedFrom, &r.CreatedAt, &r.ExpiresAt,
+			&r.RedeemedAt, &r.ClientAddr, &r.UserAgent, &r.JTI, &r.Kid, &r.TokenExpiresAt)
+		r.CreatedAt = r.CreatedAt.UTC()
+		for _, t := range []*time.Time{r.ExpiresAt, r.RedeemedAt, r.TokenExpiresAt} {
+			if t != nil {
+				*t = t.UTC()
+			}
+		}
+		return r, err
+	})
+}
+
+// nullable maps "" to NULL.
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func nullableTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

@@ -34,11 +34,14 @@ rotates anyway.`,
 a new next key is created. Tokens already signed with KID stop verifying as
 soon as verifiers refetch the JWKS.`,
 				env: serviceEnv, run: keysRevoke},
-			{name: "reseal", summary: "re-encrypt private keys under the current (first) KEK",
+			{name: "reseal", summary: "re-encrypt private keys under the current (first) KEK, as seal v2",
 				usage: "portal keys reseal [--issuer SLUG | --all-issuers]",
 				help: `Run it once every instance has the new KEK first in PORTAL_KEKS
-(new-base64,old-base64). It prints how many keys are still sealed under other
-KEKs; when none is left under the old KEK, remove it from PORTAL_KEKS.`,
+(new-base64,old-base64). It also rewrites keys sealed as v1 (before migration
+0003) as v2. It prints how many keys are still sealed under other KEKs or as v1;
+when none is left under the old KEK, remove it from PORTAL_KEKS. A key that
+does not open is named and left as it is (the service refuses it too); the
+command then exits non-zero.`,
 				env: serviceEnv, run: keysReseal},
 		},
 	}
@@ -195,10 +198,13 @@ func keysReseal(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "resealed %d key(s) under KEK %s\n", len(res.Resealed), env.sealer.CurrentKEK())
+	fmt.Fprintf(c.stdout, "resealed %d key(s) under KEK %s as seal v2\n", len(res.Resealed), env.sealer.CurrentKEK())
+	if res.RemainingV1 > 0 {
+		fmt.Fprintf(c.stdout, "still sealed as v1: %d key(s) — run keys reseal --all-issuers\n", res.RemainingV1)
+	}
 	if len(res.Remaining) == 0 {
 		fmt.Fprintln(c.stdout, "no key of any issuer is sealed under another KEK: older KEKs may be removed")
-		return nil
+		return res.Err()
 	}
 	ids := make([]string, 0, len(res.Remaining))
 	for id := range res.Remaining {
@@ -208,5 +214,5 @@ func keysReseal(ctx context.Context, c *cli, args []string) error {
 	for _, id := range ids {
 		fmt.Fprintf(c.stdout, "still sealed under KEK %s: %d key(s) — keep it, or run keys reseal --all-issuers\n", id, res.Remaining[id])
 	}
-	return nil
+	return res.Err()
 }

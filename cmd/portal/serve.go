@@ -130,7 +130,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		}
 	}
 	if err := env.store.UpsertDefaultIssuer(ctx, cfg.DefaultIssuer, env.clock()); err != nil {
-		return fmt.Errorf("configure default issuer %q: %w", cfg.DefaultIssuer.Slug, err)
+		return err
 	}
 	issuers, err := env.store.Issuers(ctx)
 	if err != nil {

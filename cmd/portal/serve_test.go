@@ -20,7 +20,7 @@ import (
 // one database with a one-hour poll interval, rotates and revokes through
 // the command line, and watches both JWKS follow by NOTIFY alone.
 func TestServe_TwoInstancesFollowRotationAndRevocation(t *testing.T) {
-	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_KEYRING_REFRESH", "1h", "PORTAL_PUBLISH_LEAD", "2h", "PORTAL_RETIRE_GRACE", "2h", "PORTAL_ROTATION_PERIOD", "24h")
+	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_KEYRING_REFRESH", "1h", "PORTAL_KEYRING_MAX_STALENESS", "61m", "PORTAL_PUBLISH_LEAD", "2h", "PORTAL_RETIRE_GRACE", "2h", "PORTAL_ROTATION_PERIOD", "24h")
 	a := startServe(t, env)
 	b := startServe(t, env)
 	jwksA, jwksB := a.URL+"/.well-known/jwks.json", b.URL+"/issuers/default/jwks.json"

@@ -45,10 +45,13 @@ type Config struct {
 	RotationCheckInterval time.Duration // how often each instance checks for due rotations
 	JWKSMaxAge            time.Duration // Cache-Control max-age of the JWKS
 	KeyringRefresh        time.Duration // poll interval of the keyring, beside NOTIFY
-	TokenLifetime         time.Duration // exp - iat of launch tokens, at most 300 s
-	TicketLifetime        time.Duration // how long a launch link may be followed
-	ShutdownTimeout       time.Duration // how long in-flight requests may finish at shutdown
-	LogLevel              slog.Level    // the lowest level logged
+	// KeyringMaxStaleness is how long a keyring may go without a successful
+	// refresh before it stops signing; the timing rules use it.
+	KeyringMaxStaleness time.Duration
+	TokenLifetime       time.Duration // exp - iat of launch tokens, at most 300 s
+	TicketLifetime      time.Duration // how long a launch link may be followed
+	ShutdownTimeout     time.Duration // how long in-flight requests may finish at shutdown
+	LogLevel            slog.Level    // the lowest level logged
 
 	// AllowHTTPModules permits plain-http module launch URLs on public
 	// hosts (loopback hosts are always allowed); development only.
@@ -65,7 +68,7 @@ type Config struct {
 
 // Limits are the service-wide durations every issuer's policy must respect.
 func (c Config) Limits() keys.TimingLimits {
-	return keys.TimingLimits{JWKSMaxAge: c.JWKSMaxAge, RefreshInterval: c.KeyringRefresh, TokenLifetime: c.TokenLifetime}
+	return keys.TimingLimits{JWKSMaxAge: c.JWKSMaxAge, MaxStaleness: c.KeyringMaxStaleness, TokenLifetime: c.TokenLifetime}
 }
 
 // Error names the variable whose value breaks a rule.
@@ -100,11 +103,12 @@ func Variables() []Variable {
 		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384, PS256, PS384, PS512, ES256 or ES384"},
 		{"PORTAL_RSA_KEY_BITS", "2048", "default issuer's RSA key size: 2048, 3072 or 4096"},
 		{"PORTAL_ROTATION_PERIOD", "24h", "how long a key signs before the next one takes over; at least the publish lead"},
-		{"PORTAL_PUBLISH_LEAD", "1h", "how long a next key is published before it signs; at least JWKS max-age + keyring refresh"},
-		{"PORTAL_RETIRE_GRACE", "1h", "how long a retired key stays published; at least token lifetime + JWKS max-age + keyring refresh"},
+		{"PORTAL_PUBLISH_LEAD", "1h", "how long a next key is published before it signs; at least JWKS max-age + keyring max staleness"},
+		{"PORTAL_RETIRE_GRACE", "1h", "how long a retired key stays published; at least token lifetime + JWKS max-age + keyring max staleness"},
 		{"PORTAL_ROTATION_CHECK_INTERVAL", "1m", "how often each instance checks whether a rotation is due"},
 		{"PORTAL_JWKS_MAX_AGE", "60s", "Cache-Control max-age of the JWKS (whole seconds, 1s to 1h)"},
 		{"PORTAL_KEYRING_REFRESH", "30s", "how often each instance reloads keys even without a notification"},
+		{"PORTAL_KEYRING_MAX_STALENESS", "90s", "how long an instance signs without reloading its keys; then /readyz answers 503 and it stops signing; more than PORTAL_KEYRING_REFRESH"},
 		{"PORTAL_LAUNCH_TOKEN_TTL", "300s", "lifetime of a launch token (exp - iat), at most 300s"},
 		{"PORTAL_TICKET_TTL", "120s", "lifetime of a one-time launch link, at most 10m"},
 		{"PORTAL_SHUTDOWN_TIMEOUT", "15s", "how long a stopping instance lets in-flight requests finish"},
@@ -130,6 +134,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c.RotationCheckInterval = p.duration("PORTAL_ROTATION_CHECK_INTERVAL", time.Minute)
 	c.JWKSMaxAge = p.duration("PORTAL_JWKS_MAX_AGE", 60*time.Second)
 	c.KeyringRefresh = p.duration("PORTAL_KEYRING_REFRESH", 30*time.Second)
+	c.KeyringMaxStaleness = p.duration("PORTAL_KEYRING_MAX_STALENESS", 90*time.Second)
 	c.TokenLifetime = p.duration("PORTAL_LAUNCH_TOKEN_TTL", 300*time.Second)
 	c.TicketLifetime = p.duration("PORTAL_TICKET_TTL", 120*time.Second)
 	c.ShutdownTimeout = p.duration("PORTAL_SHUTDOWN_TIMEOUT", 15*time.Second)
@@ -217,6 +222,9 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.KeyringRefresh < 100*time.Millisecond {
 		return Config{}, &Error{"PORTAL_KEYRING_REFRESH", fmt.Sprintf("%s must be at least 100ms", c.KeyringRefresh)}
+	}
+	if c.KeyringMaxStaleness <= c.KeyringRefresh {
+		return Config{}, &Error{"PORTAL_KEYRING_MAX_STALENESS", fmt.Sprintf("%s must be more than PORTAL_KEYRING_REFRESH (%s): an instance that polls on time must never be stale", c.KeyringMaxStaleness, c.KeyringRefresh)}
 	}
 	if c.RotationCheckInterval < 100*time.Millisecond {
 		return Config{}, &Error{"PORTAL_ROTATION_CHECK_INTERVAL", fmt.Sprintf("%s must be at least 100ms", c.RotationCheckInterval)}

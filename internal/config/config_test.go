@@ -36,6 +36,9 @@ func TestLoad_ProductionDefaults(t *testing.T) {
 	if p.RotationPeriod != 24*time.Hour || p.PublishLead != time.Hour || p.RetireGrace != time.Hour {
 		t.Errorf("default policy %+v", p)
 	}
+	if c.KeyringMaxStaleness != 90*time.Second {
+		t.Errorf("default max staleness %s, want 90s", c.KeyringMaxStaleness)
+	}
 	if c.JWKSMaxAge != 60*time.Second || c.KeyringRefresh != 30*time.Second || c.TokenLifetime != 300*time.Second || c.TicketLifetime != 120*time.Second {
 		t.Errorf("default timings: max-age %s, refresh %s, token %s, ticket %s", c.JWKSMaxAge, c.KeyringRefresh, c.TokenLifetime, c.TicketLifetime)
 	}
@@ -131,12 +134,15 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"frame ancestors injection", map[string]string{"PORTAL_FRAME_ANCESTORS": "https://a.example; script-src *"}, nil, "PORTAL_FRAME_ANCESTORS", "origin"},
 		{"frame ancestors none plus", map[string]string{"PORTAL_FRAME_ANCESTORS": "'none' https://a.example"}, nil, "PORTAL_FRAME_ANCESTORS", "cannot be combined"},
 		{"trusted proxies", map[string]string{"PORTAL_TRUSTED_PROXIES": "10.0.0.0/8, proxy.internal"}, nil, "PORTAL_TRUSTED_PROXIES", "CIDR"},
-		// DESIGN 2.3: publish lead ≥ JWKS max-age + refresh interval.
-		{"publish lead below max-age + refresh", map[string]string{"PORTAL_PUBLISH_LEAD": "89s"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring refresh"},
-		{"publish lead vs raised max-age", map[string]string{"PORTAL_JWKS_MAX_AGE": "1h"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring refresh"},
-		// DESIGN 2.3: retire grace ≥ token lifetime + max-age + refresh.
-		{"retire grace below the sum", map[string]string{"PORTAL_RETIRE_GRACE": "389s"}, nil, "PORTAL_RETIRE_GRACE", "token lifetime + JWKS max-age + keyring refresh"},
-		{"retire grace vs slow refresh", map[string]string{"PORTAL_KEYRING_REFRESH": "59m"}, nil, "PORTAL_RETIRE_GRACE", "keyring refresh"},
+		{"max staleness not above refresh", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "30s"}, nil, "PORTAL_KEYRING_MAX_STALENESS", "more than PORTAL_KEYRING_REFRESH"},
+		{"max staleness below a slow refresh", map[string]string{"PORTAL_KEYRING_REFRESH": "2m"}, nil, "PORTAL_KEYRING_MAX_STALENESS", "more than PORTAL_KEYRING_REFRESH"},
+		{"max staleness not a duration", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "long"}, nil, "PORTAL_KEYRING_MAX_STALENESS", "Go duration"},
+		// docs/ARCHITECTURE.md, "Key lifecycle": publish lead ≥ JWKS max-age + max staleness.
+		{"publish lead below max-age + staleness", map[string]string{"PORTAL_PUBLISH_LEAD": "149s"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring max staleness"},
+		{"publish lead vs raised max-age", map[string]string{"PORTAL_JWKS_MAX_AGE": "1h"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring max staleness"},
+		// docs/ARCHITECTURE.md, "Key lifecycle": retire grace ≥ token lifetime + max-age + max staleness.
+		{"retire grace below the sum", map[string]string{"PORTAL_RETIRE_GRACE": "449s"}, nil, "PORTAL_RETIRE_GRACE", "token lifetime + JWKS max-age + keyring max staleness"},
+		{"retire grace vs large staleness", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "59m"}, nil, "PORTAL_RETIRE_GRACE", "keyring max staleness"},
 		{"rotation period below lead", map[string]string{"PORTAL_ROTATION_PERIOD": "30m"}, nil, "PORTAL_ROTATION_PERIOD", "shorter than the publish lead"},
 		{"rotation period not a duration", map[string]string{"PORTAL_ROTATION_PERIOD": "daily"}, nil, "PORTAL_ROTATION_PERIOD", "Go duration"},
 	}
@@ -169,9 +175,10 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 
 func TestLoad_RulesAtTheirBoundariesPass(t *testing.T) {
 	env := production()
-	env["PORTAL_PUBLISH_LEAD"] = "90s"  // 60s + 30s
-	env["PORTAL_RETIRE_GRACE"] = "390s" // 300s + 60s + 30s
-	env["PORTAL_ROTATION_PERIOD"] = "90s"
+	env["PORTAL_PUBLISH_LEAD"] = "150s" // 60s + 90s
+	env["PORTAL_RETIRE_GRACE"] = "450s" // 300s + 60s + 90s
+	env["PORTAL_ROTATION_PERIOD"] = "150s"
+	env["PORTAL_KEYRING_MAX_STALENESS"] = "90s"
 	env["PORTAL_LAUNCH_TOKEN_TTL"] = "300s"
 	if _, err := Load(getenv(env)); err != nil {
 		t.Fatalf("values exactly at the limits were refused: %v", err)

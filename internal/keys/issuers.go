@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
 // Issuer is a signing identity of the portal: the Koppeltaal client_id that
@@ -19,8 +21,8 @@ import (
 // field, and how its keys are made and rotated.
 type Issuer struct {
 	Slug        string    // short name in URLs and commands, e.g. "default"
-	ClientID    string    // JWT iss (DESIGN 1.1): the Koppeltaal client_id
-	FHIRBaseURL string    // form field iss (DESIGN 1.2): the Koppeltaal FHIR base
+	ClientID    string    // JWT iss: the Koppeltaal client_id (docs/ARCHITECTURE.md, "The launch token")
+	FHIRBaseURL string    // form field iss: the Koppeltaal FHIR base (docs/ARCHITECTURE.md, "Launch flow")
 	Alg         Algorithm // algorithm of new keys
 	RSABits     int       // modulus size of new RSA keys
 	Policy      Policy    // how its keys rotate
@@ -29,7 +31,7 @@ type Issuer struct {
 	UpdatedAt   time.Time // when its settings last changed
 }
 
-// Policy is an issuer's rotation schedule (DESIGN 2.3).
+// Policy is an issuer's rotation schedule (docs/ARCHITECTURE.md, "Key lifecycle").
 type Policy struct {
 	// RotationPeriod is how long a key stays active before the next one takes over.
 	RotationPeriod time.Duration
@@ -41,11 +43,11 @@ type Policy struct {
 
 // TimingLimits are the service-wide durations every rotation policy must
 // respect: how long verifiers may cache a JWKS, how stale an instance's
-// keyring may be, and how long a token lives.
+// keyring may be before it stops signing, and how long a token lives.
 type TimingLimits struct {
-	JWKSMaxAge      time.Duration // Cache-Control max-age of the JWKS
-	RefreshInterval time.Duration // how stale an instance's keyring may get
-	TokenLifetime   time.Duration // exp - iat of every token
+	JWKSMaxAge    time.Duration // Cache-Control max-age of the JWKS
+	MaxStaleness  time.Duration // how long an instance's keyring may lag the database
+	TokenLifetime time.Duration // exp - iat of every token
 }
 
 // PolicyError says which policy field breaks which rule.
@@ -57,17 +59,21 @@ type PolicyError struct {
 // Error names the policy field and the rule it breaks.
 func (e *PolicyError) Error() string { return e.Field + ": " + e.Reason }
 
-// Validate checks the timing rules of DESIGN 2.3 against the service limits.
+// Validate checks the timing rules of docs/ARCHITECTURE.md, "Key
+// lifecycle" against the service limits. An instance may lag the database
+// by up to the maximum staleness (it stops signing after that), so the
+// rules use it rather than the refresh interval.
 func (p Policy) Validate(l TimingLimits) error {
-	// A verifier that fetched the JWKS just before a next key appeared must
-	// find it by the time the key signs.
-	if minLead := l.JWKSMaxAge + l.RefreshInterval; p.PublishLead < minLead {
-		return &PolicyError{"publish_lead", fmt.Sprintf("%s is shorter than JWKS max-age + keyring refresh interval (%s + %s = %s): a verifier could meet a token before it can see its key", p.PublishLead, l.JWKSMaxAge, l.RefreshInterval, minLead)}
+	// A verifier that fetched the JWKS just before a next key appeared, from
+	// an instance that had not seen it yet, must find it by the time the key
+	// signs.
+	if minLead := l.JWKSMaxAge + l.MaxStaleness; p.PublishLead < minLead {
+		return &PolicyError{"publish_lead", fmt.Sprintf("%s is shorter than JWKS max-age + keyring max staleness (%s + %s = %s): a verifier could meet a token before it can see its key", p.PublishLead, l.JWKSMaxAge, l.MaxStaleness, minLead)}
 	}
 	// Every token signed by a key must stay verifiable until it expires,
 	// including tokens an instance signs before it notices the rotation.
-	if minGrace := l.TokenLifetime + l.JWKSMaxAge + l.RefreshInterval; p.RetireGrace < minGrace {
-		return &PolicyError{"retire_grace", fmt.Sprintf("%s is shorter than token lifetime + JWKS max-age + keyring refresh interval (%s + %s + %s = %s): tokens could outlive their key in the JWKS", p.RetireGrace, l.TokenLifetime, l.JWKSMaxAge, l.RefreshInterval, minGrace)}
+	if minGrace := l.TokenLifetime + l.JWKSMaxAge + l.MaxStaleness; p.RetireGrace < minGrace {
+		return &PolicyError{"retire_grace", fmt.Sprintf("%s is shorter than token lifetime + JWKS max-age + keyring max staleness (%s + %s + %s = %s): tokens could outlive their key in the JWKS", p.RetireGrace, l.TokenLifetime, l.JWKSMaxAge, l.MaxStaleness, minGrace)}
 	}
 	if p.RotationPeriod <= 0 {
 		return &PolicyError{"rotation_period", "must be positive"}
@@ -236,7 +242,7 @@ func issuerArgs(is Issuer, now time.Time) []any {
 // service configuration, and makes it the only default one. Several
 // instances may call it at once.
 func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Time) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, issuerConfigLock); err != nil {
 			return err
 		}
@@ -248,6 +254,7 @@ func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Tim
 		}
 		return notifyChange(ctx, tx, is.Slug)
 	})
+	return postgres.Error(fmt.Sprintf("configure default issuer %q", is.Slug), err)
 }
 
 // notifyChange tells every instance to reload the issuer (delivered at commit).
@@ -265,7 +272,7 @@ func (s *Store) CreateIssuer(ctx context.Context, is Issuer, now time.Time) erro
 		return notifyChange(ctx, tx, is.Slug)
 	})
 	if err != nil {
-		return fmt.Errorf("create issuer %q: %w", is.Slug, err)
+		return postgres.Error(fmt.Sprintf("create issuer %q", is.Slug), err)
 	}
 	return nil
 }
@@ -285,7 +292,7 @@ func (s *Store) UpdateIssuer(ctx context.Context, is Issuer, now time.Time) erro
 		return notifyChange(ctx, tx, is.Slug)
 	})
 	if err != nil {
-		return fmt.Errorf("update issuer %q: %w", is.Slug, err)
+		return postgres.Error(fmt.Sprintf("update issuer %q", is.Slug), err)
 	}
 	return nil
 }
@@ -297,7 +304,7 @@ func (s *Store) Issuer(ctx context.Context, slug string) (Issuer, error) {
 		return Issuer{}, fmt.Errorf("issuer %q: %w", slug, ErrIssuerNotFound)
 	}
 	if err != nil {
-		return Issuer{}, fmt.Errorf("read issuer %q: %w", slug, err)
+		return Issuer{}, postgres.Error(fmt.Sprintf("read issuer %q", slug), err)
 	}
 	return is, nil
 }
@@ -306,11 +313,11 @@ func (s *Store) Issuer(ctx context.Context, slug string) (Issuer, error) {
 func (s *Store) Issuers(ctx context.Context) ([]Issuer, error) {
 	rows, err := s.pool.Query(ctx, sqlSelectIssuers)
 	if err != nil {
-		return nil, fmt.Errorf("list issuers: %w", err)
+		return nil, postgres.Error("list issuers", err)
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Issuer, error) { return scanIssuer(r) })
 	if err != nil {
-		return nil, fmt.Errorf("list issuers: %w", err)
+		return nil, postgres.Error("list issuers", err)
 	}
 	return list, nil
 }

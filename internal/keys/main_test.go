@@ -43,7 +43,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-var testLimits = TimingLimits{JWKSMaxAge: 60 * time.Second, RefreshInterval: 30 * time.Second, TokenLifetime: 300 * time.Second}
+var testLimits = TimingLimits{JWKSMaxAge: 60 * time.Second, MaxStaleness: 90 * time.Second, TokenLifetime: 300 * time.Second}
 
 func testPolicy() Policy {
 	return Policy{RotationPeriod: 24 * time.Hour, PublishLead: time.Hour, RetireGrace: time.Hour}

@@ -62,6 +62,7 @@ func main() {
 var scaledTimings = map[string]string{
 	"PORTAL_JWKS_MAX_AGE":            "1s",
 	"PORTAL_KEYRING_REFRESH":         "1s",
+	"PORTAL_KEYRING_MAX_STALENESS":   "2s",
 	"PORTAL_ROTATION_CHECK_INTERVAL": "250ms",
 	"PORTAL_LAUNCH_TOKEN_TTL":        "10s",
 	"PORTAL_PUBLISH_LEAD":            "3s",

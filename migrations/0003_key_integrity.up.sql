@@ -1,6 +1,7 @@
 -- Key integrity (docs/ARCHITECTURE.md, "Key integrity"): the seal version
 -- of every private key, and a schema that refuses algorithms and key sizes
--- the service does not know.
+-- the service does not know; issuer profiles (docs/ARCHITECTURE.md,
+-- "Decisions") and positive publish lead and retire grace.
 BEGIN;
 
 -- 1: the AAD binds issuer, kid and alg (rows written before this
@@ -19,15 +20,30 @@ ALTER TABLE signing_keys ADD CONSTRAINT signing_keys_bits_fit_alg
     CHECK ((alg = 'ES256' AND key_bits = 256) OR (alg = 'ES384' AND key_bits = 384)
         OR (alg IN ('RS384', 'RS512', 'PS256', 'PS384', 'PS512') AND key_bits IN (2048, 3072, 4096))) NOT VALID;
 
+-- A koppeltaal issuer signs for modules that verify through the Koppeltaal
+-- auth server, which accepts RS384, ES384 and RS512 only; an hti issuer
+-- signs for plain HTI modules that verify tokens themselves. Existing
+-- issuers with another algorithm become hti, the others koppeltaal.
+ALTER TABLE issuers ADD COLUMN profile text NOT NULL DEFAULT 'koppeltaal'
+    CONSTRAINT issuers_profile_known CHECK (profile IN ('koppeltaal', 'hti'));
+UPDATE issuers SET profile = 'hti' WHERE signing_alg NOT IN ('RS384', 'ES384', 'RS512');
+ALTER TABLE issuers ADD CONSTRAINT issuers_koppeltaal_alg
+    CHECK (profile <> 'koppeltaal' OR signing_alg IN ('RS384', 'ES384', 'RS512'));
+
+ALTER TABLE issuers ADD CONSTRAINT issuers_publish_lead_positive CHECK (publish_lead_ms > 0) NOT VALID;
+ALTER TABLE issuers ADD CONSTRAINT issuers_retire_grace_positive CHECK (retire_grace_ms > 0) NOT VALID;
+
 DO $$
 DECLARE
-    c text;
+    c text[];
 BEGIN
-    FOREACH c IN ARRAY ARRAY['signing_keys_alg_known', 'signing_keys_bits_fit_alg'] LOOP
+    FOREACH c SLICE 1 IN ARRAY ARRAY[
+        ARRAY['signing_keys', 'signing_keys_alg_known'], ARRAY['signing_keys', 'signing_keys_bits_fit_alg'],
+        ARRAY['issuers', 'issuers_publish_lead_positive'], ARRAY['issuers', 'issuers_retire_grace_positive']] LOOP
         BEGIN
-            EXECUTE format('ALTER TABLE signing_keys VALIDATE CONSTRAINT %I', c);
+            EXECUTE format('ALTER TABLE %I VALIDATE CONSTRAINT %I', c[1], c[2]);
         EXCEPTION WHEN check_violation THEN
-            RAISE WARNING 'signing_keys has rows that break %; they are refused by the service', c;
+            RAISE WARNING '% has rows that break %; the service refuses or reports them', c[1], c[2];
         END;
     END LOOP;
 END $$;

@@ -96,11 +96,12 @@ func Variables() []Variable {
 		{"PORTAL_PUBLIC_URL", "(required; dev: http://localhost:<port>)", "how browsers and modules reach this service; https unless the host is loopback"},
 		{"PORTAL_DEFAULT_ISSUER", "default", "slug of the default issuer, whose JWKS is /.well-known/jwks.json"},
 		{"PORTAL_CLIENT_ID", "(required; dev: portal-dev)", "Koppeltaal client_id of the default issuer: the JWT iss claim"},
-		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss"},
+		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss; https (http only on loopback), no user info, query or fragment"},
+		{"PORTAL_ISSUER_PROFILE", "koppeltaal", "default issuer's profile: koppeltaal (RS512, RS384 or ES384: what the Koppeltaal auth server accepts) or hti (plain HTI modules verifying tokens themselves: any algorithm)"},
 		{"PORTAL_KEK", "(required outside dev)", "key-encryption key: base64 of 32 random bytes (openssl rand -base64 32)"},
 		{"PORTAL_KEKS", "", "KEK ring instead of PORTAL_KEK: base64,base64 — the first seals, all open; ids are derived from the keys"},
 		{"PORTAL_DEV_KEK_FILE", ".dev/kek", "dev only: file holding the generated development KEK"},
-		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384, PS256, PS384, PS512, ES256 or ES384"},
+		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384 or ES384; with PORTAL_ISSUER_PROFILE=hti also PS256, PS384, PS512 or ES256"},
 		{"PORTAL_RSA_KEY_BITS", "2048", "default issuer's RSA key size: 2048, 3072 or 4096"},
 		{"PORTAL_ROTATION_PERIOD", "24h", "how long a key signs before the next one takes over; at least the publish lead"},
 		{"PORTAL_PUBLISH_LEAD", "1h", "how long a next key is published before it signs; at least JWKS max-age + keyring max staleness"},
@@ -241,6 +242,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Slug:        p.str("PORTAL_DEFAULT_ISSUER", "default"),
 		ClientID:    p.str("PORTAL_CLIENT_ID", devDefault("portal-dev")),
 		FHIRBaseURL: p.str("PORTAL_FHIR_BASE_URL", devDefault("https://fhir.koppeltaal.example/fhir")),
+		Profile:     keys.Profile(p.str("PORTAL_ISSUER_PROFILE", string(keys.DefaultProfile))),
 		Alg:         keys.Algorithm(p.str("PORTAL_SIGNING_ALG", string(keys.DefaultAlgorithm))),
 		RSABits:     p.int("PORTAL_RSA_KEY_BITS", keys.DefaultRSABits),
 		Policy: keys.Policy{
@@ -276,6 +278,7 @@ var issuerFieldVar = map[string]string{
 	"slug":            "PORTAL_DEFAULT_ISSUER",
 	"client_id":       "PORTAL_CLIENT_ID",
 	"fhir_base_url":   "PORTAL_FHIR_BASE_URL",
+	"profile":         "PORTAL_ISSUER_PROFILE",
 	"alg":             "PORTAL_SIGNING_ALG",
 	"rsa_bits":        "PORTAL_RSA_KEY_BITS",
 	"rotation_period": "PORTAL_ROTATION_PERIOD",
@@ -326,14 +329,9 @@ func checkFrameAncestors(s string) error {
 }
 
 // IsLoopbackHost reports whether host names this machine: localhost or a
-// loopback IP address.
-func IsLoopbackHost(host string) bool {
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
+// loopback IP address. The rule is keys.IsLoopbackHost, which the FHIR base
+// URL of an issuer follows too.
+func IsLoopbackHost(host string) bool { return keys.IsLoopbackHost(host) }
 
 // loadKEKs reads PORTAL_KEK or PORTAL_KEKS. In development mode both may be
 // absent; the caller then uses the development KEK file.

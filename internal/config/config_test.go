@@ -106,6 +106,13 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"fhir base missing", nil, []string{"PORTAL_FHIR_BASE_URL"}, "PORTAL_FHIR_BASE_URL", "required"},
 		{"fhir base relative", map[string]string{"PORTAL_FHIR_BASE_URL": "/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "absolute"},
 		{"fhir base ftp", map[string]string{"PORTAL_FHIR_BASE_URL": "ftp://fhir.example/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "https"},
+		{"fhir base plain http", map[string]string{"PORTAL_FHIR_BASE_URL": "http://evil.test/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "https"},
+		{"fhir base user info", map[string]string{"PORTAL_FHIR_BASE_URL": "https://user:pw@f.test/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "user info"},
+		{"fhir base query", map[string]string{"PORTAL_FHIR_BASE_URL": "https://f.test/fhir?x=1"}, nil, "PORTAL_FHIR_BASE_URL", "query"},
+		{"fhir base fragment", map[string]string{"PORTAL_FHIR_BASE_URL": "https://f.test/fhir#x"}, nil, "PORTAL_FHIR_BASE_URL", "fragment"},
+		{"profile unknown", map[string]string{"PORTAL_ISSUER_PROFILE": "smart"}, nil, "PORTAL_ISSUER_PROFILE", "koppeltaal or hti"},
+		{"koppeltaal issuer with ES256", map[string]string{"PORTAL_SIGNING_ALG": "ES256"}, nil, "PORTAL_SIGNING_ALG", "Koppeltaal auth server"},
+		{"koppeltaal issuer with PS256", map[string]string{"PORTAL_SIGNING_ALG": "PS256", "PORTAL_ISSUER_PROFILE": "koppeltaal"}, nil, "PORTAL_SIGNING_ALG", "profile hti"},
 		{"issuer slug", map[string]string{"PORTAL_DEFAULT_ISSUER": "My Portal"}, nil, "PORTAL_DEFAULT_ISSUER", "lower-case"},
 		{"kek missing", nil, []string{"PORTAL_KEK"}, "PORTAL_KEK", "required outside development"},
 		{"kek not base64", map[string]string{"PORTAL_KEK": "not base64!"}, nil, "PORTAL_KEK", "base64"},
@@ -182,6 +189,31 @@ func TestLoad_RulesAtTheirBoundariesPass(t *testing.T) {
 	env["PORTAL_LAUNCH_TOKEN_TTL"] = "300s"
 	if _, err := Load(getenv(env)); err != nil {
 		t.Fatalf("values exactly at the limits were refused: %v", err)
+	}
+}
+
+func TestLoad_HTIIssuerMayUseEveryAlgorithm(t *testing.T) {
+	for _, alg := range []string{"RS512", "RS384", "PS256", "PS384", "PS512", "ES256", "ES384"} {
+		env := production()
+		env["PORTAL_ISSUER_PROFILE"], env["PORTAL_SIGNING_ALG"] = "hti", alg
+		c, err := Load(getenv(env))
+		if err != nil || c.DefaultIssuer.Profile != "hti" {
+			t.Errorf("hti issuer with %s: %v", alg, err)
+		}
+	}
+	c, err := Load(getenv(production()))
+	if err != nil || c.DefaultIssuer.Profile != "koppeltaal" {
+		t.Fatalf("default profile: %q, %v", c.DefaultIssuer.Profile, err)
+	}
+}
+
+func TestLoad_LoopbackFHIRBaseURLMayUseHTTP(t *testing.T) {
+	for _, u := range []string{"http://localhost:8080/fhir", "http://127.0.0.1/fhir", "http://[::1]:8080/fhir"} {
+		env := production()
+		env["PORTAL_FHIR_BASE_URL"] = u
+		if _, err := Load(getenv(env)); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -23,12 +24,58 @@ type Issuer struct {
 	Slug        string    // short name in URLs and commands, e.g. "default"
 	ClientID    string    // JWT iss: the Koppeltaal client_id (docs/ARCHITECTURE.md, "The launch token")
 	FHIRBaseURL string    // form field iss: the Koppeltaal FHIR base (docs/ARCHITECTURE.md, "Launch flow")
+	Profile     Profile   // koppeltaal, or hti for point-to-point modules
 	Alg         Algorithm // algorithm of new keys
 	RSABits     int       // modulus size of new RSA keys
 	Policy      Policy    // how its keys rotate
 	IsDefault   bool      // served at /.well-known/jwks.json
 	CreatedAt   time.Time // when the issuer was stored
 	UpdatedAt   time.Time // when its settings last changed
+}
+
+// Profile says which verifiers an issuer's tokens are for, and so which
+// algorithms it may sign with.
+type Profile string
+
+// The issuer profiles.
+const (
+	// ProfileKoppeltaal issuers sign for modules that verify through the
+	// Koppeltaal domain's auth server, which accepts RS384, ES384 and RS512
+	// only (docs/ARCHITECTURE.md, "Decisions").
+	ProfileKoppeltaal Profile = "koppeltaal"
+	// ProfileHTI issuers sign for plain HTI 2.0 modules that verify the
+	// token themselves, point to point: any of the seven algorithms.
+	ProfileHTI Profile = "hti"
+)
+
+// DefaultProfile is the profile of an issuer that names none.
+const DefaultProfile = ProfileKoppeltaal
+
+// ParseProfile returns the Profile named s, or an error naming the two.
+func ParseProfile(s string) (Profile, error) {
+	switch Profile(s) {
+	case ProfileKoppeltaal, ProfileHTI:
+		return Profile(s), nil
+	}
+	return "", fmt.Errorf("%q is not a profile (koppeltaal or hti)", s)
+}
+
+// KoppeltaalAlgorithms are the algorithms a Koppeltaal issuer may use: what
+// the domain's auth server accepts (docs/ARCHITECTURE.md, "Decisions").
+func KoppeltaalAlgorithms() []Algorithm { return []Algorithm{RS512, RS384, ES384} }
+
+// Allows reports whether an issuer of the profile may sign with alg.
+func (p Profile) Allows(alg Algorithm) bool {
+	if p == ProfileHTI {
+		_, err := ParseAlgorithm(string(alg))
+		return err == nil
+	}
+	for _, a := range KoppeltaalAlgorithms() {
+		if a == alg {
+			return true
+		}
+	}
+	return false
 }
 
 // Policy is an issuer's rotation schedule (docs/ARCHITECTURE.md, "Key lifecycle").
@@ -88,7 +135,7 @@ func (p Policy) Validate(l TimingLimits) error {
 
 // IssuerError says which issuer field is invalid and why.
 type IssuerError struct {
-	Field  string // "slug", "client_id", "fhir_base_url", "alg", "rsa_bits" or a policy field
+	Field  string // "slug", "client_id", "fhir_base_url", "profile", "alg", "rsa_bits" or a policy field
 	Reason string // the rule it breaks
 }
 
@@ -112,8 +159,14 @@ func (is Issuer) Validate(l TimingLimits) error {
 	if err := ValidateFHIRBaseURL(is.FHIRBaseURL); err != nil {
 		return &IssuerError{"fhir_base_url", err.Error()}
 	}
+	if _, err := ParseProfile(string(is.Profile)); err != nil {
+		return &IssuerError{"profile", err.Error()}
+	}
 	if _, err := ParseAlgorithm(string(is.Alg)); err != nil {
 		return &IssuerError{"alg", err.Error()}
+	}
+	if !is.Profile.Allows(is.Alg) {
+		return &IssuerError{"alg", fmt.Sprintf("%s is not accepted by the Koppeltaal auth server (RS384, ES384 or RS512); an issuer for plain HTI modules verifying tokens themselves may use it with profile hti", is.Alg)}
 	}
 	if !ValidRSABits(is.RSABits) {
 		return &IssuerError{"rsa_bits", fmt.Sprintf("%d is not 2048, 3072 or 4096", is.RSABits)}
@@ -146,21 +199,39 @@ func ValidateClientID(s string) error {
 	return nil
 }
 
-// ValidateFHIRBaseURL checks the FHIR base URL of a Koppeltaal domain: an
-// absolute http(s) URL without query or fragment. Modules forward it to the
-// auth server, which compares it as a string with its own FHIR base.
+// ValidateFHIRBaseURL checks the FHIR base URL of a Koppeltaal domain with
+// the rules of a module's URL: absolute https (plain http only on a
+// loopback host), no user info, no query or fragment. Modules forward it to
+// the auth server, which compares it as a string with its own FHIR base
+// (docs/ARCHITECTURE.md, "Launch flow").
 func ValidateFHIRBaseURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || !u.IsAbs() || u.Host == "" {
+	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
 		return fmt.Errorf("%q must be an absolute URL such as https://fhir.example.org/fhir", s)
 	}
-	if u.Scheme != "https" && u.Scheme != "http" {
-		return fmt.Errorf("%q must use https (or http for development)", s)
+	if u.User != nil {
+		return fmt.Errorf("%q must not contain user info", s)
 	}
-	if u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(s, " \t\n") {
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(s, " \t\r\n#") {
 		return fmt.Errorf("%q must not have a query, fragment or spaces", s)
 	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
+	default:
+		return fmt.Errorf("%q must use https (plain http only on a loopback host)", s)
+	}
 	return nil
+}
+
+// IsLoopbackHost reports whether host names this machine: localhost or a
+// loopback IP address. It is the one loopback rule of the service.
+func IsLoopbackHost(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ErrIssuerNotFound means no issuer has the given slug.
@@ -169,21 +240,21 @@ var ErrIssuerNotFound = errors.New("issuer not found")
 // ErrIssuerExists means an issuer with that slug or client_id already exists.
 var ErrIssuerExists = errors.New("issuer already exists")
 
-const issuerColumns = `slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
+const issuerColumns = `slug, client_id, fhir_base_url, profile, signing_alg, rsa_key_bits,
 	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at`
 
 func scanIssuer(row pgx.Row) (Issuer, error) {
 	var (
 		is                  Issuer
-		alg                 string
+		alg, profile        string
 		period, lead, grace int64
 	)
-	err := row.Scan(&is.Slug, &is.ClientID, &is.FHIRBaseURL, &alg, &is.RSABits,
+	err := row.Scan(&is.Slug, &is.ClientID, &is.FHIRBaseURL, &profile, &alg, &is.RSABits,
 		&period, &lead, &grace, &is.IsDefault, &is.CreatedAt, &is.UpdatedAt)
 	if err != nil {
 		return Issuer{}, err
 	}
-	is.Alg = Algorithm(alg)
+	is.Alg, is.Profile = Algorithm(alg), Profile(profile)
 	is.Policy = Policy{
 		RotationPeriod: time.Duration(period) * time.Millisecond,
 		PublishLead:    time.Duration(lead) * time.Millisecond,
@@ -201,10 +272,11 @@ const sqlClearOtherDefault = `UPDATE issuers SET is_default = false, updated_at 
 
 const sqlUpsertDefaultIssuer = `
 INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9)
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9, $10)
 ON CONFLICT (slug) DO UPDATE SET
 	client_id = EXCLUDED.client_id,
+	profile = EXCLUDED.profile,
 	fhir_base_url = EXCLUDED.fhir_base_url,
 	signing_alg = EXCLUDED.signing_alg,
 	rsa_key_bits = EXCLUDED.rsa_key_bits,
@@ -213,19 +285,19 @@ ON CONFLICT (slug) DO UPDATE SET
 	retire_grace_ms = EXCLUDED.retire_grace_ms,
 	is_default = true,
 	updated_at = CASE WHEN (issuers.client_id, issuers.fhir_base_url, issuers.signing_alg, issuers.rsa_key_bits,
-			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default)
+			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default, issuers.profile)
 		IS DISTINCT FROM (EXCLUDED.client_id, EXCLUDED.fhir_base_url, EXCLUDED.signing_alg, EXCLUDED.rsa_key_bits,
-			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true)
+			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true, EXCLUDED.profile)
 		THEN EXCLUDED.updated_at ELSE issuers.updated_at END`
 
 const sqlInsertIssuer = `
 INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9)`
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9, $10)`
 
 const sqlUpdateIssuer = `
 UPDATE issuers SET client_id = $2, fhir_base_url = $3, signing_alg = $4, rsa_key_bits = $5,
-	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9
+	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9, profile = $10
 WHERE slug = $1`
 
 const sqlSelectIssuer = `SELECT ` + issuerColumns + ` FROM issuers WHERE slug = $1`
@@ -235,7 +307,7 @@ const sqlSelectIssuers = `SELECT ` + issuerColumns + ` FROM issuers ORDER BY is_
 func issuerArgs(is Issuer, now time.Time) []any {
 	return []any{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Alg), is.RSABits,
 		is.Policy.RotationPeriod.Milliseconds(), is.Policy.PublishLead.Milliseconds(),
-		is.Policy.RetireGrace.Milliseconds(), now.UTC()}
+		is.Policy.RetireGrace.Milliseconds(), now.UTC(), string(is.Profile)}
 }
 
 // UpsertDefaultIssuer creates or updates the default issuer from the

@@ -49,8 +49,14 @@ func testPolicy() Policy {
 	return Policy{RotationPeriod: 24 * time.Hour, PublishLead: time.Hour, RetireGrace: time.Hour}
 }
 
+// testIssuer is an issuer signing with alg: a koppeltaal issuer when the
+// Koppeltaal auth server accepts alg, else an hti one.
 func testIssuer(slug string, alg Algorithm) Issuer {
-	return Issuer{Slug: slug, ClientID: "client-" + slug, FHIRBaseURL: "https://fhir.example.org/fhir", Alg: alg, RSABits: 2048, Policy: testPolicy()}
+	profile := ProfileKoppeltaal
+	if !profile.Allows(alg) {
+		profile = ProfileHTI
+	}
+	return Issuer{Slug: slug, ClientID: "client-" + slug, FHIRBaseURL: "https://fhir.example.org/fhir", Profile: profile, Alg: alg, RSABits: 2048, Policy: testPolicy()}
 }
 
 func newKEK(t testing.TB, id string) KEK {

@@ -89,7 +89,7 @@ func (b *syncBuffer) String() string {
 }
 
 func defaultIssuer(alg keys.Algorithm) keys.Issuer {
-	return keys.Issuer{Slug: "default", ClientID: "portal-test", FHIRBaseURL: "https://fhir.example.org/fhir", Alg: alg, RSABits: 2048,
+	return keys.Issuer{Slug: "default", ClientID: "portal-test", FHIRBaseURL: "https://fhir.example.org/fhir", Profile: keys.ProfileHTI, Alg: alg, RSABits: 2048,
 		Policy: keys.Policy{RotationPeriod: 24 * time.Hour, PublishLead: time.Hour, RetireGrace: time.Hour}, IsDefault: true}
 }
 

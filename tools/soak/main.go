@@ -173,7 +173,7 @@ func run() error {
 
 	env := map[string]string{
 		"DATABASE_URL": viaProxy.String(), "PORTAL_CLIENT_ID": clientID, "PORTAL_FHIR_BASE_URL": "https://fhir.example.org/fhir",
-		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": "ES256",
+		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": "ES256", "PORTAL_ISSUER_PROFILE": "hti",
 	}
 	for k, v := range scaledTimings {
 		env[k] = v

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -32,7 +33,8 @@ rotates anyway.`,
 				usage: "portal keys revoke KID [--issuer SLUG]",
 				help: `If KID is the active key, the next key takes over in the same transaction and
 a new next key is created. Tokens already signed with KID stop verifying as
-soon as verifiers refetch the JWKS.`,
+soon as verifiers refetch the JWKS. Older kids may start with "-": give them
+after --, or anywhere as long as they are not a flag of this command.`,
 				env: serviceEnv, run: keysRevoke},
 			{name: "reseal", summary: "re-encrypt private keys under the current (first) KEK, as seal v2",
 				usage: "portal keys reseal [--issuer SLUG | --all-issuers]",
@@ -148,10 +150,44 @@ func keysRotate(ctx context.Context, c *cli, args []string) error {
 	return nil
 }
 
+// parseKidArgs is parseFlags for commands that take a kid: older kids are
+// base64url and may start with "-", so an argument after "--", or one that
+// starts with "-" but names no flag of fs, is a positional argument rather
+// than an unknown flag. New kids are hex and never start with "-".
+func parseKidArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		name, hasValue := strings.TrimLeft(a, "-"), false
+		if j := strings.IndexByte(name, '='); j >= 0 {
+			name, hasValue = name[:j], true
+		}
+		fl := fs.Lookup(name)
+		if !strings.HasPrefix(a, "-") || a == "-" || fl == nil {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		if b, ok := fl.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	rest, err := parseFlags(fs, flags)
+	if err != nil {
+		return nil, err
+	}
+	return append(rest, positional...), nil
+}
+
 func keysRevoke(ctx context.Context, c *cli, args []string) error {
 	fs := flag.NewFlagSet("keys revoke", flag.ContinueOnError)
 	issuer := issuerFlag(fs)
-	rest, err := parseFlags(fs, args)
+	rest, err := parseKidArgs(fs, args)
 	if err != nil {
 		return err
 	}

@@ -136,6 +136,7 @@ func TestMakeRunDemo_Flow(t *testing.T) {
 		"PORTAL_DEV_KEK_FILE":   dir + "/kek",
 		"PORTAL_SIGNING_ALG":    "ES256",
 		"PORTAL_ISSUER_PROFILE": "hti",
+		"PORTAL_METRICS_ADDR":   "public",
 	}
 	// The public URL must be known before start: take a port first.
 	inst := startServe(t, env)

@@ -39,8 +39,9 @@ func baseEnv(t testing.TB, databaseURL string) map[string]string {
 		"PORTAL_CLIENT_ID":      "portal-test",
 		"PORTAL_FHIR_BASE_URL":  "https://fhir.example.org/fhir",
 		"PORTAL_KEK":            newKEKBase64(t),
-		"PORTAL_SIGNING_ALG":    "ES256", // fast key generation; RS512 is covered in the packages
-		"PORTAL_ISSUER_PROFILE": "hti",   // ES256 is not a Koppeltaal algorithm
+		"PORTAL_SIGNING_ALG":    "ES256",  // fast key generation; RS512 is covered in the packages
+		"PORTAL_ISSUER_PROFILE": "hti",    // ES256 is not a Koppeltaal algorithm
+		"PORTAL_METRICS_ADDR":   "public", // several instances run at once
 	}
 }
 

@@ -181,7 +181,8 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		FrameAncestors: cfg.FrameAncestors,
 		TrustedProxies: cfg.TrustedProxies,
 		Metrics:        observed,
-		// With PORTAL_METRICS_ADDR, /metrics is served on that listener only.
+		// /metrics is served on the PORTAL_METRICS_ADDR listener only,
+		// unless it is "public" (MetricsAddr empty).
 		MetricsElsewhere: cfg.MetricsAddr != "",
 	}
 	if cfg.Demo {

@@ -49,9 +49,13 @@ type Config struct {
 	// refresh before it stops signing; the timing rules use it.
 	KeyringMaxStaleness time.Duration
 	TokenLifetime       time.Duration // exp - iat of launch tokens, at most 300 s
-	TicketLifetime      time.Duration // how long a launch link may be followed
-	ShutdownTimeout     time.Duration // how long in-flight requests may finish at shutdown
-	LogLevel            slog.Level    // the lowest level logged
+	// IATBackdate is how far before the signing moment a launch token's iat
+	// is set, for verifiers whose clocks run a little behind: 0 to 30 s,
+	// whole seconds, less than half the token lifetime.
+	IATBackdate     time.Duration
+	TicketLifetime  time.Duration // how long a launch link may be followed
+	ShutdownTimeout time.Duration // how long in-flight requests may finish at shutdown
+	LogLevel        slog.Level    // the lowest level logged
 
 	// AllowHTTPModules permits plain-http module launch URLs on public
 	// hosts (loopback hosts are always allowed); development only.
@@ -61,8 +65,9 @@ type Config struct {
 	FrameAncestors string
 	// TrustedProxies are the networks whose X-Forwarded-For is believed.
 	TrustedProxies []*net.IPNet
-	// MetricsAddr, when set, serves /metrics on its own listener (and not
-	// on the public one).
+	// MetricsAddr is the address of the listener that serves /metrics (and
+	// nothing else); empty means /metrics is served on ListenAddr
+	// (PORTAL_METRICS_ADDR=public).
 	MetricsAddr string
 }
 
@@ -111,20 +116,33 @@ func Variables() []Variable {
 		{"PORTAL_KEYRING_REFRESH", "30s", "how often each instance reloads keys even without a notification"},
 		{"PORTAL_KEYRING_MAX_STALENESS", "90s", "how long an instance signs without reloading its keys; then /readyz answers 503 and it stops signing; more than PORTAL_KEYRING_REFRESH"},
 		{"PORTAL_LAUNCH_TOKEN_TTL", "300s", "lifetime of a launch token (exp - iat), at most 300s"},
+		{"PORTAL_TOKEN_IAT_BACKDATE", "5s", "how far before signing a launch token's iat is set, for verifiers with slow clocks: 0s to 30s, whole seconds, less than half PORTAL_LAUNCH_TOKEN_TTL"},
 		{"PORTAL_TICKET_TTL", "120s", "lifetime of a one-time launch link, at most 10m"},
 		{"PORTAL_SHUTDOWN_TIMEOUT", "15s", "how long a stopping instance lets in-flight requests finish"},
 		{"PORTAL_LOG_LEVEL", "info", "debug, info, warn or error"},
-		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it)"},
+		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it); only with PORTAL_DEV=true"},
 		{"PORTAL_ALLOW_HTTP_MODULES", "false", "allow plain-http module launch URLs on public hosts (development only; loopback is always allowed)"},
 		{"PORTAL_FRAME_ANCESTORS", "'none'", "CSP frame-ancestors of the launch page: 'none', 'self' or https origins, space-separated"},
 		{"PORTAL_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For gives the client address"},
-		{"PORTAL_METRICS_ADDR", "", "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on PORTAL_LISTEN_ADDR"},
+		{"PORTAL_METRICS_ADDR", ":9464", "address of the listener serving /metrics only; public serves /metrics on PORTAL_LISTEN_ADDR instead"},
 	}
 }
 
 // Load reads and validates the configuration from getenv. It returns the
 // first broken rule as an *Error.
 func Load(getenv func(string) string) (Config, error) {
+	return load(getenv, true)
+}
+
+// LoadWithoutKEK is Load for commands that never open or seal private keys
+// (listing issuers and keys, modules, API keys, launches): PORTAL_KEK and
+// PORTAL_KEKS are not required, though a given one is still checked. KEKs
+// may then be empty.
+func LoadWithoutKEK(getenv func(string) string) (Config, error) {
+	return load(getenv, false)
+}
+
+func load(getenv func(string) string, needKEK bool) (Config, error) {
 	p := parser{getenv: getenv}
 	var c Config
 	c.Dev = p.bool("PORTAL_DEV", false)
@@ -141,11 +159,18 @@ func Load(getenv func(string) string) (Config, error) {
 	c.ShutdownTimeout = p.duration("PORTAL_SHUTDOWN_TIMEOUT", 15*time.Second)
 	c.AllowHTTPModules = p.bool("PORTAL_ALLOW_HTTP_MODULES", false)
 	c.FrameAncestors = p.str("PORTAL_FRAME_ANCESTORS", "'none'")
-	c.MetricsAddr = p.str("PORTAL_METRICS_ADDR", "")
+	c.MetricsAddr = p.str("PORTAL_METRICS_ADDR", ":9464")
+	if c.MetricsAddr == "public" {
+		c.MetricsAddr = ""
+	}
+	c.IATBackdate = p.duration("PORTAL_TOKEN_IAT_BACKDATE", 5*time.Second)
 	if p.err != nil {
 		return Config{}, p.err
 	}
 
+	if c.Demo && !c.Dev {
+		return Config{}, &Error{"PORTAL_DEMO", "needs PORTAL_DEV=true: the demo's launch route is unauthenticated and would sign with production keys"}
+	}
 	if c.DatabaseURL == "" {
 		return Config{}, &Error{"DATABASE_URL", "required: a PostgreSQL connection string such as postgres://portal@localhost:5432/portal"}
 	}
@@ -174,7 +199,7 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, &Error{"PORTAL_PUBLIC_URL", err.Error()}
 	}
 
-	if err := c.loadKEKs(getenv); err != nil {
+	if err := c.loadKEKs(getenv, needKEK); err != nil {
 		return Config{}, err
 	}
 
@@ -184,10 +209,10 @@ func Load(getenv func(string) string) (Config, error) {
 
 	if c.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
-			return Config{}, &Error{"PORTAL_METRICS_ADDR", fmt.Sprintf("%q must be host:port or :port", c.MetricsAddr)}
+			return Config{}, &Error{"PORTAL_METRICS_ADDR", fmt.Sprintf("%q must be host:port, :port or public", c.MetricsAddr)}
 		}
 		if c.MetricsAddr == c.ListenAddr {
-			return Config{}, &Error{"PORTAL_METRICS_ADDR", "must differ from PORTAL_LISTEN_ADDR (leave it empty to serve /metrics there)"}
+			return Config{}, &Error{"PORTAL_METRICS_ADDR", "must differ from PORTAL_LISTEN_ADDR (set it to public to serve /metrics there)"}
 		}
 	}
 	if err := checkFrameAncestors(c.FrameAncestors); err != nil {
@@ -217,6 +242,12 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.TokenLifetime%time.Second != 0 {
 		return Config{}, &Error{"PORTAL_LAUNCH_TOKEN_TTL", fmt.Sprintf("%s must be whole seconds (exp and iat are whole seconds)", c.TokenLifetime)}
+	}
+	if c.IATBackdate < 0 || c.IATBackdate > 30*time.Second || c.IATBackdate%time.Second != 0 {
+		return Config{}, &Error{"PORTAL_TOKEN_IAT_BACKDATE", fmt.Sprintf("%s must be whole seconds from 0s to 30s (iat is whole seconds)", c.IATBackdate)}
+	}
+	if 2*c.IATBackdate >= c.TokenLifetime {
+		return Config{}, &Error{"PORTAL_TOKEN_IAT_BACKDATE", fmt.Sprintf("%s must be less than half of PORTAL_LAUNCH_TOKEN_TTL (%s): a backdated token must still live long enough", c.IATBackdate, c.TokenLifetime)}
 	}
 	if c.JWKSMaxAge < time.Second || c.JWKSMaxAge > time.Hour || c.JWKSMaxAge%time.Second != 0 {
 		return Config{}, &Error{"PORTAL_JWKS_MAX_AGE", fmt.Sprintf("%s must be whole seconds from 1s to 1h (TOP-KT-020 suggests 60s)", c.JWKSMaxAge)}
@@ -335,7 +366,7 @@ func IsLoopbackHost(host string) bool { return keys.IsLoopbackHost(host) }
 
 // loadKEKs reads PORTAL_KEK or PORTAL_KEKS. In development mode both may be
 // absent; the caller then uses the development KEK file.
-func (c *Config) loadKEKs(getenv func(string) string) error {
+func (c *Config) loadKEKs(getenv func(string) string, needKEK bool) error {
 	single, ring := strings.TrimSpace(getenv("PORTAL_KEK")), strings.TrimSpace(getenv("PORTAL_KEKS"))
 	switch {
 	case single != "" && ring != "":
@@ -360,7 +391,7 @@ func (c *Config) loadKEKs(getenv func(string) string) error {
 			seen[id] = true
 			c.KEKs = append(c.KEKs, keys.KEK{ID: id, Key: key})
 		}
-	case !c.Dev:
+	case !c.Dev && needKEK:
 		return &Error{"PORTAL_KEK", "required outside development mode: base64 of 32 random bytes (openssl rand -base64 32), or set PORTAL_KEKS"}
 	}
 	return nil

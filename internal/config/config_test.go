@@ -113,6 +113,13 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"profile unknown", map[string]string{"PORTAL_ISSUER_PROFILE": "smart"}, nil, "PORTAL_ISSUER_PROFILE", "koppeltaal or hti"},
 		{"koppeltaal issuer with ES256", map[string]string{"PORTAL_SIGNING_ALG": "ES256"}, nil, "PORTAL_SIGNING_ALG", "Koppeltaal auth server"},
 		{"koppeltaal issuer with PS256", map[string]string{"PORTAL_SIGNING_ALG": "PS256", "PORTAL_ISSUER_PROFILE": "koppeltaal"}, nil, "PORTAL_SIGNING_ALG", "profile hti"},
+		{"demo without dev", map[string]string{"PORTAL_DEMO": "true"}, nil, "PORTAL_DEMO", "PORTAL_DEV=true"},
+		{"iat backdate too long", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "31s"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "0s to 30s"},
+		{"iat backdate negative", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "-1s"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "0s to 30s"},
+		{"iat backdate fraction", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "1500ms"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "whole seconds"},
+		{"iat backdate vs short ttl", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "10s", "PORTAL_LAUNCH_TOKEN_TTL": "20s"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "half"},
+		{"metrics addr without port", map[string]string{"PORTAL_METRICS_ADDR": "metrics.internal"}, nil, "PORTAL_METRICS_ADDR", "public"},
+		{"metrics addr is the listener", map[string]string{"PORTAL_METRICS_ADDR": ":8080"}, nil, "PORTAL_METRICS_ADDR", "differ"},
 		{"issuer slug", map[string]string{"PORTAL_DEFAULT_ISSUER": "My Portal"}, nil, "PORTAL_DEFAULT_ISSUER", "lower-case"},
 		{"kek missing", nil, []string{"PORTAL_KEK"}, "PORTAL_KEK", "required outside development"},
 		{"kek not base64", map[string]string{"PORTAL_KEK": "not base64!"}, nil, "PORTAL_KEK", "base64"},
@@ -214,6 +221,40 @@ func TestLoad_LoopbackFHIRBaseURLMayUseHTTP(t *testing.T) {
 		if _, err := Load(getenv(env)); err != nil {
 			t.Errorf("%s: %v", u, err)
 		}
+	}
+}
+
+func TestLoad_MetricsAddrAndBackdate(t *testing.T) {
+	c, err := Load(getenv(production()))
+	if err != nil || c.MetricsAddr != ":9464" || c.IATBackdate != 5*time.Second {
+		t.Fatalf("defaults: metrics %q, backdate %s, %v", c.MetricsAddr, c.IATBackdate, err)
+	}
+	env := production()
+	env["PORTAL_METRICS_ADDR"], env["PORTAL_TOKEN_IAT_BACKDATE"] = "public", "0s"
+	if c, err = Load(getenv(env)); err != nil || c.MetricsAddr != "" || c.IATBackdate != 0 {
+		t.Fatalf("public metrics, no backdate: %q, %s, %v", c.MetricsAddr, c.IATBackdate, err)
+	}
+	env = production()
+	env["PORTAL_DEMO"], env["PORTAL_DEV"] = "true", "true"
+	if _, err := Load(getenv(env)); err != nil {
+		t.Fatalf("demo in development mode: %v", err)
+	}
+}
+
+func TestLoadWithoutKEK(t *testing.T) {
+	env := production()
+	delete(env, "PORTAL_KEK")
+	c, err := LoadWithoutKEK(getenv(env))
+	if err != nil || len(c.KEKs) != 0 {
+		t.Fatalf("without a KEK: %v, %d KEKs", err, len(c.KEKs))
+	}
+	if _, err := Load(getenv(env)); err == nil {
+		t.Fatal("Load accepted a production environment without a KEK")
+	}
+	env["PORTAL_KEK"] = "not base64!"
+	var ce *Error
+	if _, err := LoadWithoutKEK(getenv(env)); !errors.As(err, &ce) || ce.Var != "PORTAL_KEK" {
+		t.Fatalf("a malformed KEK given to LoadWithoutKEK: %v", err)
 	}
 }
 

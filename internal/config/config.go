@@ -1,6 +1,6 @@
 // Package config turns the environment into a validated Config. It is the one
 // place that knows the variable names, their defaults and the safety rules
-// between them (DESIGN 2.3, 2.6); a bad value is reported as one line naming
+// between them (docs/ARCHITECTURE.md, "Key lifecycle" and "Decisions"); a bad value is reported as one line naming
 // the variable and the rule.
 package config
 
@@ -268,7 +268,7 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 		return Config{}, &Error{"PORTAL_SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must be more than 0 and at most 5m", c.ShutdownTimeout)}
 	}
 
-	// The default issuer, with the timing rules of DESIGN 2.3.
+	// The default issuer, with the timing rules of docs/ARCHITECTURE.md, "Key lifecycle".
 	is := keys.Issuer{
 		Slug:        p.str("PORTAL_DEFAULT_ISSUER", "default"),
 		ClientID:    p.str("PORTAL_CLIENT_ID", devDefault("portal-dev")),

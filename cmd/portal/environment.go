@@ -120,6 +120,12 @@ func createDevelopmentKEK(path string) error {
 	return nil
 }
 
+// newKeyring builds the keyring with the configured staleness bound: a
+// refresh takes at most the poll interval (and 10s), and every issuer's
+// policy is checked against the service limits on every refresh.
 func newKeyring(e *environment) *keys.Keyring {
-	return keys.NewKeyring(e.store, e.sealer, e.clock, e.log)
+	return keys.NewKeyring(e.store, e.sealer, e.clock, e.log,
+		keys.WithMaxStaleness(e.cfg.KeyringMaxStaleness),
+		keys.WithRefreshTimeout(min(keys.DefaultRefreshTimeout, e.cfg.KeyringRefresh)),
+		keys.WithTimingLimits(e.cfg.Limits()))
 }

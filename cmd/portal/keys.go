@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -32,13 +33,17 @@ rotates anyway.`,
 				usage: "portal keys revoke KID [--issuer SLUG]",
 				help: `If KID is the active key, the next key takes over in the same transaction and
 a new next key is created. Tokens already signed with KID stop verifying as
-soon as verifiers refetch the JWKS.`,
+soon as verifiers refetch the JWKS. Older kids may start with "-": give them
+after --, or anywhere as long as they are not a flag of this command.`,
 				env: serviceEnv, run: keysRevoke},
-			{name: "reseal", summary: "re-encrypt private keys under the current (first) KEK",
+			{name: "reseal", summary: "re-encrypt private keys under the current (first) KEK, as seal v2",
 				usage: "portal keys reseal [--issuer SLUG | --all-issuers]",
 				help: `Run it once every instance has the new KEK first in PORTAL_KEKS
-(new-base64,old-base64). It prints how many keys are still sealed under other
-KEKs; when none is left under the old KEK, remove it from PORTAL_KEKS.`,
+(new-base64,old-base64). It also rewrites keys sealed as v1 (before migration
+0003) as v2. It prints how many keys are still sealed under other KEKs or as v1;
+when none is left under the old KEK, remove it from PORTAL_KEKS. A key that
+does not open is named and left as it is (the service refuses it too); the
+command then exits non-zero.`,
 				env: serviceEnv, run: keysReseal},
 		},
 	}
@@ -145,10 +150,44 @@ func keysRotate(ctx context.Context, c *cli, args []string) error {
 	return nil
 }
 
+// parseKidArgs is parseFlags for commands that take a kid: older kids are
+// base64url and may start with "-", so an argument after "--", or one that
+// starts with "-" but names no flag of fs, is a positional argument rather
+// than an unknown flag. New kids are hex and never start with "-".
+func parseKidArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		name, hasValue := strings.TrimLeft(a, "-"), false
+		if j := strings.IndexByte(name, '='); j >= 0 {
+			name, hasValue = name[:j], true
+		}
+		fl := fs.Lookup(name)
+		if !strings.HasPrefix(a, "-") || a == "-" || fl == nil {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		if b, ok := fl.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	rest, err := parseFlags(fs, flags)
+	if err != nil {
+		return nil, err
+	}
+	return append(rest, positional...), nil
+}
+
 func keysRevoke(ctx context.Context, c *cli, args []string) error {
 	fs := flag.NewFlagSet("keys revoke", flag.ContinueOnError)
 	issuer := issuerFlag(fs)
-	rest, err := parseFlags(fs, args)
+	rest, err := parseKidArgs(fs, args)
 	if err != nil {
 		return err
 	}
@@ -195,10 +234,13 @@ func keysReseal(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "resealed %d key(s) under KEK %s\n", len(res.Resealed), env.sealer.CurrentKEK())
+	fmt.Fprintf(c.stdout, "resealed %d key(s) under KEK %s as seal v2\n", len(res.Resealed), env.sealer.CurrentKEK())
+	if res.RemainingV1 > 0 {
+		fmt.Fprintf(c.stdout, "still sealed as v1: %d key(s) — run keys reseal --all-issuers\n", res.RemainingV1)
+	}
 	if len(res.Remaining) == 0 {
 		fmt.Fprintln(c.stdout, "no key of any issuer is sealed under another KEK: older KEKs may be removed")
-		return nil
+		return res.Err()
 	}
 	ids := make([]string, 0, len(res.Remaining))
 	for id := range res.Remaining {
@@ -208,5 +250,5 @@ func keysReseal(ctx context.Context, c *cli, args []string) error {
 	for _, id := range ids {
 		fmt.Fprintf(c.stdout, "still sealed under KEK %s: %d key(s) — keep it, or run keys reseal --all-issuers\n", id, res.Remaining[id])
 	}
-	return nil
+	return res.Err()
 }

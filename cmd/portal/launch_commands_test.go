@@ -134,12 +134,14 @@ func TestCommands_ModulesKeysLaunchesAndVerify(t *testing.T) {
 func TestMakeRunDemo_Flow(t *testing.T) {
 	dir := t.TempDir()
 	env := map[string]string{
-		"DATABASE_URL":        testDB.Fresh(t),
-		"PORTAL_DEV":          "true",
-		"PORTAL_DEMO":         "true",
-		"PORTAL_LISTEN_ADDR":  "127.0.0.1:0",
-		"PORTAL_DEV_KEK_FILE": dir + "/kek",
-		"PORTAL_SIGNING_ALG":  "ES256",
+		"DATABASE_URL":          testDB.Fresh(t),
+		"PORTAL_DEV":            "true",
+		"PORTAL_DEMO":           "true",
+		"PORTAL_LISTEN_ADDR":    "127.0.0.1:0",
+		"PORTAL_DEV_KEK_FILE":   dir + "/kek",
+		"PORTAL_SIGNING_ALG":    "ES256",
+		"PORTAL_ISSUER_PROFILE": "hti",
+		"PORTAL_METRICS_ADDR":   "public",
 	}
 	// The public URL must be known before start: take a port first.
 	inst := startServe(t, env)

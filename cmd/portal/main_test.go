@@ -33,13 +33,15 @@ func newKEKBase64(t testing.TB) string {
 // baseEnv is a valid production-like environment on a database.
 func baseEnv(t testing.TB, databaseURL string) map[string]string {
 	return map[string]string{
-		"DATABASE_URL":         databaseURL,
-		"PORTAL_LISTEN_ADDR":   "127.0.0.1:0",
-		"PORTAL_PUBLIC_URL":    "http://127.0.0.1",
-		"PORTAL_CLIENT_ID":     "portal-test",
-		"PORTAL_FHIR_BASE_URL": "https://fhir.example.org/fhir",
-		"PORTAL_KEK":           newKEKBase64(t),
-		"PORTAL_SIGNING_ALG":   "ES256", // fast key generation; RS512 is covered in the packages
+		"DATABASE_URL":          databaseURL,
+		"PORTAL_LISTEN_ADDR":    "127.0.0.1:0",
+		"PORTAL_PUBLIC_URL":     "http://127.0.0.1",
+		"PORTAL_CLIENT_ID":      "portal-test",
+		"PORTAL_FHIR_BASE_URL":  "https://fhir.example.org/fhir",
+		"PORTAL_KEK":            newKEKBase64(t),
+		"PORTAL_SIGNING_ALG":    "ES256",  // fast key generation; RS512 is covered in the packages
+		"PORTAL_ISSUER_PROFILE": "hti",    // ES256 is not a Koppeltaal algorithm
+		"PORTAL_METRICS_ADDR":   "public", // several instances run at once
 	}
 }
 

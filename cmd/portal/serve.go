@@ -72,12 +72,32 @@ func serveCommand() *command {
 		usage:   "portal serve [--no-migrate]",
 		help: `Applies pending migrations (unless --no-migrate; safe when several instances
 start at once), creates or updates the default issuer from the environment,
-makes sure every issuer has an active and a next key, loads and unseals the keys
-(a KEK that does not open a key stops start-up naming the kid), then serves
-HTTP until SIGINT or SIGTERM.`,
+makes sure every issuer has an active and a next key, rewrites keys still sealed
+as v1 as v2, loads and unseals the keys, then serves HTTP until SIGINT or
+SIGTERM. A key that does not open is not published and not used, and is logged
+with its issuer and kid; that issuer is not ready (see /readyz), the others
+serve.`,
 		env: serviceEnv,
 		run: serve,
 	}
+}
+
+// upgradeSeals rewrites every private key still sealed as v1 (issuer, kid,
+// alg) as v2 (also key size and public key), under each issuer's key lock,
+// keeping each key's KEK. A key that does not open is left as it is and
+// logged: the keyring refuses it.
+func upgradeSeals(ctx context.Context, env *environment) error {
+	res, err := env.rotator.UpgradeSeals(ctx)
+	if err != nil {
+		return fmt.Errorf("upgrade sealed keys to v2: %w", err)
+	}
+	if len(res.Resealed) > 0 {
+		env.log.Info("sealed keys upgraded to v2 (bound to issuer, kid, alg, key size and public key)", "kids", res.Resealed)
+	}
+	for kid, err := range res.Failed {
+		env.log.Error("sealed key not upgraded to v2: it does not open as its row describes", "kid", kid, "err", err)
+	}
+	return nil
 }
 
 func serve(ctx context.Context, c *cli, args []string) error {
@@ -111,7 +131,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		}
 	}
 	if err := env.store.UpsertDefaultIssuer(ctx, cfg.DefaultIssuer, env.clock()); err != nil {
-		return fmt.Errorf("configure default issuer %q: %w", cfg.DefaultIssuer.Slug, err)
+		return err
 	}
 	issuers, err := env.store.Issuers(ctx)
 	if err != nil {
@@ -119,12 +139,26 @@ func serve(ctx context.Context, c *cli, args []string) error {
 	}
 	for _, is := range issuers {
 		if _, err := env.rotator.EnsureKeys(ctx, is.Slug); err != nil {
-			return fmt.Errorf("prepare keys: %w", err)
+			if errors.Is(err, postgres.ErrUnavailable) {
+				return fmt.Errorf("prepare keys: %w", err)
+			}
+			log.Error("could not prepare the keys of an issuer; it may not be able to sign", "issuer", is.Slug, "err", err)
 		}
+	}
+	if err := upgradeSeals(ctx, env); err != nil {
+		return err
 	}
 	keyring := newKeyring(env)
 	if err := keyring.Refresh(ctx); err != nil {
-		return fmt.Errorf("load signing keys: %w", err)
+		var problems *keys.RefreshProblems
+		if !errors.As(err, &problems) {
+			return fmt.Errorf("load signing keys: %w", err)
+		}
+		// Each refused key was logged with its issuer and kid; the issuers
+		// concerned are not ready (see /readyz), the others serve.
+		for slug, errs := range problems.Issuers {
+			log.Error("issuer has key problems; see /readyz", "issuer", slug, "problems", errors.Join(errs...).Error())
+		}
 	}
 	observed := metrics.New(keyring, env.pool, env.clock)
 	keyring.OnEvent(observed.KeyEventObserved)
@@ -149,7 +183,8 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		FrameAncestors: cfg.FrameAncestors,
 		TrustedProxies: cfg.TrustedProxies,
 		Metrics:        observed,
-		// With PORTAL_METRICS_ADDR, /metrics is served on that listener only.
+		// /metrics is served on the PORTAL_METRICS_ADDR listener only,
+		// unless it is "public" (MetricsAddr empty).
 		MetricsElsewhere: cfg.MetricsAddr != "",
 	}
 	if cfg.Demo {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"slices"
@@ -8,15 +9,18 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
+	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
 // TestServe_TwoInstancesFollowRotationAndRevocation runs two instances on
 // one database with a one-hour poll interval, rotates and revokes through
 // the command line, and watches both JWKS follow by NOTIFY alone.
 func TestServe_TwoInstancesFollowRotationAndRevocation(t *testing.T) {
-	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_KEYRING_REFRESH", "1h", "PORTAL_PUBLISH_LEAD", "2h", "PORTAL_RETIRE_GRACE", "2h", "PORTAL_ROTATION_PERIOD", "24h")
+	env := with(baseEnv(t, testDB.Fresh(t)), "PORTAL_KEYRING_REFRESH", "1h", "PORTAL_KEYRING_MAX_STALENESS", "61m", "PORTAL_PUBLISH_LEAD", "2h", "PORTAL_RETIRE_GRACE", "2h", "PORTAL_ROTATION_PERIOD", "24h")
 	a := startServe(t, env)
 	b := startServe(t, env)
 	jwksA, jwksB := a.URL+"/.well-known/jwks.json", b.URL+"/issuers/default/jwks.json"
@@ -61,31 +65,58 @@ func TestServe_TwoInstancesFollowRotationAndRevocation(t *testing.T) {
 	}
 }
 
-func TestServe_WrongKEKStopsStartUpNamingTheKid(t *testing.T) {
+// TestServe_WrongKEKIsNotReadyNamingTheKid starts serve with a KEK that
+// opens none of the keys: it starts, publishes nothing, and /readyz answers
+// 503 naming the kids; the log names them once with the KEK they need.
+func TestServe_WrongKEKIsNotReadyNamingTheKid(t *testing.T) {
 	env := baseEnv(t, testDB.Fresh(t))
 	mustRun(t, env, "migrate", "up")
 	inst := startServe(t, env)
 	if err := inst.stop(); err != nil {
 		t.Fatal(err)
 	}
-	active := kidIn(keyStates(t, env), "active")
+	states := keyStates(t, env)
+	active := kidIn(states, "active")
 
-	wrong := with(env, "PORTAL_KEK", newKEKBase64(t))
-	logs, err := startServeErr(t, wrong)
-	if err == nil {
-		t.Fatalf("serve started with the wrong KEK\n%s", logs)
+	wrong := startServe(t, with(env, "PORTAL_KEK", newKEKBase64(t)))
+	status, _, body := httpGet(t, wrong.URL+"/readyz")
+	if status != 503 || !strings.Contains(string(body), active) {
+		t.Fatalf("readyz with the wrong KEK: %d %s, want 503 naming the active key %s", status, body, active)
+	}
+	if kids := jwksKids(t, wrong.URL+"/.well-known/jwks.json"); len(kids) != 0 {
+		t.Fatalf("JWKS with the wrong KEK: %v, want no key published", kids)
 	}
 	oldID := keys.KEKIDFor(decodeB64(t, env["PORTAL_KEK"]))
-	if !strings.Contains(err.Error(), "open kid ") || !strings.Contains(err.Error(), oldID) {
-		t.Fatalf("error %q should name a kid that did not open and the KEK it needs (%s)", err, oldID)
-	}
-	states := keyStates(t, env)
-	named := false
+	logs := wrong.Logs.String()
 	for kid := range states {
-		named = named || strings.Contains(err.Error(), kid)
+		if n := strings.Count(logs, `"kid":"`+kid+`"`); n != 1 || !strings.Contains(logs, oldID) {
+			t.Fatalf("the log should name kid %s once and the KEK it needs (%s); it does %d times:\n%s", kid, oldID, n, logs)
+		}
 	}
-	if !named {
-		t.Fatalf("error %q names none of the kids %v (active %s)", err, states, active)
+}
+
+// TestServe_StartsWhenAnotherIssuerIsBroken flips a byte of a second
+// issuer's active key: serve starts, the default issuer serves, and
+// /readyz answers 200 naming the broken issuer and kid.
+func TestServe_StartsWhenAnotherIssuerIsBroken(t *testing.T) {
+	env := baseEnv(t, testDB.Fresh(t))
+	mustRun(t, env, "migrate", "up")
+	mustRun(t, env, "issuers", "add", "--slug", "second", "--client-id", "portal-second", "--fhir-base-url", "https://fhir.example.org/fhir")
+	broken := kidIn(keyStates(t, env, "--issuer", "second"), "active")
+	pool := connectTest(t, env["DATABASE_URL"])
+	if _, err := pool.Exec(context.Background(), `UPDATE signing_keys SET sealed_private = sealed_private || '\x00'::bytea WHERE kid = $1`, broken); err != nil {
+		t.Fatal(err)
+	}
+	inst := startServe(t, env)
+	status, _, body := httpGet(t, inst.URL+"/readyz")
+	if status != 200 || !strings.Contains(string(body), `"second"`) || !strings.Contains(string(body), broken) {
+		t.Fatalf("readyz with issuer second broken: %d %s, want 200 naming second and %s", status, body, broken)
+	}
+	if kids := jwksKids(t, inst.URL+"/.well-known/jwks.json"); len(kids) != 2 {
+		t.Fatalf("default JWKS: %v", kids)
+	}
+	if kids := jwksKids(t, inst.URL+"/issuers/second/jwks.json"); slices.Contains(kids, broken) {
+		t.Fatalf("issuer second publishes its broken key: %v", kids)
 	}
 }
 
@@ -289,4 +320,15 @@ func decodeB64(t testing.TB, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// connectTest opens a pool on the test database, closed when the test ends.
+func connectTest(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := postgres.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }

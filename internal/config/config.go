@@ -1,6 +1,6 @@
 // Package config turns the environment into a validated Config. It is the one
 // place that knows the variable names, their defaults and the safety rules
-// between them (DESIGN 2.3, 2.6); a bad value is reported as one line naming
+// between them (docs/ARCHITECTURE.md, "Key lifecycle" and "Decisions"); a bad value is reported as one line naming
 // the variable and the rule.
 package config
 
@@ -45,10 +45,17 @@ type Config struct {
 	RotationCheckInterval time.Duration // how often each instance checks for due rotations
 	JWKSMaxAge            time.Duration // Cache-Control max-age of the JWKS
 	KeyringRefresh        time.Duration // poll interval of the keyring, beside NOTIFY
-	TokenLifetime         time.Duration // exp - iat of launch tokens, at most 300 s
-	TicketLifetime        time.Duration // how long a launch link may be followed
-	ShutdownTimeout       time.Duration // how long in-flight requests may finish at shutdown
-	LogLevel              slog.Level    // the lowest level logged
+	// KeyringMaxStaleness is how long a keyring may go without a successful
+	// refresh before it stops signing; the timing rules use it.
+	KeyringMaxStaleness time.Duration
+	TokenLifetime       time.Duration // exp - iat of launch tokens, at most 300 s
+	// IATBackdate is how far before the signing moment a launch token's iat
+	// is set, for verifiers whose clocks run a little behind: 0 to 30 s,
+	// whole seconds, less than half the token lifetime.
+	IATBackdate     time.Duration
+	TicketLifetime  time.Duration // how long a launch link may be followed
+	ShutdownTimeout time.Duration // how long in-flight requests may finish at shutdown
+	LogLevel        slog.Level    // the lowest level logged
 
 	// AllowHTTPModules permits plain-http module launch URLs on public
 	// hosts (loopback hosts are always allowed); development only.
@@ -58,14 +65,15 @@ type Config struct {
 	FrameAncestors string
 	// TrustedProxies are the networks whose X-Forwarded-For is believed.
 	TrustedProxies []*net.IPNet
-	// MetricsAddr, when set, serves /metrics on its own listener (and not
-	// on the public one).
+	// MetricsAddr is the address of the listener that serves /metrics (and
+	// nothing else); empty means /metrics is served on ListenAddr
+	// (PORTAL_METRICS_ADDR=public).
 	MetricsAddr string
 }
 
 // Limits are the service-wide durations every issuer's policy must respect.
 func (c Config) Limits() keys.TimingLimits {
-	return keys.TimingLimits{JWKSMaxAge: c.JWKSMaxAge, RefreshInterval: c.KeyringRefresh, TokenLifetime: c.TokenLifetime}
+	return keys.TimingLimits{JWKSMaxAge: c.JWKSMaxAge, MaxStaleness: c.KeyringMaxStaleness, TokenLifetime: c.TokenLifetime}
 }
 
 // Error names the variable whose value breaks a rule.
@@ -93,33 +101,48 @@ func Variables() []Variable {
 		{"PORTAL_PUBLIC_URL", "(required; dev: http://localhost:<port>)", "how browsers and modules reach this service; https unless the host is loopback"},
 		{"PORTAL_DEFAULT_ISSUER", "default", "slug of the default issuer, whose JWKS is /.well-known/jwks.json"},
 		{"PORTAL_CLIENT_ID", "(required; dev: portal-dev)", "Koppeltaal client_id of the default issuer: the JWT iss claim"},
-		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss"},
+		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss; https (http only on loopback), no user info, query or fragment"},
+		{"PORTAL_ISSUER_PROFILE", "koppeltaal", "default issuer's profile: koppeltaal (RS512, RS384 or ES384: what the Koppeltaal auth server accepts) or hti (plain HTI modules verifying tokens themselves: any algorithm)"},
 		{"PORTAL_KEK", "(required outside dev)", "key-encryption key: base64 of 32 random bytes (openssl rand -base64 32)"},
 		{"PORTAL_KEKS", "", "KEK ring instead of PORTAL_KEK: base64,base64 — the first seals, all open; ids are derived from the keys"},
 		{"PORTAL_DEV_KEK_FILE", ".dev/kek", "dev only: file holding the generated development KEK"},
-		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384, PS256, PS384, PS512, ES256 or ES384"},
+		{"PORTAL_SIGNING_ALG", "RS512", "default issuer's algorithm: RS512, RS384 or ES384; with PORTAL_ISSUER_PROFILE=hti also PS256, PS384, PS512 or ES256"},
 		{"PORTAL_RSA_KEY_BITS", "2048", "default issuer's RSA key size: 2048, 3072 or 4096"},
 		{"PORTAL_ROTATION_PERIOD", "24h", "how long a key signs before the next one takes over; at least the publish lead"},
-		{"PORTAL_PUBLISH_LEAD", "1h", "how long a next key is published before it signs; at least JWKS max-age + keyring refresh"},
-		{"PORTAL_RETIRE_GRACE", "1h", "how long a retired key stays published; at least token lifetime + JWKS max-age + keyring refresh"},
+		{"PORTAL_PUBLISH_LEAD", "1h", "how long a next key is published before it signs; at least JWKS max-age + keyring max staleness"},
+		{"PORTAL_RETIRE_GRACE", "1h", "how long a retired key stays published; at least token lifetime + JWKS max-age + keyring max staleness"},
 		{"PORTAL_ROTATION_CHECK_INTERVAL", "1m", "how often each instance checks whether a rotation is due"},
 		{"PORTAL_JWKS_MAX_AGE", "60s", "Cache-Control max-age of the JWKS (whole seconds, 1s to 1h)"},
 		{"PORTAL_KEYRING_REFRESH", "30s", "how often each instance reloads keys even without a notification"},
+		{"PORTAL_KEYRING_MAX_STALENESS", "90s", "how long an instance signs without reloading its keys; then /readyz answers 503 and it stops signing; more than PORTAL_KEYRING_REFRESH"},
 		{"PORTAL_LAUNCH_TOKEN_TTL", "300s", "lifetime of a launch token (exp - iat), at most 300s"},
+		{"PORTAL_TOKEN_IAT_BACKDATE", "5s", "how far before signing a launch token's iat is set, for verifiers with slow clocks: 0s to 30s, whole seconds, less than half PORTAL_LAUNCH_TOKEN_TTL"},
 		{"PORTAL_TICKET_TTL", "120s", "lifetime of a one-time launch link, at most 10m"},
 		{"PORTAL_SHUTDOWN_TIMEOUT", "15s", "how long a stopping instance lets in-flight requests finish"},
 		{"PORTAL_LOG_LEVEL", "info", "debug, info, warn or error"},
-		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it)"},
+		{"PORTAL_DEMO", "false", "serve the demo portal at / and a demo module at /demo/module/ (make run sets it); only with PORTAL_DEV=true"},
 		{"PORTAL_ALLOW_HTTP_MODULES", "false", "allow plain-http module launch URLs on public hosts (development only; loopback is always allowed)"},
 		{"PORTAL_FRAME_ANCESTORS", "'none'", "CSP frame-ancestors of the launch page: 'none', 'self' or https origins, space-separated"},
 		{"PORTAL_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For gives the client address"},
-		{"PORTAL_METRICS_ADDR", "", "serve /metrics on this address only (e.g. 127.0.0.1:9090) instead of on PORTAL_LISTEN_ADDR"},
+		{"PORTAL_METRICS_ADDR", ":9464", "address of the listener serving /metrics only; public serves /metrics on PORTAL_LISTEN_ADDR instead"},
 	}
 }
 
 // Load reads and validates the configuration from getenv. It returns the
 // first broken rule as an *Error.
 func Load(getenv func(string) string) (Config, error) {
+	return load(getenv, true)
+}
+
+// LoadWithoutKEK is Load for commands that never open or seal private keys
+// (listing issuers and keys, modules, API keys, launches): PORTAL_KEK and
+// PORTAL_KEKS are not required, though a given one is still checked. KEKs
+// may then be empty.
+func LoadWithoutKEK(getenv func(string) string) (Config, error) {
+	return load(getenv, false)
+}
+
+func load(getenv func(string) string, needKEK bool) (Config, error) {
 	p := parser{getenv: getenv}
 	var c Config
 	c.Dev = p.bool("PORTAL_DEV", false)
@@ -130,16 +153,24 @@ func Load(getenv func(string) string) (Config, error) {
 	c.RotationCheckInterval = p.duration("PORTAL_ROTATION_CHECK_INTERVAL", time.Minute)
 	c.JWKSMaxAge = p.duration("PORTAL_JWKS_MAX_AGE", 60*time.Second)
 	c.KeyringRefresh = p.duration("PORTAL_KEYRING_REFRESH", 30*time.Second)
+	c.KeyringMaxStaleness = p.duration("PORTAL_KEYRING_MAX_STALENESS", 90*time.Second)
 	c.TokenLifetime = p.duration("PORTAL_LAUNCH_TOKEN_TTL", 300*time.Second)
 	c.TicketLifetime = p.duration("PORTAL_TICKET_TTL", 120*time.Second)
 	c.ShutdownTimeout = p.duration("PORTAL_SHUTDOWN_TIMEOUT", 15*time.Second)
 	c.AllowHTTPModules = p.bool("PORTAL_ALLOW_HTTP_MODULES", false)
 	c.FrameAncestors = p.str("PORTAL_FRAME_ANCESTORS", "'none'")
-	c.MetricsAddr = p.str("PORTAL_METRICS_ADDR", "")
+	c.MetricsAddr = p.str("PORTAL_METRICS_ADDR", ":9464")
+	if c.MetricsAddr == "public" {
+		c.MetricsAddr = ""
+	}
+	c.IATBackdate = p.duration("PORTAL_TOKEN_IAT_BACKDATE", 5*time.Second)
 	if p.err != nil {
 		return Config{}, p.err
 	}
 
+	if c.Demo && !c.Dev {
+		return Config{}, &Error{"PORTAL_DEMO", "needs PORTAL_DEV=true: the demo's launch route is unauthenticated and would sign with production keys"}
+	}
 	if c.DatabaseURL == "" {
 		return Config{}, &Error{"DATABASE_URL", "required: a PostgreSQL connection string such as postgres://portal@localhost:5432/portal"}
 	}
@@ -168,7 +199,7 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, &Error{"PORTAL_PUBLIC_URL", err.Error()}
 	}
 
-	if err := c.loadKEKs(getenv); err != nil {
+	if err := c.loadKEKs(getenv, needKEK); err != nil {
 		return Config{}, err
 	}
 
@@ -178,10 +209,10 @@ func Load(getenv func(string) string) (Config, error) {
 
 	if c.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
-			return Config{}, &Error{"PORTAL_METRICS_ADDR", fmt.Sprintf("%q must be host:port or :port", c.MetricsAddr)}
+			return Config{}, &Error{"PORTAL_METRICS_ADDR", fmt.Sprintf("%q must be host:port, :port or public", c.MetricsAddr)}
 		}
 		if c.MetricsAddr == c.ListenAddr {
-			return Config{}, &Error{"PORTAL_METRICS_ADDR", "must differ from PORTAL_LISTEN_ADDR (leave it empty to serve /metrics there)"}
+			return Config{}, &Error{"PORTAL_METRICS_ADDR", "must differ from PORTAL_LISTEN_ADDR (set it to public to serve /metrics there)"}
 		}
 	}
 	if err := checkFrameAncestors(c.FrameAncestors); err != nil {
@@ -212,11 +243,20 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.TokenLifetime%time.Second != 0 {
 		return Config{}, &Error{"PORTAL_LAUNCH_TOKEN_TTL", fmt.Sprintf("%s must be whole seconds (exp and iat are whole seconds)", c.TokenLifetime)}
 	}
+	if c.IATBackdate < 0 || c.IATBackdate > 30*time.Second || c.IATBackdate%time.Second != 0 {
+		return Config{}, &Error{"PORTAL_TOKEN_IAT_BACKDATE", fmt.Sprintf("%s must be whole seconds from 0s to 30s (iat is whole seconds)", c.IATBackdate)}
+	}
+	if 2*c.IATBackdate >= c.TokenLifetime {
+		return Config{}, &Error{"PORTAL_TOKEN_IAT_BACKDATE", fmt.Sprintf("%s must be less than half of PORTAL_LAUNCH_TOKEN_TTL (%s): a backdated token must still live long enough", c.IATBackdate, c.TokenLifetime)}
+	}
 	if c.JWKSMaxAge < time.Second || c.JWKSMaxAge > time.Hour || c.JWKSMaxAge%time.Second != 0 {
 		return Config{}, &Error{"PORTAL_JWKS_MAX_AGE", fmt.Sprintf("%s must be whole seconds from 1s to 1h (TOP-KT-020 suggests 60s)", c.JWKSMaxAge)}
 	}
 	if c.KeyringRefresh < 100*time.Millisecond {
 		return Config{}, &Error{"PORTAL_KEYRING_REFRESH", fmt.Sprintf("%s must be at least 100ms", c.KeyringRefresh)}
+	}
+	if c.KeyringMaxStaleness <= c.KeyringRefresh {
+		return Config{}, &Error{"PORTAL_KEYRING_MAX_STALENESS", fmt.Sprintf("%s must be more than PORTAL_KEYRING_REFRESH (%s): an instance that polls on time must never be stale", c.KeyringMaxStaleness, c.KeyringRefresh)}
 	}
 	if c.RotationCheckInterval < 100*time.Millisecond {
 		return Config{}, &Error{"PORTAL_ROTATION_CHECK_INTERVAL", fmt.Sprintf("%s must be at least 100ms", c.RotationCheckInterval)}
@@ -228,11 +268,12 @@ func Load(getenv func(string) string) (Config, error) {
 		return Config{}, &Error{"PORTAL_SHUTDOWN_TIMEOUT", fmt.Sprintf("%s must be more than 0 and at most 5m", c.ShutdownTimeout)}
 	}
 
-	// The default issuer, with the timing rules of DESIGN 2.3.
+	// The default issuer, with the timing rules of docs/ARCHITECTURE.md, "Key lifecycle".
 	is := keys.Issuer{
 		Slug:        p.str("PORTAL_DEFAULT_ISSUER", "default"),
 		ClientID:    p.str("PORTAL_CLIENT_ID", devDefault("portal-dev")),
 		FHIRBaseURL: p.str("PORTAL_FHIR_BASE_URL", devDefault("https://fhir.koppeltaal.example/fhir")),
+		Profile:     keys.Profile(p.str("PORTAL_ISSUER_PROFILE", string(keys.DefaultProfile))),
 		Alg:         keys.Algorithm(p.str("PORTAL_SIGNING_ALG", string(keys.DefaultAlgorithm))),
 		RSABits:     p.int("PORTAL_RSA_KEY_BITS", keys.DefaultRSABits),
 		Policy: keys.Policy{
@@ -268,6 +309,7 @@ var issuerFieldVar = map[string]string{
 	"slug":            "PORTAL_DEFAULT_ISSUER",
 	"client_id":       "PORTAL_CLIENT_ID",
 	"fhir_base_url":   "PORTAL_FHIR_BASE_URL",
+	"profile":         "PORTAL_ISSUER_PROFILE",
 	"alg":             "PORTAL_SIGNING_ALG",
 	"rsa_bits":        "PORTAL_RSA_KEY_BITS",
 	"rotation_period": "PORTAL_ROTATION_PERIOD",
@@ -318,18 +360,13 @@ func checkFrameAncestors(s string) error {
 }
 
 // IsLoopbackHost reports whether host names this machine: localhost or a
-// loopback IP address.
-func IsLoopbackHost(host string) bool {
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
+// loopback IP address. The rule is keys.IsLoopbackHost, which the FHIR base
+// URL of an issuer follows too.
+func IsLoopbackHost(host string) bool { return keys.IsLoopbackHost(host) }
 
 // loadKEKs reads PORTAL_KEK or PORTAL_KEKS. In development mode both may be
 // absent; the caller then uses the development KEK file.
-func (c *Config) loadKEKs(getenv func(string) string) error {
+func (c *Config) loadKEKs(getenv func(string) string, needKEK bool) error {
 	single, ring := strings.TrimSpace(getenv("PORTAL_KEK")), strings.TrimSpace(getenv("PORTAL_KEKS"))
 	switch {
 	case single != "" && ring != "":
@@ -354,7 +391,7 @@ func (c *Config) loadKEKs(getenv func(string) string) error {
 			seen[id] = true
 			c.KEKs = append(c.KEKs, keys.KEK{ID: id, Key: key})
 		}
-	case !c.Dev:
+	case !c.Dev && needKEK:
 		return &Error{"PORTAL_KEK", "required outside development mode: base64 of 32 random bytes (openssl rand -base64 32), or set PORTAL_KEKS"}
 	}
 	return nil

@@ -36,6 +36,9 @@ func TestLoad_ProductionDefaults(t *testing.T) {
 	if p.RotationPeriod != 24*time.Hour || p.PublishLead != time.Hour || p.RetireGrace != time.Hour {
 		t.Errorf("default policy %+v", p)
 	}
+	if c.KeyringMaxStaleness != 90*time.Second {
+		t.Errorf("default max staleness %s, want 90s", c.KeyringMaxStaleness)
+	}
 	if c.JWKSMaxAge != 60*time.Second || c.KeyringRefresh != 30*time.Second || c.TokenLifetime != 300*time.Second || c.TicketLifetime != 120*time.Second {
 		t.Errorf("default timings: max-age %s, refresh %s, token %s, ticket %s", c.JWKSMaxAge, c.KeyringRefresh, c.TokenLifetime, c.TicketLifetime)
 	}
@@ -103,6 +106,20 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"fhir base missing", nil, []string{"PORTAL_FHIR_BASE_URL"}, "PORTAL_FHIR_BASE_URL", "required"},
 		{"fhir base relative", map[string]string{"PORTAL_FHIR_BASE_URL": "/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "absolute"},
 		{"fhir base ftp", map[string]string{"PORTAL_FHIR_BASE_URL": "ftp://fhir.example/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "https"},
+		{"fhir base plain http", map[string]string{"PORTAL_FHIR_BASE_URL": "http://evil.test/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "https"},
+		{"fhir base user info", map[string]string{"PORTAL_FHIR_BASE_URL": "https://user:pw@f.test/fhir"}, nil, "PORTAL_FHIR_BASE_URL", "user info"},
+		{"fhir base query", map[string]string{"PORTAL_FHIR_BASE_URL": "https://f.test/fhir?x=1"}, nil, "PORTAL_FHIR_BASE_URL", "query"},
+		{"fhir base fragment", map[string]string{"PORTAL_FHIR_BASE_URL": "https://f.test/fhir#x"}, nil, "PORTAL_FHIR_BASE_URL", "fragment"},
+		{"profile unknown", map[string]string{"PORTAL_ISSUER_PROFILE": "smart"}, nil, "PORTAL_ISSUER_PROFILE", "koppeltaal or hti"},
+		{"koppeltaal issuer with ES256", map[string]string{"PORTAL_SIGNING_ALG": "ES256"}, nil, "PORTAL_SIGNING_ALG", "Koppeltaal auth server"},
+		{"koppeltaal issuer with PS256", map[string]string{"PORTAL_SIGNING_ALG": "PS256", "PORTAL_ISSUER_PROFILE": "koppeltaal"}, nil, "PORTAL_SIGNING_ALG", "profile hti"},
+		{"demo without dev", map[string]string{"PORTAL_DEMO": "true"}, nil, "PORTAL_DEMO", "PORTAL_DEV=true"},
+		{"iat backdate too long", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "31s"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "0s to 30s"},
+		{"iat backdate negative", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "-1s"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "0s to 30s"},
+		{"iat backdate fraction", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "1500ms"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "whole seconds"},
+		{"iat backdate vs short ttl", map[string]string{"PORTAL_TOKEN_IAT_BACKDATE": "10s", "PORTAL_LAUNCH_TOKEN_TTL": "20s"}, nil, "PORTAL_TOKEN_IAT_BACKDATE", "half"},
+		{"metrics addr without port", map[string]string{"PORTAL_METRICS_ADDR": "metrics.internal"}, nil, "PORTAL_METRICS_ADDR", "public"},
+		{"metrics addr is the listener", map[string]string{"PORTAL_METRICS_ADDR": ":8080"}, nil, "PORTAL_METRICS_ADDR", "differ"},
 		{"issuer slug", map[string]string{"PORTAL_DEFAULT_ISSUER": "My Portal"}, nil, "PORTAL_DEFAULT_ISSUER", "lower-case"},
 		{"kek missing", nil, []string{"PORTAL_KEK"}, "PORTAL_KEK", "required outside development"},
 		{"kek not base64", map[string]string{"PORTAL_KEK": "not base64!"}, nil, "PORTAL_KEK", "base64"},
@@ -131,12 +148,15 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"frame ancestors injection", map[string]string{"PORTAL_FRAME_ANCESTORS": "https://a.example; script-src *"}, nil, "PORTAL_FRAME_ANCESTORS", "origin"},
 		{"frame ancestors none plus", map[string]string{"PORTAL_FRAME_ANCESTORS": "'none' https://a.example"}, nil, "PORTAL_FRAME_ANCESTORS", "cannot be combined"},
 		{"trusted proxies", map[string]string{"PORTAL_TRUSTED_PROXIES": "10.0.0.0/8, proxy.internal"}, nil, "PORTAL_TRUSTED_PROXIES", "CIDR"},
-		// DESIGN 2.3: publish lead ≥ JWKS max-age + refresh interval.
-		{"publish lead below max-age + refresh", map[string]string{"PORTAL_PUBLISH_LEAD": "89s"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring refresh"},
-		{"publish lead vs raised max-age", map[string]string{"PORTAL_JWKS_MAX_AGE": "1h"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring refresh"},
-		// DESIGN 2.3: retire grace ≥ token lifetime + max-age + refresh.
-		{"retire grace below the sum", map[string]string{"PORTAL_RETIRE_GRACE": "389s"}, nil, "PORTAL_RETIRE_GRACE", "token lifetime + JWKS max-age + keyring refresh"},
-		{"retire grace vs slow refresh", map[string]string{"PORTAL_KEYRING_REFRESH": "59m"}, nil, "PORTAL_RETIRE_GRACE", "keyring refresh"},
+		{"max staleness not above refresh", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "30s"}, nil, "PORTAL_KEYRING_MAX_STALENESS", "more than PORTAL_KEYRING_REFRESH"},
+		{"max staleness below a slow refresh", map[string]string{"PORTAL_KEYRING_REFRESH": "2m"}, nil, "PORTAL_KEYRING_MAX_STALENESS", "more than PORTAL_KEYRING_REFRESH"},
+		{"max staleness not a duration", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "long"}, nil, "PORTAL_KEYRING_MAX_STALENESS", "Go duration"},
+		// docs/ARCHITECTURE.md, "Key lifecycle": publish lead ≥ JWKS max-age + max staleness.
+		{"publish lead below max-age + staleness", map[string]string{"PORTAL_PUBLISH_LEAD": "149s"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring max staleness"},
+		{"publish lead vs raised max-age", map[string]string{"PORTAL_JWKS_MAX_AGE": "1h"}, nil, "PORTAL_PUBLISH_LEAD", "JWKS max-age + keyring max staleness"},
+		// docs/ARCHITECTURE.md, "Key lifecycle": retire grace ≥ token lifetime + max-age + max staleness.
+		{"retire grace below the sum", map[string]string{"PORTAL_RETIRE_GRACE": "449s"}, nil, "PORTAL_RETIRE_GRACE", "token lifetime + JWKS max-age + keyring max staleness"},
+		{"retire grace vs large staleness", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "59m"}, nil, "PORTAL_RETIRE_GRACE", "keyring max staleness"},
 		{"rotation period below lead", map[string]string{"PORTAL_ROTATION_PERIOD": "30m"}, nil, "PORTAL_ROTATION_PERIOD", "shorter than the publish lead"},
 		{"rotation period not a duration", map[string]string{"PORTAL_ROTATION_PERIOD": "daily"}, nil, "PORTAL_ROTATION_PERIOD", "Go duration"},
 	}
@@ -169,12 +189,72 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 
 func TestLoad_RulesAtTheirBoundariesPass(t *testing.T) {
 	env := production()
-	env["PORTAL_PUBLISH_LEAD"] = "90s"  // 60s + 30s
-	env["PORTAL_RETIRE_GRACE"] = "390s" // 300s + 60s + 30s
-	env["PORTAL_ROTATION_PERIOD"] = "90s"
+	env["PORTAL_PUBLISH_LEAD"] = "150s" // 60s + 90s
+	env["PORTAL_RETIRE_GRACE"] = "450s" // 300s + 60s + 90s
+	env["PORTAL_ROTATION_PERIOD"] = "150s"
+	env["PORTAL_KEYRING_MAX_STALENESS"] = "90s"
 	env["PORTAL_LAUNCH_TOKEN_TTL"] = "300s"
 	if _, err := Load(getenv(env)); err != nil {
 		t.Fatalf("values exactly at the limits were refused: %v", err)
+	}
+}
+
+func TestLoad_HTIIssuerMayUseEveryAlgorithm(t *testing.T) {
+	for _, alg := range []string{"RS512", "RS384", "PS256", "PS384", "PS512", "ES256", "ES384"} {
+		env := production()
+		env["PORTAL_ISSUER_PROFILE"], env["PORTAL_SIGNING_ALG"] = "hti", alg
+		c, err := Load(getenv(env))
+		if err != nil || c.DefaultIssuer.Profile != "hti" {
+			t.Errorf("hti issuer with %s: %v", alg, err)
+		}
+	}
+	c, err := Load(getenv(production()))
+	if err != nil || c.DefaultIssuer.Profile != "koppeltaal" {
+		t.Fatalf("default profile: %q, %v", c.DefaultIssuer.Profile, err)
+	}
+}
+
+func TestLoad_LoopbackFHIRBaseURLMayUseHTTP(t *testing.T) {
+	for _, u := range []string{"http://localhost:8080/fhir", "http://127.0.0.1/fhir", "http://[::1]:8080/fhir"} {
+		env := production()
+		env["PORTAL_FHIR_BASE_URL"] = u
+		if _, err := Load(getenv(env)); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+}
+
+func TestLoad_MetricsAddrAndBackdate(t *testing.T) {
+	c, err := Load(getenv(production()))
+	if err != nil || c.MetricsAddr != ":9464" || c.IATBackdate != 5*time.Second {
+		t.Fatalf("defaults: metrics %q, backdate %s, %v", c.MetricsAddr, c.IATBackdate, err)
+	}
+	env := production()
+	env["PORTAL_METRICS_ADDR"], env["PORTAL_TOKEN_IAT_BACKDATE"] = "public", "0s"
+	if c, err = Load(getenv(env)); err != nil || c.MetricsAddr != "" || c.IATBackdate != 0 {
+		t.Fatalf("public metrics, no backdate: %q, %s, %v", c.MetricsAddr, c.IATBackdate, err)
+	}
+	env = production()
+	env["PORTAL_DEMO"], env["PORTAL_DEV"] = "true", "true"
+	if _, err := Load(getenv(env)); err != nil {
+		t.Fatalf("demo in development mode: %v", err)
+	}
+}
+
+func TestLoadWithoutKEK(t *testing.T) {
+	env := production()
+	delete(env, "PORTAL_KEK")
+	c, err := LoadWithoutKEK(getenv(env))
+	if err != nil || len(c.KEKs) != 0 {
+		t.Fatalf("without a KEK: %v, %d KEKs", err, len(c.KEKs))
+	}
+	if _, err := Load(getenv(env)); err == nil {
+		t.Fatal("Load accepted a production environment without a KEK")
+	}
+	env["PORTAL_KEK"] = "not base64!"
+	var ce *Error
+	if _, err := LoadWithoutKEK(getenv(env)); !errors.As(err, &ce) || ce.Var != "PORTAL_KEK" {
+		t.Fatalf("a malformed KEK given to LoadWithoutKEK: %v", err)
 	}
 }
 

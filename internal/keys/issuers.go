@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
 // Issuer is a signing identity of the portal: the Koppeltaal client_id that
@@ -19,8 +22,9 @@ import (
 // field, and how its keys are made and rotated.
 type Issuer struct {
 	Slug        string    // short name in URLs and commands, e.g. "default"
-	ClientID    string    // JWT iss (DESIGN 1.1): the Koppeltaal client_id
-	FHIRBaseURL string    // form field iss (DESIGN 1.2): the Koppeltaal FHIR base
+	ClientID    string    // JWT iss: the Koppeltaal client_id (docs/ARCHITECTURE.md, "The launch token")
+	FHIRBaseURL string    // form field iss: the Koppeltaal FHIR base (docs/ARCHITECTURE.md, "Launch flow")
+	Profile     Profile   // koppeltaal, or hti for point-to-point modules
 	Alg         Algorithm // algorithm of new keys
 	RSABits     int       // modulus size of new RSA keys
 	Policy      Policy    // how its keys rotate
@@ -29,7 +33,52 @@ type Issuer struct {
 	UpdatedAt   time.Time // when its settings last changed
 }
 
-// Policy is an issuer's rotation schedule (DESIGN 2.3).
+// Profile says which verifiers an issuer's tokens are for, and so which
+// algorithms it may sign with.
+type Profile string
+
+// The issuer profiles.
+const (
+	// ProfileKoppeltaal issuers sign for modules that verify through the
+	// Koppeltaal domain's auth server, which accepts RS384, ES384 and RS512
+	// only (docs/ARCHITECTURE.md, "Decisions").
+	ProfileKoppeltaal Profile = "koppeltaal"
+	// ProfileHTI issuers sign for plain HTI 2.0 modules that verify the
+	// token themselves, point to point: any of the seven algorithms.
+	ProfileHTI Profile = "hti"
+)
+
+// DefaultProfile is the profile of an issuer that names none.
+const DefaultProfile = ProfileKoppeltaal
+
+// ParseProfile returns the Profile named s, or an error naming the two.
+func ParseProfile(s string) (Profile, error) {
+	switch Profile(s) {
+	case ProfileKoppeltaal, ProfileHTI:
+		return Profile(s), nil
+	}
+	return "", fmt.Errorf("%q is not a profile (koppeltaal or hti)", s)
+}
+
+// KoppeltaalAlgorithms are the algorithms a Koppeltaal issuer may use: what
+// the domain's auth server accepts (docs/ARCHITECTURE.md, "Decisions").
+func KoppeltaalAlgorithms() []Algorithm { return []Algorithm{RS512, RS384, ES384} }
+
+// Allows reports whether an issuer of the profile may sign with alg.
+func (p Profile) Allows(alg Algorithm) bool {
+	if p == ProfileHTI {
+		_, err := ParseAlgorithm(string(alg))
+		return err == nil
+	}
+	for _, a := range KoppeltaalAlgorithms() {
+		if a == alg {
+			return true
+		}
+	}
+	return false
+}
+
+// Policy is an issuer's rotation schedule (docs/ARCHITECTURE.md, "Key lifecycle").
 type Policy struct {
 	// RotationPeriod is how long a key stays active before the next one takes over.
 	RotationPeriod time.Duration
@@ -41,11 +90,11 @@ type Policy struct {
 
 // TimingLimits are the service-wide durations every rotation policy must
 // respect: how long verifiers may cache a JWKS, how stale an instance's
-// keyring may be, and how long a token lives.
+// keyring may be before it stops signing, and how long a token lives.
 type TimingLimits struct {
-	JWKSMaxAge      time.Duration // Cache-Control max-age of the JWKS
-	RefreshInterval time.Duration // how stale an instance's keyring may get
-	TokenLifetime   time.Duration // exp - iat of every token
+	JWKSMaxAge    time.Duration // Cache-Control max-age of the JWKS
+	MaxStaleness  time.Duration // how long an instance's keyring may lag the database
+	TokenLifetime time.Duration // exp - iat of every token
 }
 
 // PolicyError says which policy field breaks which rule.
@@ -57,17 +106,21 @@ type PolicyError struct {
 // Error names the policy field and the rule it breaks.
 func (e *PolicyError) Error() string { return e.Field + ": " + e.Reason }
 
-// Validate checks the timing rules of DESIGN 2.3 against the service limits.
+// Validate checks the timing rules of docs/ARCHITECTURE.md, "Key
+// lifecycle" against the service limits. An instance may lag the database
+// by up to the maximum staleness (it stops signing after that), so the
+// rules use it rather than the refresh interval.
 func (p Policy) Validate(l TimingLimits) error {
-	// A verifier that fetched the JWKS just before a next key appeared must
-	// find it by the time the key signs.
-	if minLead := l.JWKSMaxAge + l.RefreshInterval; p.PublishLead < minLead {
-		return &PolicyError{"publish_lead", fmt.Sprintf("%s is shorter than JWKS max-age + keyring refresh interval (%s + %s = %s): a verifier could meet a token before it can see its key", p.PublishLead, l.JWKSMaxAge, l.RefreshInterval, minLead)}
+	// A verifier that fetched the JWKS just before a next key appeared, from
+	// an instance that had not seen it yet, must find it by the time the key
+	// signs.
+	if minLead := l.JWKSMaxAge + l.MaxStaleness; p.PublishLead < minLead {
+		return &PolicyError{"publish_lead", fmt.Sprintf("%s is shorter than JWKS max-age + keyring max staleness (%s + %s = %s): a verifier could meet a token before it can see its key", p.PublishLead, l.JWKSMaxAge, l.MaxStaleness, minLead)}
 	}
 	// Every token signed by a key must stay verifiable until it expires,
 	// including tokens an instance signs before it notices the rotation.
-	if minGrace := l.TokenLifetime + l.JWKSMaxAge + l.RefreshInterval; p.RetireGrace < minGrace {
-		return &PolicyError{"retire_grace", fmt.Sprintf("%s is shorter than token lifetime + JWKS max-age + keyring refresh interval (%s + %s + %s = %s): tokens could outlive their key in the JWKS", p.RetireGrace, l.TokenLifetime, l.JWKSMaxAge, l.RefreshInterval, minGrace)}
+	if minGrace := l.TokenLifetime + l.JWKSMaxAge + l.MaxStaleness; p.RetireGrace < minGrace {
+		return &PolicyError{"retire_grace", fmt.Sprintf("%s is shorter than token lifetime + JWKS max-age + keyring max staleness (%s + %s + %s = %s): tokens could outlive their key in the JWKS", p.RetireGrace, l.TokenLifetime, l.JWKSMaxAge, l.MaxStaleness, minGrace)}
 	}
 	if p.RotationPeriod <= 0 {
 		return &PolicyError{"rotation_period", "must be positive"}
@@ -82,7 +135,7 @@ func (p Policy) Validate(l TimingLimits) error {
 
 // IssuerError says which issuer field is invalid and why.
 type IssuerError struct {
-	Field  string // "slug", "client_id", "fhir_base_url", "alg", "rsa_bits" or a policy field
+	Field  string // "slug", "client_id", "fhir_base_url", "profile", "alg", "rsa_bits" or a policy field
 	Reason string // the rule it breaks
 }
 
@@ -106,8 +159,14 @@ func (is Issuer) Validate(l TimingLimits) error {
 	if err := ValidateFHIRBaseURL(is.FHIRBaseURL); err != nil {
 		return &IssuerError{"fhir_base_url", err.Error()}
 	}
+	if _, err := ParseProfile(string(is.Profile)); err != nil {
+		return &IssuerError{"profile", err.Error()}
+	}
 	if _, err := ParseAlgorithm(string(is.Alg)); err != nil {
 		return &IssuerError{"alg", err.Error()}
+	}
+	if !is.Profile.Allows(is.Alg) {
+		return &IssuerError{"alg", fmt.Sprintf("%s is not accepted by the Koppeltaal auth server (RS384, ES384 or RS512); an issuer for plain HTI modules verifying tokens themselves may use it with profile hti", is.Alg)}
 	}
 	if !ValidRSABits(is.RSABits) {
 		return &IssuerError{"rsa_bits", fmt.Sprintf("%d is not 2048, 3072 or 4096", is.RSABits)}
@@ -140,21 +199,39 @@ func ValidateClientID(s string) error {
 	return nil
 }
 
-// ValidateFHIRBaseURL checks the FHIR base URL of a Koppeltaal domain: an
-// absolute http(s) URL without query or fragment. Modules forward it to the
-// auth server, which compares it as a string with its own FHIR base.
+// ValidateFHIRBaseURL checks the FHIR base URL of a Koppeltaal domain with
+// the rules of a module's URL: absolute https (plain http only on a
+// loopback host), no user info, no query or fragment. Modules forward it to
+// the auth server, which compares it as a string with its own FHIR base
+// (docs/ARCHITECTURE.md, "Launch flow").
 func ValidateFHIRBaseURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || !u.IsAbs() || u.Host == "" {
+	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
 		return fmt.Errorf("%q must be an absolute URL such as https://fhir.example.org/fhir", s)
 	}
-	if u.Scheme != "https" && u.Scheme != "http" {
-		return fmt.Errorf("%q must use https (or http for development)", s)
+	if u.User != nil {
+		return fmt.Errorf("%q must not contain user info", s)
 	}
-	if u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(s, " \t\n") {
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(s, " \t\r\n#") {
 		return fmt.Errorf("%q must not have a query, fragment or spaces", s)
 	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
+	default:
+		return fmt.Errorf("%q must use https (plain http only on a loopback host)", s)
+	}
 	return nil
+}
+
+// IsLoopbackHost reports whether host names this machine: localhost or a
+// loopback IP address. It is the one loopback rule of the service.
+func IsLoopbackHost(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ErrIssuerNotFound means no issuer has the given slug.
@@ -163,21 +240,21 @@ var ErrIssuerNotFound = errors.New("issuer not found")
 // ErrIssuerExists means an issuer with that slug or client_id already exists.
 var ErrIssuerExists = errors.New("issuer already exists")
 
-const issuerColumns = `slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
+const issuerColumns = `slug, client_id, fhir_base_url, profile, signing_alg, rsa_key_bits,
 	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at`
 
 func scanIssuer(row pgx.Row) (Issuer, error) {
 	var (
 		is                  Issuer
-		alg                 string
+		alg, profile        string
 		period, lead, grace int64
 	)
-	err := row.Scan(&is.Slug, &is.ClientID, &is.FHIRBaseURL, &alg, &is.RSABits,
+	err := row.Scan(&is.Slug, &is.ClientID, &is.FHIRBaseURL, &profile, &alg, &is.RSABits,
 		&period, &lead, &grace, &is.IsDefault, &is.CreatedAt, &is.UpdatedAt)
 	if err != nil {
 		return Issuer{}, err
 	}
-	is.Alg = Algorithm(alg)
+	is.Alg, is.Profile = Algorithm(alg), Profile(profile)
 	is.Policy = Policy{
 		RotationPeriod: time.Duration(period) * time.Millisecond,
 		PublishLead:    time.Duration(lead) * time.Millisecond,
@@ -195,10 +272,11 @@ const sqlClearOtherDefault = `UPDATE issuers SET is_default = false, updated_at 
 
 const sqlUpsertDefaultIssuer = `
 INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9)
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9, $10)
 ON CONFLICT (slug) DO UPDATE SET
 	client_id = EXCLUDED.client_id,
+	profile = EXCLUDED.profile,
 	fhir_base_url = EXCLUDED.fhir_base_url,
 	signing_alg = EXCLUDED.signing_alg,
 	rsa_key_bits = EXCLUDED.rsa_key_bits,
@@ -207,19 +285,19 @@ ON CONFLICT (slug) DO UPDATE SET
 	retire_grace_ms = EXCLUDED.retire_grace_ms,
 	is_default = true,
 	updated_at = CASE WHEN (issuers.client_id, issuers.fhir_base_url, issuers.signing_alg, issuers.rsa_key_bits,
-			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default)
+			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default, issuers.profile)
 		IS DISTINCT FROM (EXCLUDED.client_id, EXCLUDED.fhir_base_url, EXCLUDED.signing_alg, EXCLUDED.rsa_key_bits,
-			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true)
+			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true, EXCLUDED.profile)
 		THEN EXCLUDED.updated_at ELSE issuers.updated_at END`
 
 const sqlInsertIssuer = `
 INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9)`
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9, $10)`
 
 const sqlUpdateIssuer = `
 UPDATE issuers SET client_id = $2, fhir_base_url = $3, signing_alg = $4, rsa_key_bits = $5,
-	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9
+	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9, profile = $10
 WHERE slug = $1`
 
 const sqlSelectIssuer = `SELECT ` + issuerColumns + ` FROM issuers WHERE slug = $1`
@@ -229,14 +307,14 @@ const sqlSelectIssuers = `SELECT ` + issuerColumns + ` FROM issuers ORDER BY is_
 func issuerArgs(is Issuer, now time.Time) []any {
 	return []any{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Alg), is.RSABits,
 		is.Policy.RotationPeriod.Milliseconds(), is.Policy.PublishLead.Milliseconds(),
-		is.Policy.RetireGrace.Milliseconds(), now.UTC()}
+		is.Policy.RetireGrace.Milliseconds(), now.UTC(), string(is.Profile)}
 }
 
 // UpsertDefaultIssuer creates or updates the default issuer from the
 // service configuration, and makes it the only default one. Several
 // instances may call it at once.
 func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Time) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, issuerConfigLock); err != nil {
 			return err
 		}
@@ -248,6 +326,7 @@ func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Tim
 		}
 		return notifyChange(ctx, tx, is.Slug)
 	})
+	return postgres.Error(fmt.Sprintf("configure default issuer %q", is.Slug), err)
 }
 
 // notifyChange tells every instance to reload the issuer (delivered at commit).
@@ -265,7 +344,7 @@ func (s *Store) CreateIssuer(ctx context.Context, is Issuer, now time.Time) erro
 		return notifyChange(ctx, tx, is.Slug)
 	})
 	if err != nil {
-		return fmt.Errorf("create issuer %q: %w", is.Slug, err)
+		return postgres.Error(fmt.Sprintf("create issuer %q", is.Slug), err)
 	}
 	return nil
 }
@@ -285,7 +364,7 @@ func (s *Store) UpdateIssuer(ctx context.Context, is Issuer, now time.Time) erro
 		return notifyChange(ctx, tx, is.Slug)
 	})
 	if err != nil {
-		return fmt.Errorf("update issuer %q: %w", is.Slug, err)
+		return postgres.Error(fmt.Sprintf("update issuer %q", is.Slug), err)
 	}
 	return nil
 }
@@ -297,7 +376,7 @@ func (s *Store) Issuer(ctx context.Context, slug string) (Issuer, error) {
 		return Issuer{}, fmt.Errorf("issuer %q: %w", slug, ErrIssuerNotFound)
 	}
 	if err != nil {
-		return Issuer{}, fmt.Errorf("read issuer %q: %w", slug, err)
+		return Issuer{}, postgres.Error(fmt.Sprintf("read issuer %q", slug), err)
 	}
 	return is, nil
 }
@@ -306,11 +385,11 @@ func (s *Store) Issuer(ctx context.Context, slug string) (Issuer, error) {
 func (s *Store) Issuers(ctx context.Context) ([]Issuer, error) {
 	rows, err := s.pool.Query(ctx, sqlSelectIssuers)
 	if err != nil {
-		return nil, fmt.Errorf("list issuers: %w", err)
+		return nil, postgres.Error("list issuers", err)
 	}
 	list, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Issuer, error) { return scanIssuer(r) })
 	if err != nil {
-		return nil, fmt.Errorf("list issuers: %w", err)
+		return nil, postgres.Error("list issuers", err)
 	}
 	return list, nil
 }

@@ -26,11 +26,11 @@ func jwksOrder(ks []Key) {
 	})
 }
 
-// buildJWKS serializes the public keys as a JWK Set (DESIGN 1.3). Each stored
-// JWK is parsed again and reduced to its public part, so a private member
-// that somehow reached the table can never be published. A key whose
-// stored JWK is unreadable is left out (and reported); the others are
-// published. The bytes depend only on the keys, so every instance serves the
+// buildJWKS serializes the public keys as a JWK Set (docs/ARCHITECTURE.md,
+// "The JWKS"). Each JWK (derived from the opened private key by the
+// keyring) is parsed again and reduced to its public part, so a private
+// member can never be published. A key whose JWK is unreadable is left out
+// (and reported); the others are published. The bytes depend only on the keys, so every instance serves the
 // same body and ETag. It returns the keys it published.
 func buildJWKS(published []Key) (JWKS, []Key, error) {
 	ks := append([]Key(nil), published...)

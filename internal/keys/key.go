@@ -12,8 +12,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 
 // Algorithm is a JWS signature algorithm an issuer may sign launch tokens with.
 // HMAC and "none" are deliberately absent: a verifier must never be able to
-// check a token with a shared secret (DESIGN 1.1).
+// check a token with a shared secret (docs/ARCHITECTURE.md, "The launch token").
 type Algorithm string
 
 // The algorithms an issuer may choose. RS512 is the default because the
@@ -88,7 +89,8 @@ func (a Algorithm) jwa() jwa.SignatureAlgorithm { return jwa.SignatureAlgorithm(
 // ValidRSABits reports whether n is an RSA modulus size an issuer may use.
 func ValidRSABits(n int) bool { return n == 2048 || n == 3072 || n == 4096 }
 
-// State is where a signing key is in its lifecycle (DESIGN 2.3).
+// State is where a signing key is in its lifecycle (docs/ARCHITECTURE.md,
+// "Key lifecycle").
 type State string
 
 // The states of a signing key.
@@ -161,15 +163,17 @@ type generatedKey struct {
 	publicJWK json.RawMessage
 }
 
-// newKid returns a random key id of 128 bits, base64url without padding.
-// Ids are random rather than derived from the key so that they reveal nothing
-// and, being the table's primary key, are never reused.
+// newKid returns a random key id of 128 bits as 32 lower-case hex digits.
+// Ids are random rather than derived from the key so that they reveal
+// nothing and, being the table's primary key, are never reused; hex never
+// starts with "-", so a kid is never read as a command-line flag. Older
+// base64url kids stay valid everywhere (docs/ARCHITECTURE.md, "Data model").
 func newKid() (string, error) {
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("read random kid: %w", err)
 	}
-	return base64.RawURLEncoding.EncodeToString(b), nil
+	return hex.EncodeToString(b), nil
 }
 
 // generateKey creates a new key pair for alg (RSA keys with rsaBits bits).
@@ -211,7 +215,8 @@ func generateKey(alg Algorithm, rsaBits int) (*generatedKey, error) {
 }
 
 // publicJWK renders the public half of a key as a JWK with exactly the
-// members DESIGN 1.3 allows: kty, kid, use, alg and the public parameters.
+// members docs/ARCHITECTURE.md, "The JWKS" allows: kty, kid, use, alg and the
+// public parameters.
 func publicJWK(pub crypto.PublicKey, kid string, alg Algorithm) (json.RawMessage, error) {
 	k, err := publicJWKKey(pub, kid, alg)
 	if err != nil {
@@ -254,8 +259,13 @@ func marshalPrivate(k crypto.Signer) ([]byte, error) {
 	return der, nil
 }
 
-// parsePrivate decodes a PKCS#8 private key and checks it fits alg.
-func parsePrivate(der []byte, alg Algorithm) (crypto.Signer, error) {
+// ErrKeyMismatch means a sealed private key opened but is not the key its
+// row describes: another type, curve or size than the row's alg and
+// key_bits, or another key than its stored public JWK.
+var ErrKeyMismatch = errors.New("private key does not match its row")
+
+// parsePrivate decodes a PKCS#8 private key and checks it fits alg and bits.
+func parsePrivate(der []byte, alg Algorithm, bits int) (crypto.Signer, error) {
 	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
 		return nil, fmt.Errorf("decode private key: %w", err)
@@ -263,16 +273,60 @@ func parsePrivate(der []byte, alg Algorithm) (crypto.Signer, error) {
 	switch k := k.(type) {
 	case *rsa.PrivateKey:
 		if !alg.IsRSA() {
-			return nil, fmt.Errorf("decode private key: RSA key for %s", alg)
+			return nil, fmt.Errorf("RSA key for %s", alg)
+		}
+		if n := k.N.BitLen(); n != bits || !ValidRSABits(n) {
+			return nil, fmt.Errorf("RSA key of %d bits for key_bits %d", n, bits)
 		}
 		k.Precompute()
 		return k, nil
 	case *ecdsa.PrivateKey:
 		curve, ok := alg.curve()
 		if !ok || k.Curve != curve {
-			return nil, fmt.Errorf("decode private key: ECDSA key on %s for %s", k.Curve.Params().Name, alg)
+			return nil, fmt.Errorf("ECDSA key on %s for %s", k.Curve.Params().Name, alg)
+		}
+		if n := curve.Params().BitSize; n != bits {
+			return nil, fmt.Errorf("ECDSA key of %d bits for key_bits %d", n, bits)
 		}
 		return k, nil
 	}
-	return nil, fmt.Errorf("decode private key: unsupported type %T", k)
+	return nil, fmt.Errorf("unsupported key type %T", k)
+}
+
+// openStored unseals a stored key and checks that it is the key its row
+// describes: the private key must fit the row's alg and key_bits, and the
+// public key derived from it must have the RFC 7638 thumbprint of the stored
+// public_jwk. It returns the private key and the public JWK derived from
+// it, which is what gets published: the stored column is only a cache that
+// must agree (docs/ARCHITECTURE.md, "Key integrity").
+func openStored(s *Sealer, sk storedKey) (crypto.Signer, json.RawMessage, error) {
+	if _, err := ParseAlgorithm(string(sk.Alg)); err != nil {
+		return nil, nil, fmt.Errorf("open kid %s of issuer %q: %w: %w", sk.Kid, sk.Issuer, ErrKeyMismatch, err)
+	}
+	der, err := s.Open(sk.KEKID, sk.binding(), sk.sealed)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer clear(der)
+	priv, err := parsePrivate(der, sk.Alg, sk.Bits)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open kid %s of issuer %q: %w: %w", sk.Kid, sk.Issuer, ErrKeyMismatch, err)
+	}
+	derived, err := publicJWK(priv.Public(), sk.Kid, sk.Alg)
+	if err != nil {
+		return nil, nil, err
+	}
+	got, err := thumbprint(derived)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open kid %s of issuer %q: %w", sk.Kid, sk.Issuer, err)
+	}
+	want, err := thumbprint(sk.PublicJWK)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open kid %s of issuer %q: %w: stored public JWK: %w", sk.Kid, sk.Issuer, ErrKeyMismatch, err)
+	}
+	if got != want {
+		return nil, nil, fmt.Errorf("open kid %s of issuer %q: %w: the stored public JWK has thumbprint %s, the private key's is %s (RFC 7638)",
+			sk.Kid, sk.Issuer, ErrKeyMismatch, want, got)
+	}
+	return priv, derived, nil
 }

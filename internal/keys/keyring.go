@@ -3,13 +3,13 @@ package keys
 import (
 	"context"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,34 +20,102 @@ import (
 // signer and the serialized JWKS. Refresh rebuilds it from the database and
 // swaps it in atomically; Signer and JWKS read it without touching the
 // database, so signing and JWKS requests keep working while the database is
-// away.
+// away — for at most the maximum staleness, after which the keyring no
+// longer signs (a revoked key must not stay in service behind a partition).
+//
+// Only keys this instance can sign with are published: the JWK of each key
+// is derived from its opened private key (docs/ARCHITECTURE.md, "Key
+// integrity"). A key row that does not open as its row describes is
+// refused: not published, never used, logged once.
 type Keyring struct {
 	store  *Store
 	sealer *Sealer
 	now    func() time.Time
 	log    *slog.Logger
 
-	refreshMu sync.Mutex  // one Refresh at a time
-	onEvent   func(Event) // guarded by refreshMu
-	// opened maps a kid to its private key once unsealed; retired keys map
-	// to nil (proven to open, not kept). Guarded by refreshMu.
-	opened  map[string]crypto.Signer
-	current atomic.Pointer[ringSnapshot]
+	maxStaleness   time.Duration
+	refreshTimeout time.Duration
+	limits         TimingLimits // zero: issuers' policies are not checked
+
+	// refreshLock is a one-slot semaphore: one Refresh at a time, and a
+	// caller can give up waiting for it with its context.
+	refreshLock chan struct{}
+	onEvent     func(Event) // guarded by refreshLock
+	// opened maps a row's fingerprint to what opening it gave; guarded by
+	// refreshLock. A row that changes in any way is opened again.
+	opened       map[rowFingerprint]*openedRow
+	policyLogged map[string]string // issuer → the policy problem last logged; guarded by refreshLock
+	current      atomic.Pointer[ringSnapshot]
+}
+
+// openedRow is the outcome of opening one key row.
+type openedRow struct {
+	priv      crypto.Signer   // nil for retired keys (proven to open, not kept) and refused ones
+	publicJWK json.RawMessage // derived from the private key
+	err       error           // why the row was refused
+}
+
+// DefaultMaxStaleness is how long a keyring keeps signing without a
+// successful refresh when no other maximum is configured.
+const DefaultMaxStaleness = 90 * time.Second
+
+// DefaultRefreshTimeout bounds one refresh of the keyring, and each
+// database call of its LISTEN connection.
+const DefaultRefreshTimeout = 10 * time.Second
+
+// KeyringOption configures a Keyring.
+type KeyringOption func(*Keyring)
+
+// WithMaxStaleness sets how long the keyring may go without a successful
+// refresh before it refuses to sign and reports itself not ready.
+func WithMaxStaleness(d time.Duration) KeyringOption {
+	return func(k *Keyring) {
+		if d > 0 {
+			k.maxStaleness = d
+		}
+	}
+}
+
+// WithRefreshTimeout bounds each refresh and each database call of the
+// LISTEN connection.
+func WithRefreshTimeout(d time.Duration) KeyringOption {
+	return func(k *Keyring) {
+		if d > 0 {
+			k.refreshTimeout = d
+		}
+	}
+}
+
+// WithTimingLimits makes every refresh check each issuer's rotation policy
+// against the service limits: an issuer that breaks a rule is reported not
+// ready, naming the rule.
+func WithTimingLimits(l TimingLimits) KeyringOption {
+	return func(k *Keyring) { k.limits = l }
 }
 
 // ringSnapshot is one immutable state of the keyring.
 type ringSnapshot struct {
 	issuers       map[string]*issuerRing
 	defaultIssuer string
-	loadedAt      time.Time
+	loadedAt      time.Time // when the database was last read successfully
 }
 
 // issuerRing is one issuer's part of a snapshot.
 type issuerRing struct {
 	issuer    Issuer
-	signer    *Signer // nil when the issuer has no active key
+	signer    *Signer // nil when the issuer has no usable active key
 	jwks      JWKS
 	published []Key
+	unusable  []UnusableKey
+	notReady  []string // why the issuer is not ready; empty when it is
+}
+
+// UnusableKey is a key row this instance refused: it is neither published
+// nor used.
+type UnusableKey struct {
+	Kid    string // the key id
+	State  State  // the row's state
+	Reason string // why it was refused
 }
 
 // JWKS is an issuer's JWK Set, serialized once per change, with its strong
@@ -68,7 +136,8 @@ type Signer struct {
 }
 
 // Sign returns the compact JWS of payload with the header alg, kid and
-// typ: JWT (DESIGN 1.1: kid is required, no jku or x5u).
+// typ: JWT (docs/ARCHITECTURE.md, "The launch token": kid is required, no
+// jku or x5u).
 func (s *Signer) Sign(payload []byte) ([]byte, error) {
 	hdr := jws.NewHeaders()
 	if err := hdr.Set(jws.KeyIDKey, s.Kid); err != nil {
@@ -94,21 +163,25 @@ const (
 	// EventRevocation: a key left the JWKS before its time (the active key
 	// vanished, or a retired key before its grace ended).
 	EventRevocation EventKind = "revocation"
+	// EventRefused: a key row did not open as its row describes, so this
+	// instance neither publishes nor uses it (reported once per row
+	// content).
+	EventRefused EventKind = "refused"
 )
 
 // Event is a change of an issuer's keys that this keyring observed on a
 // refresh, whichever instance or command made it.
 type Event struct {
 	Issuer string    // the issuer whose keys changed
-	Kind   EventKind // rotation or revocation
-	Kid    string    // the key retired or revoked
+	Kind   EventKind // rotation, revocation or refused
+	Kid    string    // the key retired, revoked or refused
 }
 
 // OnEvent registers fn to see every key change the keyring observes (for
 // metrics). Call it before the first Refresh.
 func (k *Keyring) OnEvent(fn func(Event)) {
-	k.refreshMu.Lock()
-	defer k.refreshMu.Unlock()
+	k.refreshLock <- struct{}{}
+	defer func() { <-k.refreshLock }()
 	k.onEvent = fn
 }
 
@@ -121,29 +194,55 @@ var ErrNoActiveKey = errors.New("issuer has no active signing key")
 // ErrNotLoaded means the keyring has not been loaded from the database yet.
 var ErrNotLoaded = errors.New("keyring not loaded yet")
 
+// ErrKeyringStale means the keyring has not been refreshed successfully
+// for longer than the maximum staleness: it may not know of a revocation,
+// so it does not sign. Signer wraps it together with ErrNoActiveKey.
+var ErrKeyringStale = errors.New("keyring is stale")
+
 // NewKeyring returns an empty keyring; call Refresh before use.
-func NewKeyring(store *Store, sealer *Sealer, clock func() time.Time, logger *slog.Logger) *Keyring {
-	return &Keyring{store: store, sealer: sealer, now: clock, log: logger, opened: map[string]crypto.Signer{}}
+func NewKeyring(store *Store, sealer *Sealer, clock func() time.Time, logger *slog.Logger, opts ...KeyringOption) *Keyring {
+	k := &Keyring{store: store, sealer: sealer, now: clock, log: logger,
+		maxStaleness: DefaultMaxStaleness, refreshTimeout: DefaultRefreshTimeout,
+		refreshLock: make(chan struct{}, 1), opened: map[rowFingerprint]*openedRow{}, policyLogged: map[string]string{}}
+	for _, o := range opts {
+		o(k)
+	}
+	return k
+}
+
+// MaxStaleness is how long the keyring signs without a successful refresh.
+func (k *Keyring) MaxStaleness() time.Duration { return k.maxStaleness }
+
+// fresh returns an error wrapping ErrKeyringStale when the snapshot is
+// older than the maximum staleness.
+func (k *Keyring) fresh(snap *ringSnapshot) error {
+	if age := k.now().Sub(snap.loadedAt); age > k.maxStaleness {
+		return fmt.Errorf("%w: keys last loaded %s ago, more than the maximum staleness %s", ErrKeyringStale, age.Round(time.Millisecond), k.maxStaleness)
+	}
+	return nil
 }
 
 // Signer returns the signer of an issuer's active key; an empty slug means
-// the default issuer.
+// the default issuer. It refuses when the keyring is stale.
 func (k *Keyring) Signer(issuer string) (*Signer, error) {
-	ir, err := k.issuer(issuer)
+	snap, ir, err := k.issuer(issuer)
 	if err != nil {
 		return nil, err
 	}
+	if err := k.fresh(snap); err != nil {
+		return nil, fmt.Errorf("issuer %q: %w: %w", ir.issuer.Slug, ErrNoActiveKey, err)
+	}
 	if ir.signer == nil {
-		return nil, fmt.Errorf("issuer %q: %w", ir.issuer.Slug, ErrNoActiveKey)
+		return nil, fmt.Errorf("issuer %q: %w (%s)", ir.issuer.Slug, ErrNoActiveKey, strings.Join(ir.notReady, "; "))
 	}
 	return ir.signer, nil
 }
 
 // ActiveSigners returns the signer of every issuer that has one, all from
-// the same snapshot.
+// the same snapshot; none when the keyring is stale.
 func (k *Keyring) ActiveSigners() []*Signer {
 	snap := k.current.Load()
-	if snap == nil {
+	if snap == nil || k.fresh(snap) != nil {
 		return nil
 	}
 	out := make([]*Signer, 0, len(snap.issuers))
@@ -156,9 +255,9 @@ func (k *Keyring) ActiveSigners() []*Signer {
 }
 
 // JWKS returns an issuer's published key set; an empty slug means the
-// default issuer.
+// default issuer. A stale keyring still serves it: verifiers need it.
 func (k *Keyring) JWKS(issuer string) (JWKS, error) {
-	ir, err := k.issuer(issuer)
+	_, ir, err := k.issuer(issuer)
 	if err != nil {
 		return JWKS{}, err
 	}
@@ -168,36 +267,41 @@ func (k *Keyring) JWKS(issuer string) (JWKS, error) {
 // Issuer returns an issuer's settings as last loaded; an empty slug means
 // the default issuer.
 func (k *Keyring) Issuer(slug string) (Issuer, error) {
-	ir, err := k.issuer(slug)
+	_, ir, err := k.issuer(slug)
 	if err != nil {
 		return Issuer{}, err
 	}
 	return ir.issuer, nil
 }
 
-func (k *Keyring) issuer(slug string) (*issuerRing, error) {
+func (k *Keyring) issuer(slug string) (*ringSnapshot, *issuerRing, error) {
 	snap := k.current.Load()
 	if snap == nil {
-		return nil, ErrNotLoaded
+		return nil, nil, ErrNotLoaded
 	}
 	if slug == "" {
 		slug = snap.defaultIssuer
 	}
 	ir, ok := snap.issuers[slug]
 	if !ok {
-		return nil, fmt.Errorf("issuer %q: %w", slug, ErrUnknownIssuer)
+		return nil, nil, fmt.Errorf("issuer %q: %w", slug, ErrUnknownIssuer)
 	}
-	return ir, nil
+	return snap, ir, nil
 }
 
 // IssuerStatus is what the keyring knows of one issuer's keys, for probes
 // and metrics.
 type IssuerStatus struct {
-	Slug         string    // the issuer
-	ActiveKid    string    // empty when the issuer has no active key
-	ActiveSince  time.Time // when the active key started signing
-	NextRotation time.Time // when the active key is due to be replaced
-	Published    int       // keys in the JWKS
+	Slug         string        // the issuer
+	Default      bool          // the issuer served at /.well-known/jwks.json
+	ActiveKid    string        // empty when the issuer has no usable active key
+	ActiveSince  time.Time     // when the active key started signing
+	NextRotation time.Time     // when the active key is due to be replaced
+	Published    int           // keys in the JWKS
+	CanSign      bool          // a usable active key and a fresh keyring
+	Ready        bool          // CanSign, no refused key and a policy within the limits
+	Reasons      []string      // why the issuer is not ready
+	Unusable     []UnusableKey // refused key rows
 }
 
 // Status describes every issuer in the current snapshot, default first.
@@ -206,59 +310,183 @@ func (k *Keyring) Status() []IssuerStatus {
 	if snap == nil {
 		return nil
 	}
+	stale := k.fresh(snap)
 	var out []IssuerStatus
 	for _, ir := range snap.issuers {
-		st := IssuerStatus{Slug: ir.issuer.Slug, Published: len(ir.published)}
+		st := IssuerStatus{Slug: ir.issuer.Slug, Default: ir.issuer.Slug == snap.defaultIssuer, Published: len(ir.published),
+			Reasons: slices.Clone(ir.notReady), Unusable: slices.Clone(ir.unusable)}
 		if ir.signer != nil {
 			st.ActiveKid, st.ActiveSince = ir.signer.Kid, ir.signer.ActiveSince
 			st.NextRotation = ir.signer.ActiveSince.Add(ir.issuer.Policy.RotationPeriod)
 		}
+		if stale != nil {
+			st.Reasons = append(st.Reasons, stale.Error())
+		}
+		st.CanSign = ir.signer != nil && stale == nil
+		st.Ready = st.CanSign && len(st.Reasons) == 0
 		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool {
-		if (out[i].Slug == snap.defaultIssuer) != (out[j].Slug == snap.defaultIssuer) {
-			return out[i].Slug == snap.defaultIssuer
+		if out[i].Default != out[j].Default {
+			return out[i].Default
 		}
 		return out[i].Slug < out[j].Slug
 	})
 	return out
 }
 
-// Ready returns nil when the keyring is loaded and every issuer has an
-// active key; otherwise an error that says which issuers cannot sign.
+// Staleness is how long ago the keyring was last refreshed successfully;
+// ok is false before the first refresh.
+func (k *Keyring) Staleness() (age time.Duration, ok bool) {
+	snap := k.current.Load()
+	if snap == nil {
+		return 0, false
+	}
+	return k.now().Sub(snap.loadedAt), true
+}
+
+// ReadinessError says why the keyring is not ready: not loaded, stale, or
+// which issuers are not ready and why. Critical tells whether the instance
+// as a whole cannot serve (the /readyz probe answers 503) or only some
+// issuers are affected.
+type ReadinessError struct {
+	Loaded         bool                // the keyring was loaded at least once
+	Stale          error               // non-nil when older than the maximum staleness
+	DefaultIssuer  string              // the default issuer's slug; empty when there is none
+	DefaultCanSign bool                // the default issuer has a usable active key (or, without one, there are issuers)
+	Issuers        map[string][]string // each issuer that is not ready, and why
+}
+
+// Critical reports whether the instance cannot sign for its default issuer:
+// not loaded, stale, or the default issuer has no usable active key.
+func (e *ReadinessError) Critical() bool { return !e.Loaded || e.Stale != nil || !e.DefaultCanSign }
+
+// Error names every reason, the default issuer first.
+func (e *ReadinessError) Error() string {
+	var parts []string
+	switch {
+	case !e.Loaded:
+		return ErrNotLoaded.Error()
+	case e.Stale != nil:
+		parts = append(parts, e.Stale.Error())
+	}
+	if !e.DefaultCanSign && len(e.Issuers) == 0 {
+		parts = append(parts, "no issuer configured")
+	}
+	slugs := make([]string, 0, len(e.Issuers))
+	for slug := range e.Issuers {
+		slugs = append(slugs, slug)
+	}
+	sort.Slice(slugs, func(i, j int) bool {
+		if (slugs[i] == e.DefaultIssuer) != (slugs[j] == e.DefaultIssuer) {
+			return slugs[i] == e.DefaultIssuer
+		}
+		return slugs[i] < slugs[j]
+	})
+	for _, slug := range slugs {
+		parts = append(parts, fmt.Sprintf("issuer %q: %s", slug, strings.Join(e.Issuers[slug], "; ")))
+	}
+	return "not ready: " + strings.Join(parts, "; ")
+}
+
+// Unwrap gives the sentinels behind the reasons: ErrNotLoaded,
+// ErrKeyringStale and ErrNoActiveKey (the default issuer cannot sign).
+func (e *ReadinessError) Unwrap() []error {
+	var errs []error
+	if !e.Loaded {
+		errs = append(errs, ErrNotLoaded)
+	}
+	if e.Stale != nil {
+		errs = append(errs, ErrKeyringStale)
+	}
+	if !e.DefaultCanSign {
+		errs = append(errs, ErrNoActiveKey)
+	}
+	return errs
+}
+
+// Ready returns nil when the keyring is loaded and fresh and every issuer
+// is ready (a usable active key, no refused key, a policy within the
+// service limits); otherwise a *ReadinessError saying which issuers are not
+// ready and why.
 func (k *Keyring) Ready() error {
 	snap := k.current.Load()
 	if snap == nil {
-		return ErrNotLoaded
+		return &ReadinessError{}
 	}
-	var missing []string
+	e := &ReadinessError{Loaded: true, Stale: k.fresh(snap), DefaultIssuer: snap.defaultIssuer, Issuers: map[string][]string{}}
+	// Without a default issuer (tests, or before serve made one) the
+	// instance can serve as long as it has issuers.
+	e.DefaultCanSign = snap.defaultIssuer == "" && len(snap.issuers) > 0
 	for slug, ir := range snap.issuers {
-		if ir.signer == nil {
-			missing = append(missing, slug)
+		if slug == snap.defaultIssuer {
+			e.DefaultCanSign = ir.signer != nil
+		}
+		if len(ir.notReady) > 0 {
+			e.Issuers[slug] = slices.Clone(ir.notReady)
 		}
 	}
-	if len(missing) > 0 {
-		sort.Strings(missing)
-		return fmt.Errorf("%w: %s", ErrNoActiveKey, strings.Join(missing, ", "))
+	if e.Stale == nil && e.DefaultCanSign && len(e.Issuers) == 0 {
+		return nil
 	}
-	if len(snap.issuers) == 0 {
-		return errors.New("no issuer configured")
-	}
-	return nil
+	return e
 }
 
-// Refresh reloads every issuer's keys from the database and swaps in the new
-// snapshot. The JWKS is built from the stored public keys alone, so what is
-// published (and what is not: revoked and expired keys) always follows the
-// database. A private key that does not open under the configured KEKs is
-// an error naming its kid; if it is the issuer's active key, the issuer has
-// no signer on this instance (its launches answer 503 and /readyz says so)
-// rather than going on with an older key. When the database cannot be read
-// at all, the previous snapshot stays.
-func (k *Keyring) Refresh(ctx context.Context) error {
-	k.refreshMu.Lock()
-	defer k.refreshMu.Unlock()
+// RefreshProblems is what Refresh returns when it loaded the keys but some
+// issuers have problems: refused key rows, no usable active key, a policy
+// outside the service limits. The new snapshot is in use all the same; the
+// other issuers are unaffected.
+type RefreshProblems struct {
+	Issuers map[string][]error // per issuer, what is wrong
+}
 
+// Error lists the problems, issuer by issuer.
+func (p *RefreshProblems) Error() string {
+	slugs := make([]string, 0, len(p.Issuers))
+	for slug := range p.Issuers {
+		slugs = append(slugs, slug)
+	}
+	sort.Strings(slugs)
+	var parts []string
+	for _, slug := range slugs {
+		for _, err := range p.Issuers[slug] {
+			parts = append(parts, fmt.Sprintf("issuer %q: %v", slug, err))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Unwrap gives every problem, so errors.Is finds ErrOpenFailed and the like.
+func (p *RefreshProblems) Unwrap() []error {
+	var errs []error
+	for _, list := range p.Issuers {
+		errs = append(errs, list...)
+	}
+	return errs
+}
+
+// Refresh reloads every issuer's keys from the database and swaps in the
+// new snapshot. What is published (and what is not: revoked, expired and
+// refused keys) always follows the database. Each row is opened, and its
+// public JWK derived from the private key, whenever the row's content
+// changes; a row that does not open as it describes is refused, logged once
+// with issuer and kid. A refused active key leaves its issuer without a
+// signer (its launches answer 503 and /readyz names it) rather than going on
+// with an older key; other issuers are unaffected. The returned error is a
+// *RefreshProblems when the snapshot was swapped in with problems, and a
+// plain error when the database could not be read (the previous snapshot
+// stays, growing stale). Refresh waits for a refresh in progress only as
+// long as ctx allows, and takes at most the refresh timeout.
+func (k *Keyring) Refresh(ctx context.Context) error {
+	select {
+	case k.refreshLock <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("refresh keyring: wait for the refresh in progress: %w", ctx.Err())
+	}
+	defer func() { <-k.refreshLock }()
+
+	ctx, cancel := context.WithTimeout(ctx, k.refreshTimeout)
+	defer cancel()
 	issuers, stored, err := k.store.publishedKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("refresh keyring: %w", err)
@@ -269,35 +497,46 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 	for _, sk := range stored {
 		byIssuer[sk.Issuer] = append(byIssuer[sk.Issuer], sk)
 	}
-	keep := map[string]bool{}
-	var errs []error
+	keep := map[rowFingerprint]bool{}
+	problems := &RefreshProblems{Issuers: map[string][]error{}}
+	var events []Event
 	for _, is := range issuers {
 		if is.IsDefault {
 			snap.defaultIssuer = is.Slug
 		}
-		ir, issuerErrs := k.buildIssuer(is, byIssuer[is.Slug], now, keep)
-		errs = append(errs, issuerErrs...)
+		ir, issuerErrs, refused := k.buildIssuer(is, byIssuer[is.Slug], now, keep)
+		events = append(events, refused...)
+		if len(issuerErrs) > 0 {
+			problems.Issuers[is.Slug] = issuerErrs
+		}
 		snap.issuers[is.Slug] = ir
 	}
-	// Forget private keys that left the JWKS.
-	for kid := range k.opened {
-		if !keep[kid] {
-			delete(k.opened, kid)
+	// Forget rows that changed or left the JWKS.
+	for fp := range k.opened {
+		if !keep[fp] {
+			delete(k.opened, fp)
 		}
 	}
 	prev := k.current.Load()
 	k.current.Store(snap)
-	if k.onEvent != nil && prev != nil {
-		for _, e := range observedEvents(prev, snap) {
+	if k.onEvent != nil {
+		if prev != nil {
+			events = append(events, observedEvents(prev, snap)...)
+		}
+		for _, e := range events {
 			k.onEvent(e)
 		}
 	}
-	return errors.Join(errs...)
+	if len(problems.Issuers) > 0 {
+		return problems
+	}
+	return nil
 }
 
 // observedEvents compares two snapshots: an active key that is now retired
 // was rotated; an active key that vanished, or a retired key that left
-// before its grace ended, was revoked.
+// before its grace ended, was revoked. A key that is now refused did not
+// leave by a lifecycle change and is reported as refused instead.
 func observedEvents(prev, next *ringSnapshot) []Event {
 	var events []Event
 	for slug, was := range prev.issuers {
@@ -309,8 +548,15 @@ func observedEvents(prev, next *ringSnapshot) []Event {
 		for _, k := range is.published {
 			current[k.Kid] = k
 		}
+		refused := map[string]bool{}
+		for _, u := range is.unusable {
+			refused[u.Kid] = true
+		}
 		for _, k := range was.published {
 			after, still := current[k.Kid]
+			if refused[k.Kid] {
+				continue
+			}
 			switch {
 			case k.State == StateActive && still && after.State == StateRetired:
 				events = append(events, Event{slug, EventRotation, k.Kid})
@@ -324,14 +570,17 @@ func observedEvents(prev, next *ringSnapshot) []Event {
 	return events
 }
 
-// buildIssuer serializes an issuer's JWKS from the public keys and opens
-// the private keys: the active one to sign with, the others to prove early
-// that the KEK ring opens them.
-func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep map[string]bool) (*issuerRing, []error) {
+// buildIssuer opens an issuer's key rows (those it has not opened in this
+// exact form before), serializes its JWKS from the public keys derived from
+// the private ones, and decides whether the issuer is ready. It returns the
+// issuer's problems and an event for each row refused for the first time.
+func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep map[rowFingerprint]bool) (*issuerRing, []error, []Event) {
 	ir := &issuerRing{issuer: is}
 	var (
 		published []Key
 		errs      []error
+		events    []Event
+		active    string
 	)
 	for _, sk := range stored {
 		// A retired key past its grace leaves the JWKS even before the rotator
@@ -339,56 +588,87 @@ func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep
 		if sk.State == StateRetired && !now.Before(sk.ExpiresAt) {
 			continue
 		}
-		published = append(published, sk.Key)
-		keep[sk.Kid] = true
-		priv, err := k.open(sk)
-		if err != nil {
-			errs = append(errs, err)
+		if sk.State == StateActive {
+			active = sk.Kid
+		}
+		fp := sk.fingerprint()
+		keep[fp] = true
+		row, seen := k.opened[fp]
+		if !seen {
+			row = k.open(sk)
+			k.opened[fp] = row
+			if row.err != nil {
+				k.log.Error("signing key refused: not published and not used", "issuer", sk.Issuer, "kid", sk.Kid, "state", string(sk.State), "err", row.err)
+				events = append(events, Event{is.Slug, EventRefused, sk.Kid})
+			}
+		}
+		if row.err != nil {
+			ir.unusable = append(ir.unusable, UnusableKey{Kid: sk.Kid, State: sk.State, Reason: row.err.Error()})
+			errs = append(errs, row.err)
+			if sk.State == StateActive {
+				ir.notReady = append(ir.notReady, fmt.Sprintf("active key %s refused: %v", sk.Kid, row.err))
+			} else {
+				ir.notReady = append(ir.notReady, fmt.Sprintf("%s key %s refused: %v", sk.State, sk.Kid, row.err))
+			}
 			continue
 		}
+		pub := sk.Key
+		pub.PublicJWK = row.publicJWK
+		published = append(published, pub)
 		if sk.State == StateActive {
-			ir.signer = &Signer{Issuer: is, Kid: sk.Kid, Alg: sk.Alg, ActiveSince: sk.ActivatedAt, key: priv}
+			ir.signer = &Signer{Issuer: is, Kid: sk.Kid, Alg: sk.Alg, ActiveSince: sk.ActivatedAt, key: row.priv}
 		}
+	}
+	if active == "" {
+		ir.notReady = append(ir.notReady, "no active key")
+		errs = append(errs, ErrNoActiveKey)
 	}
 	jwks, good, err := buildJWKS(published)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("issuer %q: %w", is.Slug, err))
+		errs = append(errs, err)
 	}
 	ir.jwks, ir.published = jwks, good
 	// Never sign with a key verifiers cannot find.
 	if ir.signer != nil && !slices.ContainsFunc(good, func(k Key) bool { return k.Kid == ir.signer.Kid }) {
-		errs = append(errs, fmt.Errorf("issuer %q: active key %s is not in the JWKS; not signing with it", is.Slug, ir.signer.Kid))
+		errs = append(errs, fmt.Errorf("active key %s is not in the JWKS; not signing with it", ir.signer.Kid))
+		ir.notReady = append(ir.notReady, fmt.Sprintf("active key %s is not in the JWKS", ir.signer.Kid))
 		ir.signer = nil
 	}
-	return ir, errs
+	k.checkPolicy(is, ir, &errs)
+	return ir, errs, events
 }
 
-// open returns the private key of a stored key, unsealing it the first time
-// the keyring meets it. Only active and next keys keep their private part
-// in memory; a retired key is opened once, to prove the KEK ring still opens
-// it, and then only remembered as opened.
-func (k *Keyring) open(sk storedKey) (crypto.Signer, error) {
-	if priv, ok := k.opened[sk.Kid]; ok {
-		if sk.State != StateActive && sk.State != StateNext {
-			k.opened[sk.Kid] = nil // no longer signs: drop the private part
-			return nil, nil
-		}
-		if priv != nil {
-			return priv, nil
-		}
+// checkPolicy reports an issuer whose rotation policy breaks the service
+// limits as not ready (it keeps signing: its keys are sound, only the
+// timing of its rotations is at risk), logging each new problem once.
+func (k *Keyring) checkPolicy(is Issuer, ir *issuerRing, errs *[]error) {
+	if k.limits == (TimingLimits{}) {
+		return
 	}
-	der, err := k.sealer.Open(sk.KEKID, sk.Issuer, sk.Kid, sk.Alg, sk.sealed)
+	err := is.Policy.Validate(k.limits)
+	if err == nil {
+		delete(k.policyLogged, is.Slug)
+		return
+	}
+	reason := "policy " + err.Error()
+	ir.notReady = append(ir.notReady, reason)
+	*errs = append(*errs, err)
+	if k.policyLogged[is.Slug] != reason {
+		k.policyLogged[is.Slug] = reason
+		k.log.Error("issuer's rotation policy breaks the service timing limits; fix it with portal issuers update", "issuer", is.Slug, "err", err)
+	}
+}
+
+// open unseals a key row and derives its public JWK. Only active and next
+// keys keep their private part in memory; a retired key is opened to prove
+// it is sound and then only its public JWK is kept.
+func (k *Keyring) open(sk storedKey) *openedRow {
+	priv, pub, err := openStored(k.sealer, sk)
 	if err != nil {
-		return nil, err
+		return &openedRow{err: err}
 	}
-	priv, err := parsePrivate(der, sk.Alg)
-	if err != nil {
-		return nil, fmt.Errorf("open kid %s of issuer %q: %w", sk.Kid, sk.Issuer, err)
+	if sk.State != StateActive && sk.State != StateNext {
+		priv = nil
 	}
-	if sk.State == StateRetired {
-		k.opened[sk.Kid] = nil
-		return nil, nil
-	}
-	k.opened[sk.Kid] = priv
-	return priv, nil
+	return &openedRow{priv: priv, publicJWK: pub}
 }

@@ -16,7 +16,7 @@ func algSlug(prefix string, alg Algorithm) string {
 	return prefix + "-" + strings.ToLower(string(alg))
 }
 
-// privateMembers are the JWK members that must never be published (DESIGN 1.3).
+// privateMembers are the JWK members that must never be published (docs/ARCHITECTURE.md, "The JWKS").
 var privateMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
 func TestJWKS_PublicMembersOnlyForEveryAlgorithm(t *testing.T) {

@@ -7,27 +7,39 @@ import (
 	"log/slog"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
-// Rotator moves an issuer's keys through their lifecycle (DESIGN 2.3). Every
+// Rotator moves an issuer's keys through their lifecycle (docs/ARCHITECTURE.md,
+// "Key lifecycle"). Every
 // instance runs one on a timer and operators call it through commands; all
 // of them may act on one database at once. Each change takes a per-issuer
 // advisory lock, re-reads the keys inside the transaction and decides again,
 // so two rotators never rotate twice; new keys are generated before the
 // transaction opens, so the lock is never held during RSA generation.
 type Rotator struct {
-	store  *Store
-	sealer *Sealer
-	now    func() time.Time
-	log    *slog.Logger
+	store      *Store
+	sealer     *Sealer
+	now        func() time.Time
+	log        *slog.Logger
+	runTimeout time.Duration
 }
+
+// DefaultRotationRunTimeout bounds one scheduled rotation check of every
+// issuer, RSA key generation included.
+const DefaultRotationRunTimeout = 2 * time.Minute
 
 // NewRotator returns a Rotator that stores keys through store, seals them
 // with sealer and reads the time from clock.
 func NewRotator(store *Store, sealer *Sealer, clock func() time.Time, logger *slog.Logger) *Rotator {
-	return &Rotator{store: store, sealer: sealer, now: clock, log: logger}
+	return &Rotator{store: store, sealer: sealer, now: clock, log: logger, runTimeout: DefaultRotationRunTimeout}
+}
+
+// SetRunTimeout bounds each scheduled run of Run (all issuers together), so
+// that a database that stops answering cannot hold a run forever.
+func (r *Rotator) SetRunTimeout(d time.Duration) {
+	if d > 0 {
+		r.runTimeout = d
+	}
 }
 
 // Change reports what one rotator call did to an issuer's keys.
@@ -77,6 +89,12 @@ var ErrNoNextKey = errors.New("issuer has no next key")
 
 // ErrKeyNotRevocable means the key is already expired or revoked.
 var ErrKeyNotRevocable = errors.New("key is already expired or revoked")
+
+// ErrRotationTooSoon means a forced rotation was refused because the key
+// retired by the previous rotation is still inside its retire grace: forced
+// rotations would otherwise grow the JWKS without bound. Revocation is the
+// emergency path and is never refused for this.
+var ErrRotationTooSoon = errors.New("previous rotation too recent")
 
 // rotationMode says how insistent a rotation is.
 type rotationMode int
@@ -138,13 +156,18 @@ func planRotation(is Issuer, published []Key, now time.Time, mode rotationMode) 
 	}
 	// A next key made before the issuer changed algorithm or size would
 	// bring the old algorithm back at the next rotation: replace it.
-	if next != nil && (next.Alg != is.Alg || (is.Alg.IsRSA() && next.Bits != is.RSABits)) {
+	if next != nil && !fitsIssuer(is, *next) {
 		p.expire = append(p.expire, next.Kid)
 		next = nil
 	}
+	if active != nil && mode != scheduled {
+		if err := checkRotationNotTooSoon(is, published, now); err != nil {
+			return plan{}, err
+		}
+	}
 	if active == nil {
 		// A fresh issuer: nobody can have cached anything, so the first key
-		// signs at once (DESIGN 2.3).
+		// signs at once (docs/ARCHITECTURE.md, "Key lifecycle").
 		if next != nil {
 			p.activate = next.Kid
 		} else {
@@ -178,9 +201,35 @@ func planRotation(is Issuer, published []Key, now time.Time, mode rotationMode) 
 	return p, nil
 }
 
+// fitsIssuer reports whether a key has the issuer's current algorithm and size.
+func fitsIssuer(is Issuer, k Key) bool {
+	return k.Alg == is.Alg && (!is.Alg.IsRSA() || k.Bits == is.RSABits)
+}
+
+// checkRotationNotTooSoon refuses a forced rotation while the key retired by
+// the previous rotation is still published: each forced rotation adds a
+// retired key to the JWKS for the retire grace, so without this rule ten
+// forced rotations publish thirteen keys.
+func checkRotationNotTooSoon(is Issuer, published []Key, now time.Time) error {
+	var last *Key
+	for i := range published {
+		k := &published[i]
+		if k.State == StateRetired && now.Before(k.ExpiresAt) && (last == nil || k.RetiredAt.After(last.RetiredAt)) {
+			last = k
+		}
+	}
+	if last == nil {
+		return nil
+	}
+	return fmt.Errorf("rotate issuer %q: %w: key %s, retired at %s, stays published until %s (retire grace %s); a forced rotation is possible from then. To withdraw a compromised key now, use portal keys revoke",
+		is.Slug, ErrRotationTooSoon, last.Kid, last.RetiredAt.Format(time.RFC3339), last.ExpiresAt.Format(time.RFC3339), is.Policy.RetireGrace)
+}
+
 // planRevocation decides what revoking kid does: the key leaves at once; if
 // it was active, the next key (or a new one) takes over in the same
-// transaction so the issuer is never left without an active key.
+// transaction so the issuer is never left without an active key. A next key
+// that no longer fits the issuer's algorithm or size is replaced, as in
+// planRotation, rather than made active.
 func planRevocation(is Issuer, published []Key, now time.Time, kid string) (plan, error) {
 	p := plan{revoke: kid}
 	var target, active, next *Key
@@ -199,6 +248,10 @@ func planRevocation(is Issuer, published []Key, now time.Time, kid string) (plan
 	}
 	if target == nil {
 		return plan{}, fmt.Errorf("revoke key %s of issuer %q: %w", kid, is.Slug, ErrKeyNotRevocable)
+	}
+	if next != nil && !fitsIssuer(is, *next) {
+		p.expire = append(p.expire, next.Kid)
+		next = nil
 	}
 	if active == nil {
 		if next != nil {
@@ -286,7 +339,8 @@ func (r *Rotator) RotateAllIfDue(ctx context.Context) ([]Change, error) {
 }
 
 // Run calls RotateAllIfDue every interval until ctx ends, logging what it did.
-// The optional observe function sees every change (for metrics).
+// Each run is bounded by the run timeout. The optional observe function sees
+// every change (for metrics).
 func (r *Rotator) Run(ctx context.Context, interval time.Duration, observe func(Change)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -296,7 +350,9 @@ func (r *Rotator) Run(ctx context.Context, interval time.Duration, observe func(
 			return
 		case <-t.C:
 		}
-		changes, err := r.RotateAllIfDue(ctx)
+		runCtx, cancel := context.WithTimeout(ctx, r.runTimeout)
+		changes, err := r.RotateAllIfDue(runCtx)
+		cancel()
 		if err != nil && ctx.Err() == nil {
 			r.log.Error("scheduled key rotation failed", "err", err)
 		}
@@ -319,7 +375,7 @@ func (r *Rotator) change(ctx context.Context, slug string, wait bool, decide dec
 	for attempt := 0; attempt < maxPlanAttempts; attempt++ {
 		// Outside the transaction: guess how many keys the plan needs and
 		// generate them, so no lock is held while RSA keys are made.
-		is, ks, err := r.readIssuerKeys(ctx, r.store.pool, slug, false)
+		is, ks, err := r.store.issuerKeys(ctx, slug)
 		if err != nil {
 			return Change{}, err
 		}
@@ -350,157 +406,100 @@ func (r *Rotator) change(ctx context.Context, slug string, wait bool, decide dec
 // that were not generated beforehand.
 func (r *Rotator) apply(ctx context.Context, slug string, wait bool, decide decision, fresh []*generatedKey) (c Change, retry bool, err error) {
 	c.Issuer = slug
-	tx, err := r.store.pool.Begin(ctx)
-	if err != nil {
-		return c, false, fmt.Errorf("rotate issuer %q: begin: %w", slug, err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }() // no-op after commit
-
-	if wait {
-		_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(1886351989, hashtext($1))`, slug)
-	} else {
-		var got bool
-		err = tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(1886351989, hashtext($1))`, slug).Scan(&got)
-		if err == nil && !got {
-			return c, false, nil
-		}
-	}
-	if err != nil {
-		return c, false, fmt.Errorf("rotate issuer %q: lock: %w", slug, err)
-	}
-	is, ks, err := r.readIssuerKeys(ctx, tx, slug, true)
-	if err != nil {
-		return c, false, err
-	}
-	now := r.now().UTC()
-	p, err := decide(is, ks, now)
-	if err != nil {
-		return c, false, err
-	}
-	if p.empty() {
-		return c, false, nil
-	}
-	if p.keysNeeded() > len(fresh) {
-		return c, true, nil
-	}
-	for _, g := range fresh[:p.keysNeeded()] {
-		if g.alg != is.Alg || (is.Alg.IsRSA() && g.bits != is.RSABits) {
-			return c, true, nil
-		}
-	}
-
-	for _, kid := range p.expire {
-		if _, err := tx.Exec(ctx, sqlExpireKey, kid, now); err != nil {
-			return c, false, fmt.Errorf("rotate issuer %q: expire %s: %w", slug, kid, err)
-		}
-		c.Expired = append(c.Expired, kid)
-	}
-	if p.revoke != "" {
-		if _, err := tx.Exec(ctx, sqlRevokeKey, p.revoke, now); err != nil {
-			return c, false, fmt.Errorf("revoke key %s of issuer %q: %w", p.revoke, slug, err)
-		}
-		c.Revoked = p.revoke
-	}
-	if p.retire != "" {
-		if _, err := tx.Exec(ctx, sqlRetireKey, p.retire, now, now.Add(is.Policy.RetireGrace)); err != nil {
-			return c, false, fmt.Errorf("rotate issuer %q: retire %s: %w", slug, p.retire, err)
-		}
-		c.Retired = p.retire
-	}
-	if p.activate != "" {
-		if _, err := tx.Exec(ctx, sqlActivateKey, p.activate, now); err != nil {
-			return c, false, fmt.Errorf("rotate issuer %q: activate %s: %w", slug, p.activate, err)
-		}
-		c.Activated = p.activate
-	}
-	i := 0
-	insert := func(state State) error {
-		g := fresh[i]
-		i++
-		der, err := marshalPrivate(g.private)
+	_, err = r.store.inIssuerTx(ctx, slug, wait, func(tx *issuerTx) (bool, error) {
+		is, stored, err := tx.issuerAndKeys(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
-		kekID, sealed, err := r.sealer.Seal(slug, g.kid, g.alg, der)
-		if err != nil {
-			return err
+		now := r.now().UTC()
+		p, err := decide(is, publicKeys(stored), now)
+		if err != nil || p.empty() {
+			return false, err
 		}
-		var activated *time.Time
-		if state == StateActive {
-			activated = &now
-			c.Activated = g.kid
+		if p.keysNeeded() > len(fresh) {
+			retry = true
+			return false, nil
 		}
-		if _, err := tx.Exec(ctx, sqlInsertKey, g.kid, slug, string(g.alg), g.bits, string(state), []byte(g.publicJWK), sealed, kekID, now, activated); err != nil {
-			return fmt.Errorf("rotate issuer %q: insert %s key %s: %w", slug, state, g.kid, err)
+		for _, g := range fresh[:p.keysNeeded()] {
+			if g.alg != is.Alg || (is.Alg.IsRSA() && g.bits != is.RSABits) {
+				retry = true
+				return false, nil
+			}
 		}
-		c.Created = append(c.Created, g.kid)
-		return nil
-	}
-	if p.newActive {
-		if err := insert(StateActive); err != nil {
-			return c, false, err
+		for _, kid := range p.expire {
+			if err := tx.expire(ctx, kid, now); err != nil {
+				return false, err
+			}
+			c.Expired = append(c.Expired, kid)
 		}
-	}
-	if p.newNext {
-		if err := insert(StateNext); err != nil {
-			return c, false, err
+		if p.revoke != "" {
+			if err := tx.revoke(ctx, p.revoke, now); err != nil {
+				return false, err
+			}
+			c.Revoked = p.revoke
 		}
-	}
-	if err := notifyChange(ctx, tx, slug); err != nil {
-		return c, false, fmt.Errorf("rotate issuer %q: notify: %w", slug, err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return Change{Issuer: slug}, false, fmt.Errorf("rotate issuer %q: commit: %w", slug, err)
+		if p.retire != "" {
+			if err := tx.retire(ctx, p.retire, now, now.Add(is.Policy.RetireGrace)); err != nil {
+				return false, err
+			}
+			c.Retired = p.retire
+		}
+		if p.activate != "" {
+			if err := tx.activate(ctx, p.activate, now); err != nil {
+				return false, err
+			}
+			c.Activated = p.activate
+		}
+		i := 0
+		insert := func(state State) error {
+			g := fresh[i]
+			i++
+			row, err := r.sealNew(slug, g, state, now)
+			if err != nil {
+				return err
+			}
+			if err := tx.insert(ctx, row); err != nil {
+				return err
+			}
+			if state == StateActive {
+				c.Activated = g.kid
+			}
+			c.Created = append(c.Created, g.kid)
+			return nil
+		}
+		if p.newActive {
+			if err := insert(StateActive); err != nil {
+				return false, err
+			}
+		}
+		if p.newNext {
+			if err := insert(StateNext); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	})
+	if err != nil || retry {
+		return Change{Issuer: slug}, retry, err
 	}
 	return c, false, nil
 }
 
-const sqlExpireKey = `UPDATE signing_keys SET state = 'expired', sealed_private = NULL, kek_id = NULL,
-	expires_at = LEAST(coalesce(expires_at, $2), $2) WHERE kid = $1`
-
-const sqlRevokeKey = `UPDATE signing_keys SET state = 'revoked', sealed_private = NULL, kek_id = NULL,
-	revoked_at = $2 WHERE kid = $1`
-
-const sqlRetireKey = `UPDATE signing_keys SET state = 'retired', retired_at = $2, expires_at = $3 WHERE kid = $1 AND state = 'active'`
-
-const sqlActivateKey = `UPDATE signing_keys SET state = 'active', activated_at = $2 WHERE kid = $1 AND state = 'next'`
-
-const sqlInsertKey = `INSERT INTO signing_keys (kid, issuer, alg, key_bits, state, public_jwk, sealed_private, kek_id, created_at, activated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
-
-const sqlSelectIssuerPublished = `SELECT ` + keyColumns + ` FROM signing_keys
-WHERE issuer = $1 AND state IN ('next', 'active', 'retired') ORDER BY created_at, kid`
-
-// querier is what both a pool and a transaction offer.
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-// readIssuerKeys reads an issuer and its published keys; inside a
-// transaction it locks the key rows.
-func (r *Rotator) readIssuerKeys(ctx context.Context, q querier, slug string, lock bool) (Issuer, []Key, error) {
-	is, err := scanIssuer(q.QueryRow(ctx, sqlSelectIssuer, slug))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Issuer{}, nil, fmt.Errorf("issuer %q: %w", slug, ErrIssuerNotFound)
-	}
+// sealNew seals a generated key for its row (SealV2).
+func (r *Rotator) sealNew(slug string, g *generatedKey, state State, now time.Time) (newRow, error) {
+	der, err := marshalPrivate(g.private)
 	if err != nil {
-		return Issuer{}, nil, fmt.Errorf("read issuer %q: %w", slug, err)
+		return newRow{}, err
 	}
-	query := sqlSelectIssuerPublished
-	if lock {
-		query += ` FOR UPDATE`
+	defer clear(der)
+	k := Key{Kid: g.kid, Issuer: slug, Alg: g.alg, Bits: g.bits, State: state, PublicJWK: g.publicJWK, CreatedAt: now}
+	if state == StateActive {
+		k.ActivatedAt = now
 	}
-	rows, err := q.Query(ctx, query, slug)
+	kekID, sealed, err := r.sealer.Seal(Binding{Issuer: slug, Kid: g.kid, Alg: g.alg, Bits: g.bits, PublicJWK: g.publicJWK}, der)
 	if err != nil {
-		return Issuer{}, nil, fmt.Errorf("read keys of issuer %q: %w", slug, err)
+		return newRow{}, err
 	}
-	ks, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Key, error) {
-		k, err := scanKey(row, false)
-		return k.Key, err
-	})
-	if err != nil {
-		return Issuer{}, nil, fmt.Errorf("read keys of issuer %q: %w", slug, err)
-	}
-	return is, ks, nil
+	k.KEKID = kekID
+	return newRow{Key: k, kekID: kekID, sealed: sealed}, nil
 }

@@ -27,13 +27,16 @@ type Metrics struct {
 	jwksRequests    *prometheus.CounterVec
 	keyChanges      *prometheus.CounterVec
 	keyEvents       *prometheus.CounterVec
+	keysRefused     *prometheus.CounterVec
 	refreshErrors   prometheus.Counter
 	refreshes       prometheus.Counter
 }
 
-// KeyringStatus is what the key-age collector reads at scrape time.
+// KeyringStatus is what the key-age collector reads at scrape time. It
+// reads memory only: a scrape never waits for the database.
 type KeyringStatus interface {
 	Status() []keys.IssuerStatus
+	Staleness() (age time.Duration, ok bool)
 }
 
 // New creates the metrics and registers them, with the Go runtime and
@@ -71,9 +74,13 @@ func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Met
 			Name: "portal_key_events_observed_total",
 			Help: "Key lifecycle events this instance's keyring observed, whoever made them (any instance or a command): rotation or revocation.",
 		}, []string{"issuer", "kind"}),
+		keysRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_keys_refused_total",
+			Help: "Key rows this instance's keyring refused (they do not open as their row describes: not published, not used), counted once per row content.",
+		}, []string{"issuer"}),
 		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portal_keyring_refresh_errors_total",
-			Help: "Keyring reloads that failed: the database could not be read (the previous keys stay in use) or a key did not open (named in the log).",
+			Help: "Keyring reloads that failed: the database could not be read in time (the previous keys stay in use until the maximum staleness).",
 		}),
 		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "portal_keyring_refreshes_total",
@@ -81,7 +88,7 @@ func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Met
 		}),
 	}
 	m.registry.MustRegister(m.httpDuration, m.launchesCreated, m.launchesRedeem, m.launchesRefused, m.jwksRequests,
-		m.keyChanges, m.keyEvents, m.refreshErrors, m.refreshes,
+		m.keyChanges, m.keyEvents, m.keysRefused, m.refreshErrors, m.refreshes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if keyring != nil {
 		m.registry.MustRegister(&keyAgeCollector{keyring: keyring, now: clock})
@@ -160,8 +167,13 @@ func (m *Metrics) KeyChange(c keys.Change) {
 	}
 }
 
-// KeyEventObserved counts a rotation or revocation the keyring saw.
+// KeyEventObserved counts a rotation or revocation the keyring saw, and a
+// key row it refused.
 func (m *Metrics) KeyEventObserved(e keys.Event) {
+	if e.Kind == keys.EventRefused {
+		m.keysRefused.WithLabelValues(e.Issuer).Inc()
+		return
+	}
 	m.keyEvents.WithLabelValues(e.Issuer, string(e.Kind)).Inc()
 }
 
@@ -173,8 +185,9 @@ func (m *Metrics) KeyringRefreshed(err error) {
 	}
 }
 
-// keyAgeCollector reports, per issuer, how long the active key has signed
-// and how long until it is due to be replaced.
+// keyAgeCollector reports, per issuer, how long the active key has signed,
+// how long until it is due to be replaced, how many keys are published and
+// refused, and how stale the keyring is.
 type keyAgeCollector struct {
 	keyring KeyringStatus
 	now     func() time.Time
@@ -187,6 +200,12 @@ var (
 		"Time until the issuer's active key is due to be replaced (negative when overdue).", []string{"issuer"}, nil)
 	publishedKeysDesc = prometheus.NewDesc("portal_published_keys",
 		"Keys in the issuer's JWKS.", []string{"issuer"}, nil)
+	unusableKeysDesc = prometheus.NewDesc("portal_keys_unusable",
+		"Key rows of the issuer that this instance refused: not published, not used.", []string{"issuer"}, nil)
+	issuerReadyDesc = prometheus.NewDesc("portal_issuer_ready",
+		"1 when the issuer can sign, has no refused key and a policy within the service limits, else 0.", []string{"issuer"}, nil)
+	stalenessDesc = prometheus.NewDesc("portal_keyring_staleness_seconds",
+		"Time since the keyring last loaded the keys from the database; past the maximum staleness it stops signing.", nil, nil)
 )
 
 // Describe sends the descriptions of the key-age metrics.
@@ -194,13 +213,25 @@ func (c *keyAgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- activeKeyAgeDesc
 	ch <- nextRotationDesc
 	ch <- publishedKeysDesc
+	ch <- unusableKeysDesc
+	ch <- issuerReadyDesc
+	ch <- stalenessDesc
 }
 
 // Collect reads every issuer's key ages from the keyring.
 func (c *keyAgeCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.now()
+	if age, ok := c.keyring.Staleness(); ok {
+		ch <- prometheus.MustNewConstMetric(stalenessDesc, prometheus.GaugeValue, age.Seconds())
+	}
 	for _, st := range c.keyring.Status() {
 		ch <- prometheus.MustNewConstMetric(publishedKeysDesc, prometheus.GaugeValue, float64(st.Published), st.Slug)
+		ch <- prometheus.MustNewConstMetric(unusableKeysDesc, prometheus.GaugeValue, float64(len(st.Unusable)), st.Slug)
+		ready := 0.0
+		if st.Ready {
+			ready = 1
+		}
+		ch <- prometheus.MustNewConstMetric(issuerReadyDesc, prometheus.GaugeValue, ready, st.Slug)
 		if st.ActiveKid == "" {
 			continue
 		}

@@ -120,17 +120,20 @@ func TestLogs_AFullLaunchLeaksNoSecret(t *testing.T) {
 		"token signature": token[strings.LastIndex(token, ".")+1:], "token payload": strings.Split(token, ".")[1],
 		"KEK (base64)": base64.StdEncoding.EncodeToString(s.kek), "KEK (hex)": hex.EncodeToString(s.kek),
 	}
-	rows, err := s.pool.Query(context.Background(), `SELECT kid, issuer, alg, kek_id, sealed_private FROM signing_keys WHERE sealed_private IS NOT NULL`)
+	rows, err := s.pool.Query(context.Background(), `SELECT kid, issuer, alg, key_bits, public_jwk, seal_version, kek_id, sealed_private FROM signing_keys WHERE sealed_private IS NOT NULL`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for rows.Next() {
 		var kid, issuer, alg, kek string
-		var sealed []byte
-		if err := rows.Scan(&kid, &issuer, &alg, &kek, &sealed); err != nil {
+		var bits int
+		var version int16
+		var sealed, publicJWK []byte
+		if err := rows.Scan(&kid, &issuer, &alg, &bits, &publicJWK, &version, &kek, &sealed); err != nil {
 			t.Fatal(err)
 		}
-		der, err := s.sealer.Open(kek, issuer, kid, keys.Algorithm(alg), sealed)
+		der, err := s.sealer.Open(kek, keys.Binding{Issuer: issuer, Kid: kid, Alg: keys.Algorithm(alg), Bits: bits,
+			PublicJWK: publicJWK, Version: keys.SealVersion(version)}, sealed)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -90,7 +90,7 @@ func (b *syncBuffer) String() string {
 }
 
 func defaultIssuer(alg keys.Algorithm) keys.Issuer {
-	return keys.Issuer{Slug: "default", ClientID: "portal-test", FHIRBaseURL: "https://fhir.example.org/fhir", Alg: alg, RSABits: 2048,
+	return keys.Issuer{Slug: "default", ClientID: "portal-test", FHIRBaseURL: "https://fhir.example.org/fhir", Profile: keys.ProfileHTI, Alg: alg, RSABits: 2048,
 		Policy: keys.Policy{RotationPeriod: 24 * time.Hour, PublishLead: time.Hour, RetireGrace: time.Hour}, IsDefault: true}
 }
 
@@ -369,7 +369,10 @@ func TestJWKS_ServedWhileDatabaseIsAway(t *testing.T) {
 	}
 }
 
-func TestReadyz_UnavailableWithoutActiveKey(t *testing.T) {
+// TestReadyz_NamesIssuersWithoutActiveKey: a keyless non-default issuer is
+// named but leaves the instance in service; a default issuer that cannot
+// sign takes it out.
+func TestReadyz_NamesIssuersWithoutActiveKey(t *testing.T) {
 	ctx := context.Background()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	store := keys.NewStore(s.pool)
@@ -378,12 +381,18 @@ func TestReadyz_UnavailableWithoutActiveKey(t *testing.T) {
 	if err := store.CreateIssuer(ctx, is, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.keyring.Refresh(ctx); err != nil {
+	_ = s.keyring.Refresh(ctx) // reports issuer second's problem
+	resp, body := get(t, s.http.URL+"/readyz", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"second":["no active key"]`) {
+		t.Fatalf("readyz with a keyless non-default issuer: %d %s", resp.StatusCode, body)
+	}
+	if _, err := s.pool.Exec(ctx, `UPDATE signing_keys SET sealed_private = sealed_private || '\x00'::bytea WHERE issuer = 'default' AND state = 'active'`); err != nil {
 		t.Fatal(err)
 	}
-	resp, body := get(t, s.http.URL+"/readyz", nil)
-	if resp.StatusCode != 503 || !strings.Contains(string(body), "second") {
-		t.Fatalf("readyz with a keyless issuer: %d %s", resp.StatusCode, body)
+	_ = s.keyring.Refresh(ctx)
+	resp, body = get(t, s.http.URL+"/readyz", nil)
+	if resp.StatusCode != 503 || !strings.Contains(string(body), `"default"`) || !strings.Contains(string(body), "active key") {
+		t.Fatalf("readyz with a default issuer that cannot sign: %d %s", resp.StatusCode, body)
 	}
 }
 

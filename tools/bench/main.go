@@ -135,7 +135,7 @@ func benchAlgorithm(ctx context.Context, bin, admin, work, alg string, d time.Du
 	defer func() { _ = db.Drop(context.Background()) }()
 	env := map[string]string{
 		"DATABASE_URL": db.URL, "PORTAL_CLIENT_ID": "portal-bench", "PORTAL_FHIR_BASE_URL": "https://fhir.example.org/fhir",
-		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": alg, "PORTAL_LOG_LEVEL": "info",
+		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": alg, "PORTAL_ISSUER_PROFILE": "hti", "PORTAL_LOG_LEVEL": "info",
 	}
 	p, err := instance.Start(ctx, bin, "portal-"+alg, env, filepath.Join(work, alg+".log"))
 	if err != nil {

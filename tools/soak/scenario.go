@@ -19,11 +19,13 @@ import (
 	"github.com/ehealth-nl/portal/tools/internal/instance"
 )
 
-// The scaled-down timings: publish lead ≥ max-age + refresh (3s ≥ 1s + 1s),
-// retire grace ≥ token lifetime + max-age + refresh (15s ≥ 10s + 1s + 1s).
+// The scaled-down timings: publish lead ≥ max-age + max staleness
+// (3s ≥ 1s + 2s), retire grace ≥ token lifetime + max-age + max staleness
+// (15s ≥ 10s + 1s + 2s).
 var scaledTimings = map[string]string{
 	"PORTAL_JWKS_MAX_AGE":            "1s",
 	"PORTAL_KEYRING_REFRESH":         "1s",
+	"PORTAL_KEYRING_MAX_STALENESS":   "2s",
 	"PORTAL_ROTATION_CHECK_INTERVAL": "250ms",
 	"PORTAL_LAUNCH_TOKEN_TTL":        "10s",
 	"PORTAL_PUBLISH_LEAD":            "3s",
@@ -66,7 +68,7 @@ func proxyTo(dbURL string) (*faults.Proxy, string, error) {
 func instanceEnv(databaseURL string) map[string]string {
 	env := map[string]string{
 		"DATABASE_URL": databaseURL, "PORTAL_CLIENT_ID": clientID, "PORTAL_FHIR_BASE_URL": "https://fhir.example.org/fhir",
-		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": "ES256",
+		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": "ES256", "PORTAL_ISSUER_PROFILE": "hti",
 	}
 	for k, v := range scaledTimings {
 		env[k] = v

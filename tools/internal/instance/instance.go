@@ -123,6 +123,9 @@ func Start(ctx context.Context, bin, name string, env map[string]string, logPath
 	if p.Env["PORTAL_PUBLIC_URL"] == "" {
 		p.Env["PORTAL_PUBLIC_URL"] = p.URL
 	}
+	if p.Env["PORTAL_METRICS_ADDR"] == "" {
+		p.Env["PORTAL_METRICS_ADDR"] = "public" // several instances share the host
+	}
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err

@@ -28,6 +28,7 @@ var scaledTimings = map[string]string{
 	"PORTAL_KEYRING_MAX_STALENESS":   "2s",
 	"PORTAL_ROTATION_CHECK_INTERVAL": "250ms",
 	"PORTAL_LAUNCH_TOKEN_TTL":        "10s",
+	"PORTAL_TOKEN_IAT_BACKDATE":      "1s",
 	"PORTAL_PUBLISH_LEAD":            "3s",
 	"PORTAL_RETIRE_GRACE":            "15s",
 	"PORTAL_ROTATION_PERIOD":         "8s",

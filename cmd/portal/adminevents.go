@@ -22,7 +22,7 @@ func adminEventsCommand() *command {
 transaction of the change. Actions: module.put, module.delete, issuer.add,
 issuer.update, issuer.configure, key.rotate, key.revoke, key.reseal,
 apikey.create, apikey.revoke. --json prints the states before and after.`,
-				env: serviceEnv, run: adminEventsList},
+				env: databaseEnv, run: adminEventsList},
 		},
 	}
 }
@@ -55,7 +55,7 @@ func adminEventsList(ctx context.Context, c *cli, args []string) error {
 			}
 		}
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}

@@ -25,9 +25,9 @@ that is only under their client_ids: give each portal backend its own key,
 limited to its portal's issuer. A key without --issuer may launch for any
 issuer, which suits only a deployment serving a single portal.`,
 		sub: []*command{
-			{name: "create", summary: "create a key and print its secret once", usage: "portal apikeys create NAME --scope launch|admin [--issuer SLUG[,SLUG...]]...", env: serviceEnv, run: apikeysCreate},
-			{name: "list", summary: "show every key (never the secrets)", usage: "portal apikeys list", env: serviceEnv, run: apikeysList},
-			{name: "revoke", summary: "revoke the valid key with that name, at once", usage: "portal apikeys revoke NAME", env: serviceEnv, run: apikeysRevoke},
+			{name: "create", summary: "create a key and print its secret once", usage: "portal apikeys create NAME --scope launch|admin [--issuer SLUG[,SLUG...]]...", env: databaseEnv, run: apikeysCreate},
+			{name: "list", summary: "show every key (never the secrets)", usage: "portal apikeys list", env: databaseEnv, run: apikeysList},
+			{name: "revoke", summary: "revoke the valid key with that name, at once", usage: "portal apikeys revoke NAME", env: databaseEnv, run: apikeysRevoke},
 		},
 	}
 }
@@ -75,7 +75,7 @@ func apikeysCreate(ctx context.Context, c *cli, args []string) error {
 	if len(issuers) > 0 && sc != apikeys.ScopeLaunch {
 		return usagef("apikeys create: --issuer limits a launch key; an %s key does not launch", sc)
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func apikeysList(ctx context.Context, c *cli, args []string) error {
 	if len(args) > 0 {
 		return wantArgs("apikeys list", args, 0, "")
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func apikeysRevoke(ctx context.Context, c *cli, args []string) error {
 	if err := wantArgs("apikeys revoke", args, 1, "the name of the key to revoke"); err != nil {
 		return err
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}

@@ -72,6 +72,37 @@ func openEnvironment(ctx context.Context, c *cli) (*environment, error) {
 	return e, nil
 }
 
+// openDatabase is openEnvironment for the commands that never open a
+// private key: it reads config.DatabaseVariables only (no KEK, no issuer
+// settings) and leaves the sealer and rotator unset.
+func openDatabase(ctx context.Context, c *cli) (*environment, error) {
+	dc, err := config.LoadDatabase(c.getenv)
+	if err != nil {
+		return nil, err
+	}
+	e := &environment{cfg: config.Config{DatabaseURL: dc.DatabaseURL, LogLevel: dc.LogLevel, AllowHTTPModules: dc.AllowHTTPModules},
+		log: newLogger(c.stderr, dc.LogLevel), clock: time.Now}
+	if e.pool, err = postgres.Connect(ctx, dc.DatabaseURL); err != nil {
+		return nil, err
+	}
+	e.store = keys.NewStore(e.pool)
+	return e, nil
+}
+
+// defaultIssuer returns the slug of the default issuer as stored.
+func defaultIssuer(ctx context.Context, e *environment) (string, error) {
+	issuers, err := e.store.Issuers(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, is := range issuers {
+		if is.IsDefault {
+			return is.Slug, nil
+		}
+	}
+	return "", errors.New("no default issuer is stored yet: start portal serve once, or name the issuer with --issuer")
+}
+
 // developmentKEK reads the development KEK from path, creating the file with
 // a random key the first time, so that a restart opens the same keys.
 func developmentKEK(path string) (keys.KEK, error) {

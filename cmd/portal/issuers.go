@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -21,7 +22,7 @@ func issuersCommand() *command {
 the PORTAL_* key settings and is updated at every start; add further issuers
 here. Each issuer has its own keys and its JWKS at /issuers/SLUG/jwks.json.`,
 		sub: []*command{
-			{name: "list", summary: "show every issuer", usage: "portal issuers list [--json]", env: serviceEnv, run: issuersList},
+			{name: "list", summary: "show every issuer", usage: "portal issuers list [--json]", env: append([]string{"PORTAL_PUBLIC_URL"}, databaseEnv...), run: issuersList},
 			{name: "add", summary: "add an issuer and create its first keys",
 				usage: "portal issuers add --slug SLUG --client-id ID --fhir-base-url URL [--profile koppeltaal|hti] [--alg ALG] [--rsa-bits N] [--rotation-period D] [--publish-lead D] [--retire-grace D]",
 				help: `Unset settings take the default issuer's values from the environment. A
@@ -133,7 +134,7 @@ func issuersList(ctx context.Context, c *cli, args []string) error {
 	if len(rest) > 0 {
 		return wantArgs("issuers list", rest, 0, "")
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -160,7 +161,7 @@ func issuersList(ctx context.Context, c *cli, args []string) error {
 		for _, is := range list {
 			views = append(views, view{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Profile), string(is.Alg), is.RSABits,
 				is.Policy.RotationPeriod.String(), is.Policy.PublishLead.String(), is.Policy.RetireGrace.String(),
-				is.IsDefault, env.cfg.PublicURL + "/issuers/" + is.Slug + "/jwks.json"})
+				is.IsDefault, strings.TrimRight(strings.TrimSpace(c.getenv("PORTAL_PUBLIC_URL")), "/") + "/issuers/" + is.Slug + "/jwks.json"})
 		}
 		enc := json.NewEncoder(c.stdout)
 		enc.SetIndent("", "  ")

@@ -188,3 +188,32 @@ func TestMakeRunDemo_Flow(t *testing.T) {
 		t.Fatalf("demo module: %d\n%s", resp.StatusCode, modulePage)
 	}
 }
+
+// TestCommands_WithoutPrivateKeysNeedOnlyTheDatabase runs the commands that
+// never open a private key with DATABASE_URL alone: no KEK, no client_id,
+// no public URL.
+func TestCommands_WithoutPrivateKeysNeedOnlyTheDatabase(t *testing.T) {
+	env := baseEnv(t, testDB.Fresh(t))
+	if err := startServe(t, env).stop(); err != nil { // stores the default issuer
+		t.Fatal(err)
+	}
+	only := map[string]string{"DATABASE_URL": env["DATABASE_URL"]}
+	for _, args := range [][]string{
+		{"apikeys", "create", "kekless", "--scope", "launch"},
+		{"apikeys", "list"},
+		{"modules", "add", "kekless", "--launch-url", "https://m.example.org/launch", "--audience", "Device/k"},
+		{"modules", "list"},
+		{"modules", "remove", "kekless"},
+		{"launches", "list"},
+		{"admin-events", "list"},
+		{"issuers", "list"},
+		{"migrate", "version"},
+	} {
+		if _, err := runCommand(t, only, args...); err != nil {
+			t.Errorf("portal %s with DATABASE_URL alone: %v", strings.Join(args, " "), err)
+		}
+	}
+	if _, err := runCommand(t, only, "keys", "rotate"); err == nil {
+		t.Error("keys rotate ran without a KEK")
+	}
+}

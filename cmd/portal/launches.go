@@ -19,7 +19,7 @@ func launchesCommand() *command {
 			{name: "list", summary: "show launches, newest first: who opened what for whom, when and from where",
 				usage: "portal launches list [--task Task/ID] [--user Type/ID] [--patient Patient/ID] [--module SLUG] [--issuer SLUG] [--from RFC3339] [--to RFC3339] [--limit N] [--cursor C] [--json]",
 				help:  "Tokens and launch links are never stored, so they are never shown; the jti identifies a token.",
-				env:   serviceEnv, run: launchesList},
+				env:   databaseEnv, run: launchesList},
 		},
 	}
 }
@@ -54,7 +54,7 @@ func launchesList(ctx context.Context, c *cli, args []string) error {
 			}
 		}
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}

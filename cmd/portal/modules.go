@@ -22,10 +22,10 @@ an optional default definition, a method (post: auto-submitting form; get:
 redirect with query parameters, for launch type "redirect") and the fields it
 receives (koppeltaal: iss+launch; hti: token; all: iss+launch+token).`,
 		sub: []*command{
-			{name: "add", summary: "register a module", usage: "portal modules add SLUG " + flagsUsage, env: serviceEnv, run: modulesAdd},
-			{name: "update", summary: "change a module; unset flags keep their value", usage: "portal modules update SLUG [" + flagsUsage + "]", env: serviceEnv, run: modulesUpdate},
-			{name: "list", summary: "show every module", usage: "portal modules list [--json]", env: serviceEnv, run: modulesList},
-			{name: "remove", summary: "remove a module (launch records keep what they launched)", usage: "portal modules remove SLUG", env: serviceEnv, run: modulesRemove},
+			{name: "add", summary: "register a module", usage: "portal modules add SLUG " + flagsUsage, env: databaseEnv, run: modulesAdd},
+			{name: "update", summary: "change a module; unset flags keep their value", usage: "portal modules update SLUG [" + flagsUsage + "]", env: databaseEnv, run: modulesUpdate},
+			{name: "list", summary: "show every module", usage: "portal modules list [--json]", env: databaseEnv, run: modulesList},
+			{name: "remove", summary: "remove a module (launch records keep what they launched)", usage: "portal modules remove SLUG", env: databaseEnv, run: modulesRemove},
 		},
 	}
 }
@@ -105,7 +105,7 @@ func putModule(ctx context.Context, c *cli, args []string, verb string) error {
 	if err := wantArgs("modules "+verb, rest, 1, "the module's slug"); err != nil {
 		return err
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,13 @@ func putModule(ctx context.Context, c *cli, args []string, verb string) error {
 	case verb == "add" && err == nil:
 		return usagef("modules add: %q exists; use modules update", rest[0])
 	case verb == "add" && errors.Is(err, launch.ErrModuleNotFound):
-		m = launch.Module{Slug: rest[0], Issuer: env.cfg.DefaultIssuer.Slug}
+		issuer := *f.issuer
+		if issuer == "" {
+			if issuer, err = defaultIssuer(ctx, env); err != nil {
+				return err
+			}
+		}
+		m = launch.Module{Slug: rest[0], Issuer: issuer}
 	case err != nil:
 		return err
 	}
@@ -141,7 +147,7 @@ func modulesList(ctx context.Context, c *cli, args []string) error {
 	if len(rest) > 0 {
 		return wantArgs("modules list", rest, 0, "")
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}
@@ -170,7 +176,7 @@ func modulesRemove(ctx context.Context, c *cli, args []string) error {
 	if err := wantArgs("modules remove", args, 1, "the module's slug"); err != nil {
 		return err
 	}
-	env, err := openEnvironment(ctx, c)
+	env, err := openDatabase(ctx, c)
 	if err != nil {
 		return err
 	}

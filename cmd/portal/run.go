@@ -43,6 +43,10 @@ type command struct {
 // serviceEnv marks commands that read the whole service configuration.
 var serviceEnv = []string{"*"}
 
+// databaseEnv marks commands that never open a private key: they read only
+// config.DatabaseVariables.
+var databaseEnv = config.DatabaseVariables
+
 // noEnv marks commands that read no environment variable.
 const noEnv = "(none)"
 

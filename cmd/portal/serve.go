@@ -165,7 +165,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 
 	registry := launch.NewRegistry(env.pool, cfg.AllowHTTPModules)
 	launches := launch.NewService(env.pool, registry, keyring, launch.Config{
-		PublicURL: cfg.PublicURL, TokenLifetime: cfg.TokenLifetime, TicketLifetime: cfg.TicketLifetime,
+		PublicURL: cfg.PublicURL, TokenLifetime: cfg.TokenLifetime, TicketLifetime: cfg.TicketLifetime, IATBackdate: cfg.IATBackdate,
 	}, env.clock, log)
 	deps := server.Deps{
 		Keyring:        keyring,

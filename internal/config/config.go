@@ -134,12 +134,35 @@ func Load(getenv func(string) string) (Config, error) {
 	return load(getenv, true)
 }
 
-// LoadWithoutKEK is Load for commands that never open or seal private keys
-// (listing issuers and keys, modules, API keys, launches): PORTAL_KEK and
-// PORTAL_KEKS are not required, though a given one is still checked. KEKs
-// may then be empty.
-func LoadWithoutKEK(getenv func(string) string) (Config, error) {
-	return load(getenv, false)
+// DatabaseConfig is the configuration of the commands that never open a
+// private key (apikeys, modules, launches, admin-events, issuers list):
+// they need DATABASE_URL and nothing of the service's identity or keys.
+type DatabaseConfig struct {
+	DatabaseURL      string     // PostgreSQL connection string
+	LogLevel         slog.Level // the lowest level logged
+	AllowHTTPModules bool       // as PORTAL_ALLOW_HTTP_MODULES in Config
+}
+
+// DatabaseVariables are the variables LoadDatabase reads.
+var DatabaseVariables = []string{"DATABASE_URL", "PORTAL_LOG_LEVEL", "PORTAL_ALLOW_HTTP_MODULES"}
+
+// LoadDatabase reads and validates the DatabaseVariables from getenv.
+func LoadDatabase(getenv func(string) string) (DatabaseConfig, error) {
+	p := parser{getenv: getenv}
+	c := DatabaseConfig{DatabaseURL: p.str("DATABASE_URL", ""), AllowHTTPModules: p.bool("PORTAL_ALLOW_HTTP_MODULES", false)}
+	if p.err != nil {
+		return DatabaseConfig{}, p.err
+	}
+	if c.DatabaseURL == "" {
+		return DatabaseConfig{}, &Error{"DATABASE_URL", "required: a PostgreSQL connection string such as postgres://portal@localhost:5432/portal"}
+	}
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		return DatabaseConfig{}, &Error{"DATABASE_URL", "not a valid PostgreSQL connection string (postgres://user:password@host:5432/db?sslmode=...)"}
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(p.str("PORTAL_LOG_LEVEL", "info"))); err != nil {
+		return DatabaseConfig{}, &Error{"PORTAL_LOG_LEVEL", fmt.Sprintf("%q must be debug, info, warn or error", getenv("PORTAL_LOG_LEVEL"))}
+	}
+	return c, nil
 }
 
 func load(getenv func(string) string, needKEK bool) (Config, error) {

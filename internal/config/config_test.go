@@ -241,20 +241,22 @@ func TestLoad_MetricsAddrAndBackdate(t *testing.T) {
 	}
 }
 
-func TestLoadWithoutKEK(t *testing.T) {
-	env := production()
-	delete(env, "PORTAL_KEK")
-	c, err := LoadWithoutKEK(getenv(env))
-	if err != nil || len(c.KEKs) != 0 {
-		t.Fatalf("without a KEK: %v, %d KEKs", err, len(c.KEKs))
+// TestLoadDatabase_NeedsOnlyTheDatabase loads the configuration of the
+// commands that open no private key from DATABASE_URL alone.
+func TestLoadDatabase_NeedsOnlyTheDatabase(t *testing.T) {
+	c, err := LoadDatabase(getenv(map[string]string{"DATABASE_URL": "postgres://portal@db:5432/portal"}))
+	if err != nil || c.DatabaseURL == "" || c.AllowHTTPModules {
+		t.Fatalf("DATABASE_URL alone: %+v, %v", c, err)
 	}
-	if _, err := Load(getenv(env)); err == nil {
-		t.Fatal("Load accepted a production environment without a KEK")
-	}
-	env["PORTAL_KEK"] = "not base64!"
 	var ce *Error
-	if _, err := LoadWithoutKEK(getenv(env)); !errors.As(err, &ce) || ce.Var != "PORTAL_KEK" {
-		t.Fatalf("a malformed KEK given to LoadWithoutKEK: %v", err)
+	if _, err := LoadDatabase(getenv(map[string]string{})); !errors.As(err, &ce) || ce.Var != "DATABASE_URL" {
+		t.Fatalf("no DATABASE_URL: %v", err)
+	}
+	if _, err := LoadDatabase(getenv(map[string]string{"DATABASE_URL": "postgres://x", "PORTAL_ALLOW_HTTP_MODULES": "maybe"})); !errors.As(err, &ce) || ce.Var != "PORTAL_ALLOW_HTTP_MODULES" {
+		t.Fatalf("a malformed PORTAL_ALLOW_HTTP_MODULES: %v", err)
+	}
+	if _, err := Load(getenv(map[string]string{"DATABASE_URL": "postgres://x"})); err == nil {
+		t.Fatal("Load accepted an environment without the service's identity or a KEK")
 	}
 }
 

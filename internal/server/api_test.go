@@ -249,3 +249,26 @@ func TestAdminEvents_APIKeyChangesAreRecordedWithoutTheSecret(t *testing.T) {
 		t.Fatalf("key without an actor stored (%d, %v)", n, err)
 	}
 }
+
+// TestKeysAPI_ForcedRotationsCannotGrowTheJWKS forces rotations one after
+// the other: the second is refused (409) while the key the first retired
+// is still published, so the JWKS keeps at most active, next and one
+// retired key from forced rotations.
+func TestKeysAPI_ForcedRotationsCannotGrowTheJWKS(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	body := `{"ignore_publish_lead":true}`
+	if status, _, b := s.apiCall(t, http.MethodPost, "/api/v1/keys/rotate", s.adminKey, "application/json", body); status != 200 {
+		t.Fatalf("first forced rotation: %d %s", status, b)
+	}
+	for range 3 {
+		status, _, b := s.apiCall(t, http.MethodPost, "/api/v1/keys/rotate", s.adminKey, "application/json", body)
+		if status != 409 || !strings.Contains(string(b), "rotation-refused") {
+			t.Fatalf("forced rotation inside the previous one's grace: %d %s", status, b)
+		}
+	}
+	_, _, jwks := s.apiCall(t, http.MethodGet, "/.well-known/jwks.json", "", "", "")
+	var set struct{ Keys []map[string]any }
+	if err := json.Unmarshal(jwks, &set); err != nil || len(set.Keys) > 3 {
+		t.Fatalf("JWKS after forced rotations: %s", jwks)
+	}
+}

@@ -100,7 +100,7 @@ func problemFor(err error) *Problem {
 		return newProblem(http.StatusNotFound, "unknown-module", "Unknown module", "No module has that slug.")
 	case errors.Is(err, keys.ErrNotLoaded), errors.Is(err, keys.ErrNoActiveKey):
 		return newProblem(http.StatusServiceUnavailable, "keys-unavailable", "Signing keys unavailable", "This instance has not loaded an active signing key yet; try again shortly.")
-	case errors.Is(err, keys.ErrNextKeyTooYoung), errors.Is(err, keys.ErrNoNextKey):
+	case errors.Is(err, keys.ErrNextKeyTooYoung), errors.Is(err, keys.ErrNoNextKey), errors.Is(err, keys.ErrRotationTooSoon):
 		return newProblem(http.StatusConflict, "rotation-refused", "Rotation refused", err.Error())
 	case errors.As(err, &he):
 		switch he.Code {

@@ -226,6 +226,9 @@ func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 		_ = v.refresh(ctx, now, false) // on failure the stale copy serves a little longer
 		set, _ = v.cached(now)
 	}
+	if set == nil {
+		return nil, fmt.Errorf("%w: no key set cached from %s", ErrJWKS, v.cfg.JWKSURL)
+	}
 	if k, ok := set.LookupKeyID(kid); ok {
 		return usable(k, kid)
 	}
@@ -234,6 +237,9 @@ func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 			return nil, err
 		}
 		set, _ = v.cached(now)
+		if set == nil {
+			return nil, fmt.Errorf("%w: no key set cached from %s", ErrJWKS, v.cfg.JWKSURL)
+		}
 		if k, ok := set.LookupKeyID(kid); ok {
 			return usable(k, kid)
 		}
@@ -301,38 +307,53 @@ func (v *Verifier) claimRefetch(now time.Time) bool {
 	return true
 }
 
+// maxJWKSBytes is the largest JWKS a Verifier reads. A portal publishes a
+// few public keys, a few kilobytes; anything near this size is not a JWKS.
+const maxJWKSBytes = 1 << 20
+
 // fetch GETs the JWKS (conditionally when an ETag is known) and caches it
 // for the max-age the portal announces. Only refresh calls it, one at a time.
+// Every failure is an error wrapping ErrJWKS and leaves the cache as it was.
 func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 	v.mu.Lock()
 	etag, have := v.etag, v.set != nil
 	v.mu.Unlock()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.cfg.JWKSURL, nil)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrJWKS, err)
+		return fmt.Errorf("%w: %w", ErrJWKS, err)
 	}
 	req.Header.Set("Accept", "application/json")
-	if etag != "" && have {
+	conditional := etag != "" && have
+	if conditional {
 		req.Header.Set("If-None-Match", etag)
 	}
 	resp, err := v.cfg.HTTPClient.Do(req)
 	if err != nil {
 		v.retryAfter(now)
-		return fmt.Errorf("%w: %v", ErrJWKS, err)
+		return fmt.Errorf("%w: %w", ErrJWKS, err)
 	}
 	defer resp.Body.Close()
 	var set jwk.Set
 	switch resp.StatusCode {
 	case http.StatusNotModified:
+		if !conditional {
+			// Nothing cached that the 304 could refer to (RFC 9110 §15.4.5).
+			v.retryAfter(now)
+			return fmt.Errorf("%w: %s answered 304 Not Modified to a request without If-None-Match", ErrJWKS, v.cfg.JWKSURL)
+		}
 	case http.StatusOK:
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
 		if err != nil {
 			v.retryAfter(now)
-			return fmt.Errorf("%w: %v", ErrJWKS, err)
+			return fmt.Errorf("%w: reading %s: %w", ErrJWKS, v.cfg.JWKSURL, err)
+		}
+		if len(body) > maxJWKSBytes {
+			v.retryAfter(now)
+			return fmt.Errorf("%w: %s sent a JWKS larger than %d bytes", ErrJWKS, v.cfg.JWKSURL, maxJWKSBytes)
 		}
 		if set, err = jwk.Parse(body); err != nil {
 			v.retryAfter(now)
-			return fmt.Errorf("%w: %v", ErrJWKS, err)
+			return fmt.Errorf("%w: %s did not send a JWKS: %w", ErrJWKS, v.cfg.JWKSURL, err)
 		}
 	default:
 		v.retryAfter(now)
@@ -342,6 +363,8 @@ func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 	defer v.mu.Unlock()
 	if set != nil {
 		v.set, v.etag = set, resp.Header.Get("ETag")
+	} else if e := resp.Header.Get("ETag"); e != "" {
+		v.etag = e
 	}
 	v.freshUntil = now.Add(maxAge(resp.Header.Get("Cache-Control")))
 	return nil

@@ -29,13 +29,17 @@ import (
 // portalFixture is a stand-in portal for the verifier: real keys, a real
 // JWKS served over HTTP on loopback, and a signer for arbitrary tokens.
 type portalFixture struct {
-	rsaKey  *rsa.PrivateKey
-	ecKey   *ecdsa.PrivateKey
-	mu      sync.Mutex
-	set     jwk.Set
-	fetches atomic.Int32
-	srv     *httptest.Server
-	now     time.Time
+	rsaKey      *rsa.PrivateKey
+	ecKey       *ecdsa.PrivateKey
+	mu          sync.Mutex
+	set         jwk.Set
+	status      int           // answered (without a body) instead of the JWKS when not 0
+	body        []byte        // served instead of the JWKS when not nil
+	stall       chan struct{} // when not nil, requests hang until it is closed or they are cancelled
+	fetches     atomic.Int32
+	notModified atomic.Int32 // fetches answered 304
+	srv         *httptest.Server
+	now         time.Time
 }
 
 func newPortalFixture(t *testing.T) *portalFixture {
@@ -51,17 +55,61 @@ func newPortalFixture(t *testing.T) *portalFixture {
 	p := &portalFixture{rsaKey: rsaKey, ecKey: ecKey, set: jwk.NewSet(), now: time.Unix(1_800_000_000, 0)}
 	p.publish(t, "rsa-1", jwa.RS512, &rsaKey.PublicKey)
 	p.publish(t, "ec-1", jwa.ES384, &ecKey.PublicKey)
-	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.fetches.Add(1)
-		p.mu.Lock()
-		body, _ := json.Marshal(p.set)
-		p.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "public, max-age=60")
-		_, _ = w.Write(body)
-	}))
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serveJWKS))
 	t.Cleanup(p.srv.Close)
 	return p
+}
+
+// serveJWKS serves the set as the portal does: max-age 60, an ETag, and 304
+// to a matching If-None-Match. A status or body set by respond replaces it.
+func (p *portalFixture) serveJWKS(w http.ResponseWriter, r *http.Request) {
+	p.fetches.Add(1)
+	p.mu.Lock()
+	status, body, stall := p.status, p.body, p.stall
+	if body == nil {
+		body, _ = json.Marshal(p.set)
+	}
+	p.mu.Unlock()
+	if stall != nil {
+		select {
+		case <-stall:
+		case <-r.Context().Done():
+		}
+		return
+	}
+	if status != 0 {
+		w.WriteHeader(status)
+		return
+	}
+	sum := sha256.Sum256(body)
+	etag := `"` + base64.RawURLEncoding.EncodeToString(sum[:12]) + `"`
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Cache-Control", "public, max-age=60")
+	if r.Header.Get("If-None-Match") == etag {
+		p.notModified.Add(1)
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+}
+
+// respond makes the portal answer status (when not 0) or body (when not nil)
+// instead of its JWKS; respond(0, nil) restores the JWKS.
+func (p *portalFixture) respond(status int, body []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.status, p.body, p.stall = status, body, nil
+}
+
+// hang makes the portal accept requests and never answer them (until the
+// client gives up or the test ends).
+func (p *portalFixture) hang(t *testing.T) {
+	stall := make(chan struct{})
+	t.Cleanup(func() { close(stall) }) // before the fixture's server closes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stall = stall
 }
 
 func (p *portalFixture) publish(t *testing.T, kid string, alg jwa.SignatureAlgorithm, pub any) {
@@ -341,11 +389,20 @@ func TestVerify_UnknownKidRefetchesOnceRateLimited(t *testing.T) {
 	if n := p.fetches.Load(); n != 2 {
 		t.Fatalf("20 forged kids caused %d more fetches, want 0 within the refetch interval", n-2)
 	}
-	p.now = p.now.Add(61 * time.Second) // cache expired (max-age 60)
+	p.now = p.now.Add(31 * time.Second) // past the refetch interval (30 s), the set still fresh
+	for i := 0; i < 3; i++ {
+		if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "forged-"+randomJTI(), jwa.RS512)); !errors.Is(err, ErrUnknownKey) {
+			t.Fatal(err)
+		}
+	}
+	if n := p.fetches.Load(); n != 3 {
+		t.Fatalf("3 forged kids after the refetch interval: %d fetches, want 3 (one refetch)", n)
+	}
+	p.now = p.now.Add(61 * time.Second) // max-age 60 since the last refetch
 	if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-2", jwa.RS512)); err != nil {
 		t.Fatal(err)
 	}
-	if n := p.fetches.Load(); n != 3 {
+	if n := p.fetches.Load(); n != 4 {
 		t.Fatalf("after max-age the JWKS should be fetched again: %d fetches", n)
 	}
 }

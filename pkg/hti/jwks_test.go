@@ -1,0 +1,138 @@
+package hti
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+)
+
+// jwksFailure is one way the portal's JWKS endpoint can fail.
+type jwksFailure struct {
+	name    string
+	apply   func(p *portalFixture, t *testing.T)
+	client  *http.Client // for the verifier, when the failure needs one
+	mention string       // the error must say this
+}
+
+// jwksFailures lists every way a fetch can fail; each must be an error
+// wrapping ErrJWKS, never a panic and never a key set.
+func jwksFailures() []jwksFailure {
+	status := func(code int) func(*portalFixture, *testing.T) {
+		return func(p *portalFixture, _ *testing.T) { p.respond(code, nil) }
+	}
+	body := func(b []byte) func(*portalFixture, *testing.T) {
+		return func(p *portalFixture, _ *testing.T) { p.respond(0, b) }
+	}
+	// The fixture's JWKS followed by whitespace: cut at any length it still
+	// parses, so only an explicit size check refuses it.
+	oversized := func(p *portalFixture, _ *testing.T) {
+		p.mu.Lock()
+		jwks, _ := json.Marshal(p.set)
+		p.mu.Unlock()
+		p.respond(0, append(jwks, strings.Repeat(" ", maxJWKSBytes)...))
+	}
+	return []jwksFailure{
+		{name: "500", apply: status(http.StatusInternalServerError), mention: "answered 500"},
+		{name: "503", apply: status(http.StatusServiceUnavailable), mention: "answered 503"},
+		{name: "404", apply: status(http.StatusNotFound), mention: "answered 404"},
+		{name: "not JSON", apply: body([]byte("<html>maintenance</html>")), mention: "did not send a JWKS"},
+		{name: "JSON but not a JWKS", apply: body([]byte(`{"keys":"none"}`)), mention: "did not send a JWKS"},
+		{name: "oversized", apply: oversized, mention: "larger than 1048576 bytes"},
+		{name: "timeout", apply: (*portalFixture).hang, client: &http.Client{Timeout: 500 * time.Millisecond}, mention: "Timeout"},
+	}
+}
+
+// TestVerify_JWKSFetchFailuresOnFirstUse: with nothing cached, every failure
+// of the fetch fails the verification with ErrJWKS.
+func TestVerify_JWKSFetchFailuresOnFirstUse(t *testing.T) {
+	cases := append(jwksFailures(), jwksFailure{
+		// The portal (or a cache in front of it) answers 304 to a request
+		// that had no If-None-Match: there is nothing to reuse.
+		name: "304 with nothing cached", apply: func(p *portalFixture, _ *testing.T) { p.respond(http.StatusNotModified, nil) },
+		mention: "304 Not Modified to a request without If-None-Match",
+	})
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPortalFixture(t)
+			tc.apply(p, t)
+			v := p.verifier(t, func(c *VerifierConfig) { c.HTTPClient = tc.client })
+			_, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512))
+			if !errors.Is(err, ErrJWKS) || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err %v, want ErrJWKS saying %q", err, tc.mention)
+			}
+			if tc.name == "timeout" {
+				var netErr net.Error
+				if !errors.As(err, &netErr) || !netErr.Timeout() {
+					t.Fatalf("err %v does not wrap the timeout", err)
+				}
+			}
+		})
+	}
+}
+
+// TestVerify_StaleJWKSServesWhileThePortalFails: once the cached set is
+// stale, a failed fetch leaves it in use, and the next fetch waits 5 s.
+func TestVerify_StaleJWKSServesWhileThePortalFails(t *testing.T) {
+	for _, tc := range jwksFailures() {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPortalFixture(t)
+			v := p.verifier(t, func(c *VerifierConfig) { c.HTTPClient = tc.client })
+			verify := func(when string, wantFetches int32) {
+				t.Helper()
+				if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512)); err != nil {
+					t.Fatalf("%s: %v", when, err)
+				}
+				if n := p.fetches.Load(); n != wantFetches {
+					t.Fatalf("%s: %d fetches, want %d", when, n, wantFetches)
+				}
+			}
+			verify("first use", 1)
+			tc.apply(p, t)
+			p.now = p.now.Add(61 * time.Second) // past max-age 60
+			verify("stale, the fetch fails", 2)
+			p.now = p.now.Add(4 * time.Second)
+			verify("within 5 s of the failure", 2)
+			p.now = p.now.Add(time.Second)
+			verify("5 s after the failure", 3)
+			p.respond(0, nil)
+			p.now = p.now.Add(5 * time.Second)
+			verify("the portal is back", 4)
+			if n := p.notModified.Load(); n != 1 {
+				t.Fatalf("the portal answered 304 %d times, want once (the set did not change)", n)
+			}
+		})
+	}
+}
+
+// TestVerify_JWKSRevalidatesWith304: a stale set is revalidated with
+// If-None-Match; the 304 makes it fresh for another max-age.
+func TestVerify_JWKSRevalidatesWith304(t *testing.T) {
+	p := newPortalFixture(t)
+	v := p.verifier(t, nil)
+	steps := []struct {
+		after                time.Duration
+		fetches, notModified int32
+	}{
+		{0, 1, 0},
+		{59 * time.Second, 1, 0}, // fresh
+		{2 * time.Second, 2, 1},  // stale: revalidated
+		{59 * time.Second, 2, 1}, // fresh again after the 304
+		{time.Second, 3, 2},
+	}
+	for i, s := range steps {
+		p.now = p.now.Add(s.after)
+		if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512)); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if f, nm := p.fetches.Load(), p.notModified.Load(); f != s.fetches || nm != s.notModified {
+			t.Fatalf("step %d: %d fetches, %d answered 304; want %d, %d", i, f, nm, s.fetches, s.notModified)
+		}
+	}
+}

@@ -136,3 +136,47 @@ func TestVerify_JWKSRevalidatesWith304(t *testing.T) {
 		}
 	}
 }
+
+// TestVerify_JWKSPastMaxStalenessIsNotUsed: while the portal fails, a stale
+// set serves until MaxStaleness past its freshness, then verification fails
+// with ErrJWKS until the portal answers again.
+func TestVerify_JWKSPastMaxStalenessIsNotUsed(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		maxStaleness time.Duration // in the configuration
+		want         time.Duration // in effect
+	}{
+		{"default", 0, DefaultMaxStaleness},
+		{"configured", 90 * time.Second, 90 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPortalFixture(t)
+			v := p.verifier(t, func(c *VerifierConfig) { c.MaxStaleness = tc.maxStaleness })
+			verify := func() error {
+				_, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512))
+				return err
+			}
+			start := p.now
+			if err := verify(); err != nil {
+				t.Fatal(err)
+			}
+			p.respond(http.StatusServiceUnavailable, nil)
+			p.now = start.Add(60*time.Second + tc.want - time.Second) // max-age 60, then stale
+			if err := verify(); err != nil {
+				t.Fatalf("a second before the set is too stale: %v", err)
+			}
+			p.now = p.now.Add(time.Second)
+			if err := verify(); !errors.Is(err, ErrJWKS) {
+				t.Fatalf("past max staleness: err %v, want ErrJWKS", err)
+			}
+			p.now = p.now.Add(time.Second) // within 5 s of the failure: fetches again anyway
+			if err := verify(); !errors.Is(err, ErrJWKS) {
+				t.Fatalf("past max staleness, again: err %v, want ErrJWKS", err)
+			}
+			p.respond(0, nil)
+			if err := verify(); err != nil {
+				t.Fatalf("the portal is back (answering 304): %v", err)
+			}
+		})
+	}
+}

@@ -35,6 +35,11 @@ var (
 	ErrJWKS           = errors.New("JWKS unavailable")
 )
 
+// DefaultMaxStaleness is the MaxStaleness of a VerifierConfig that sets
+// none: 10 minutes, long enough to ride out a portal restart or a short
+// outage, short enough that a revoked key stops verifying soon after.
+const DefaultMaxStaleness = 10 * time.Minute
+
 // DefaultAlgorithms are the asymmetric algorithms a Verifier accepts unless
 // told otherwise. "none" and HMAC can never be allowed.
 var DefaultAlgorithms = []string{"RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
@@ -63,12 +68,19 @@ type VerifierConfig struct {
 	// caused by an unknown kid (30 s when zero), so forged kids cannot make
 	// the verifier hammer the portal.
 	RefetchInterval time.Duration
-	HTTPClient      *http.Client     // http.Client with a 10 s timeout when nil
-	Now             func() time.Time // time.Now when nil
+	// MaxStaleness is how long past its freshness (Cache-Control max-age)
+	// a cached JWKS may still be used while the portal cannot be reached;
+	// DefaultMaxStaleness when zero. After that, verification fails with
+	// ErrJWKS until a fetch succeeds, rather than trusting old keys (a
+	// revoked one among them) forever.
+	MaxStaleness time.Duration
+	HTTPClient   *http.Client     // http.Client with a 10 s timeout when nil
+	Now          func() time.Time // time.Now when nil
 }
 
 // Verifier checks HTI launch tokens: the key by kid from the portal's JWKS
-// (cached as long as Cache-Control allows, refetched once on an unknown kid),
+// (cached as long as Cache-Control allows, used at most MaxStaleness longer
+// while the portal fails, refetched once on an unknown kid),
 // an allow-list of asymmetric algorithms, iss, aud as a single string, exp,
 // iat not in the future, the lifetime, the required claims and their
 // reference formats, and jti replay. It is safe for concurrent use.
@@ -80,7 +92,9 @@ type Verifier struct {
 	inflight    *fetchCall // the JWKS fetch running now, if any
 	set         jwk.Set
 	etag        string
-	freshUntil  time.Time
+	freshUntil  time.Time // until then the set is used without asking the portal
+	usableUntil time.Time // from then on the set is not used at all
+	retryAt     time.Time // after a failed fetch, no other before then
 	lastRefetch time.Time
 }
 
@@ -109,6 +123,12 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		store := NewMemoryReplayStore()
 		store.now = v.cfg.Now
 		v.cfg.Replay = store
+	}
+	switch {
+	case v.cfg.MaxStaleness == 0:
+		v.cfg.MaxStaleness = DefaultMaxStaleness
+	case v.cfg.MaxStaleness < 0:
+		return nil, fmt.Errorf("hti: MaxStaleness %s is negative", v.cfg.MaxStaleness)
 	}
 	if v.cfg.RefetchInterval == 0 {
 		v.cfg.RefetchInterval = 30 * time.Second
@@ -215,19 +235,9 @@ func (v *Verifier) checkClaims(c *Claims) error {
 // use it instead of waiting.
 func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 	now := v.cfg.Now()
-	set, fresh := v.cached(now)
-	switch {
-	case set == nil:
-		if err := v.refresh(ctx, now, true); err != nil {
-			return nil, err
-		}
-		set, _ = v.cached(now)
-	case !fresh:
-		_ = v.refresh(ctx, now, false) // on failure the stale copy serves a little longer
-		set, _ = v.cached(now)
-	}
-	if set == nil {
-		return nil, fmt.Errorf("%w: no key set cached from %s", ErrJWKS, v.cfg.JWKSURL)
+	set, err := v.keySet(ctx, now)
+	if err != nil {
+		return nil, err
 	}
 	if k, ok := set.LookupKeyID(kid); ok {
 		return usable(k, kid)
@@ -236,15 +246,33 @@ func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 		if err := v.refresh(ctx, now, true); err != nil {
 			return nil, err
 		}
-		set, _ = v.cached(now)
-		if set == nil {
-			return nil, fmt.Errorf("%w: no key set cached from %s", ErrJWKS, v.cfg.JWKSURL)
+		if set, _ = v.cached(now); set == nil {
+			return nil, fmt.Errorf("%w: no usable key set from %s", ErrJWKS, v.cfg.JWKSURL)
 		}
 		if k, ok := set.LookupKeyID(kid); ok {
 			return usable(k, kid)
 		}
 	}
 	return nil, fmt.Errorf("%w: %s", ErrUnknownKey, kid)
+}
+
+// keySet returns the key set to use now: the cached one while fresh; a
+// stale one after trying (or while another caller tries) to refresh it;
+// else, when none is cached or the cached one is past MaxStaleness, the
+// one a fetch returns, waiting for it.
+func (v *Verifier) keySet(ctx context.Context, now time.Time) (jwk.Set, error) {
+	set, fresh := v.cached(now)
+	if fresh {
+		return set, nil
+	}
+	err := v.refresh(ctx, now, set == nil) // on failure a stale copy serves a little longer
+	if set, _ = v.cached(now); set != nil {
+		return set, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("%w: no usable key set from %s", ErrJWKS, v.cfg.JWKSURL)
+	}
+	return nil, err
 }
 
 // usable refuses a key published for another use than signatures.
@@ -289,11 +317,16 @@ func (v *Verifier) refresh(ctx context.Context, now time.Time, wait bool) error 
 	return call.err
 }
 
-// cached returns the cached set and whether it is still fresh.
+// cached returns the cached set, nil when there is none or it is past
+// MaxStaleness, and whether it may be used without asking the portal: fresh,
+// or stale within a few seconds of a failed fetch.
 func (v *Verifier) cached(now time.Time) (jwk.Set, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.set, v.set != nil && now.Before(v.freshUntil)
+	if v.set == nil || !now.Before(v.usableUntil) {
+		return nil, false
+	}
+	return v.set, now.Before(v.freshUntil) || now.Before(v.retryAt)
 }
 
 // claimRefetch reports whether an unknown kid may cause a fetch now.
@@ -367,14 +400,17 @@ func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 		v.etag = e
 	}
 	v.freshUntil = now.Add(maxAge(resp.Header.Get("Cache-Control")))
+	v.usableUntil = v.freshUntil.Add(v.cfg.MaxStaleness)
+	v.retryAt = time.Time{}
 	return nil
 }
 
-// retryAfter keeps a stale set in use for a few seconds after a failed fetch.
+// retryAfter keeps a stale set in use without another fetch for a few
+// seconds after a failed one (never past MaxStaleness).
 func (v *Verifier) retryAfter(now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.freshUntil = now.Add(5 * time.Second)
+	v.retryAt = now.Add(5 * time.Second)
 }
 
 // maxAge reads max-age from Cache-Control (0 for no-cache or no-store,

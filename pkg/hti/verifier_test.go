@@ -462,3 +462,30 @@ func TestVerify_ConcurrentFirstUseFetchesTheJWKSOnce(t *testing.T) {
 		t.Fatalf("%d JWKS fetches for 10 concurrent first verifications, want 1", n)
 	}
 }
+
+// TestNewVerifier_RefusesConfigurations lists configurations NewVerifier
+// refuses, each with what its error must say.
+func TestNewVerifier_RefusesConfigurations(t *testing.T) {
+	valid := VerifierConfig{JWKSURL: "https://portal.example.org/.well-known/jwks.json", Issuer: "portal-client", Audience: "Device/1"}
+	if _, err := NewVerifier(valid); err != nil {
+		t.Fatalf("the valid configuration: %v", err)
+	}
+	for _, tc := range []struct {
+		name    string
+		mod     func(*VerifierConfig)
+		mention string
+	}{
+		{"no JWKS URL", func(c *VerifierConfig) { c.JWKSURL = "" }, "required"},
+		{"no issuer", func(c *VerifierConfig) { c.Issuer = "" }, "required"},
+		{"no audience", func(c *VerifierConfig) { c.Audience = "" }, "required"},
+		{"negative MaxStaleness", func(c *VerifierConfig) { c.MaxStaleness = -time.Second }, "MaxStaleness -1s is negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := valid
+			tc.mod(&cfg)
+			if _, err := NewVerifier(cfg); err == nil || !strings.Contains(err.Error(), tc.mention) {
+				t.Fatalf("err %v, want one saying %q", err, tc.mention)
+			}
+		})
+	}
+}

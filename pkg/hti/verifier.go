@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +44,12 @@ const DefaultMaxStaleness = 10 * time.Minute
 // DefaultAlgorithms are the asymmetric algorithms a Verifier accepts unless
 // told otherwise. "none" and HMAC can never be allowed.
 var DefaultAlgorithms = []string{"RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
+
+// signatureAlgorithms are the algorithms a configuration may allow: the
+// asymmetric JWS signature algorithms of RFC 7518 §3.1 that Go verifies
+// with the standard library. Not "none", not HMAC (a public key must never
+// serve as a shared secret, RFC 8725 §2.1), not encryption algorithms.
+var signatureAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 
 // ReplayStore remembers the jti of every accepted token until it expires,
 // so a token is accepted once. Implement it over a shared store (a database
@@ -108,8 +115,9 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	}
 	v := &Verifier{cfg: cfg, allowed: map[string]bool{}}
 	for _, a := range cfg.Algorithms {
-		if !strings.HasPrefix(a, "RS") && !strings.HasPrefix(a, "PS") && !strings.HasPrefix(a, "ES") {
-			return nil, fmt.Errorf("hti: algorithm %q is not an asymmetric JWS algorithm", a)
+		if !slices.Contains(signatureAlgorithms, a) {
+			return nil, fmt.Errorf("hti: algorithm %q is not an asymmetric JWS signature algorithm; allowed are %s",
+				a, strings.Join(signatureAlgorithms, ", "))
 		}
 		v.allowed[a] = true
 	}

@@ -407,10 +407,18 @@ func TestVerify_UnknownKidRefetchesOnceRateLimited(t *testing.T) {
 	}
 }
 
-func TestNewVerifier_RefusesSymmetricAlgorithms(t *testing.T) {
-	for _, alg := range []string{"HS256", "none", ""} {
-		if _, err := NewVerifier(VerifierConfig{JWKSURL: "https://x", Issuer: "i", Audience: "Device/1", Algorithms: []string{alg}}); err == nil {
-			t.Errorf("%q was allowed", alg)
+// TestNewVerifier_AlgorithmsAreAnExactList: exactly the nine asymmetric
+// JWS signature algorithms may be allowed; nothing that merely starts alike.
+func TestNewVerifier_AlgorithmsAreAnExactList(t *testing.T) {
+	for _, alg := range []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"} {
+		if _, err := NewVerifier(VerifierConfig{JWKSURL: "https://x", Issuer: "i", Audience: "Device/1", Algorithms: []string{alg}}); err != nil {
+			t.Errorf("%s: %v", alg, err)
+		}
+	}
+	for _, alg := range []string{"RSA-OAEP", "RSA-OAEP-256", "RSA1_5", "RS1", "RS", "ESfoo", "ES256K", "PS", "rs256", "HS256", "none", "EdDSA", ""} {
+		_, err := NewVerifier(VerifierConfig{JWKSURL: "https://x", Issuer: "i", Audience: "Device/1", Algorithms: []string{"ES256", alg}})
+		if err == nil || !strings.Contains(err.Error(), "not an asymmetric JWS signature algorithm; allowed are RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512") {
+			t.Errorf("%q: err %v", alg, err)
 		}
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -61,7 +63,7 @@ type ReplayStore interface {
 
 // VerifierConfig says what a Verifier accepts.
 type VerifierConfig struct {
-	JWKSURL  string // where the portal publishes its keys
+	JWKSURL  string // where the portal publishes its keys: https, or http on a loopback host
 	Issuer   string // expected iss: the portal's client_id
 	Audience string // expected aud: this module's Device/<id>
 
@@ -110,6 +112,9 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if cfg.JWKSURL == "" || cfg.Issuer == "" || cfg.Audience == "" {
 		return nil, errors.New("hti: JWKS URL, issuer and audience are required")
 	}
+	if err := checkJWKSURL(cfg.JWKSURL); err != nil {
+		return nil, err
+	}
 	if len(cfg.Algorithms) == 0 {
 		cfg.Algorithms = DefaultAlgorithms
 	}
@@ -145,6 +150,35 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		v.cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
 	}
 	return v, nil
+}
+
+// checkJWKSURL accepts an absolute https URL, or http for a loopback host:
+// the keys that decide which tokens are genuine must not travel where
+// anyone on the path can replace them (RFC 7515 §4.1.2 requires TLS for
+// fetching a JWK Set for the same reason).
+func checkJWKSURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.Opaque != "" {
+		return fmt.Errorf("hti: JWKS URL %q is not an absolute URL", s)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
+	default:
+		return fmt.Errorf("hti: JWKS URL %q must use https (http only for localhost, *.localhost, 127.0.0.0/8 and ::1)", s)
+	}
+	return nil
+}
+
+// isLoopbackHost reports whether host names this machine: localhost, a name
+// under .localhost (RFC 6761 §6.3) or a loopback address (127.0.0.0/8, ::1).
+func isLoopbackHost(host string) bool {
+	host = strings.ToLower(host)
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // header is the part of the JOSE header a verifier looks at.

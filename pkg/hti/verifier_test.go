@@ -407,6 +407,19 @@ func TestVerify_UnknownKidRefetchesOnceRateLimited(t *testing.T) {
 	}
 }
 
+// TestNewVerifier_JWKSURLIsHTTPSOrLoopback: plain http only for this machine.
+func TestNewVerifier_JWKSURLIsHTTPSOrLoopback(t *testing.T) {
+	for _, u := range []string{
+		"https://portal.example.org/.well-known/jwks.json", "https://10.0.0.1:8443/jwks.json",
+		"http://localhost:8080/.well-known/jwks.json", "http://LOCALHOST/jwks.json", "http://portal.localhost/jwks.json",
+		"http://127.0.0.1:9000/jwks.json", "http://127.1.2.3/jwks.json", "http://[::1]:9000/jwks.json",
+	} {
+		if _, err := NewVerifier(VerifierConfig{JWKSURL: u, Issuer: "i", Audience: "Device/1"}); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+}
+
 // TestNewVerifier_AlgorithmsAreAnExactList: exactly the nine asymmetric
 // JWS signature algorithms may be allowed; nothing that merely starts alike.
 func TestNewVerifier_AlgorithmsAreAnExactList(t *testing.T) {
@@ -487,6 +500,15 @@ func TestNewVerifier_RefusesConfigurations(t *testing.T) {
 		{"no issuer", func(c *VerifierConfig) { c.Issuer = "" }, "required"},
 		{"no audience", func(c *VerifierConfig) { c.Audience = "" }, "required"},
 		{"negative MaxStaleness", func(c *VerifierConfig) { c.MaxStaleness = -time.Second }, "MaxStaleness -1s is negative"},
+		{"http to another host", func(c *VerifierConfig) { c.JWKSURL = "http://portal.example.org/.well-known/jwks.json" }, "must use https"},
+		{"http to a private address", func(c *VerifierConfig) { c.JWKSURL = "http://10.0.0.1/jwks.json" }, "must use https"},
+		{"http to a name that only starts like localhost", func(c *VerifierConfig) { c.JWKSURL = "http://localhost.example.org/jwks.json" }, "must use https"},
+		{"http to a name containing 127.0.0.1", func(c *VerifierConfig) { c.JWKSURL = "http://127.0.0.1.example.org/jwks.json" }, "must use https"},
+		{"http to the unspecified address", func(c *VerifierConfig) { c.JWKSURL = "http://0.0.0.0:8080/jwks.json" }, "must use https"},
+		{"ftp", func(c *VerifierConfig) { c.JWKSURL = "ftp://portal.example.org/jwks.json" }, "must use https"},
+		{"file", func(c *VerifierConfig) { c.JWKSURL = "file:///etc/jwks.json" }, "not an absolute URL"},
+		{"relative", func(c *VerifierConfig) { c.JWKSURL = "/.well-known/jwks.json" }, "not an absolute URL"},
+		{"no scheme", func(c *VerifierConfig) { c.JWKSURL = "portal.example.org/jwks.json" }, "not an absolute URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := valid

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,5 +181,92 @@ func TestVerify_JWKSPastMaxStalenessIsNotUsed(t *testing.T) {
 				t.Fatalf("the portal is back (answering 304): %v", err)
 			}
 		})
+	}
+}
+
+// TestVerify_JWKSRedirectsStayWithinTheOrigin: a redirect within the JWKS
+// URL's origin is followed; one to another scheme, host or port is not,
+// whatever the caller's client would do.
+func TestVerify_JWKSRedirectsStayWithinTheOrigin(t *testing.T) {
+	p := newPortalFixture(t)
+	var target atomic.Value // string: where /old redirects to
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/old" {
+			http.Redirect(w, r, target.Load().(string), http.StatusFound)
+			return
+		}
+		p.serveJWKS(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	for _, tc := range []struct {
+		name, target string
+		follow       bool
+	}{
+		{"same origin, relative", "/jwks.json", true},
+		{"same origin, absolute", srv.URL + "/jwks.json", true},
+		{"another port", p.srv.URL + "/jwks.json", false},
+		{"another host name for the same address", "http://localhost:" + port + "/jwks.json", false},
+		{"another scheme", "https://127.0.0.1:" + port + "/jwks.json", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target.Store(tc.target)
+			callers := &http.Client{Timeout: 5 * time.Second}
+			before := p.fetches.Load()
+			v := p.verifier(t, func(c *VerifierConfig) { c.JWKSURL = srv.URL + "/old"; c.HTTPClient = callers })
+			_, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512))
+			switch {
+			case tc.follow && err != nil:
+				t.Fatalf("same-origin redirect: %v", err)
+			case !tc.follow && (!errors.Is(err, ErrJWKS) || !strings.Contains(err.Error(), "redirect")):
+				t.Fatalf("err %v, want ErrJWKS for the refused redirect", err)
+			case !tc.follow && p.fetches.Load() != before:
+				t.Fatal("the redirect was followed")
+			}
+			if callers.CheckRedirect != nil {
+				t.Fatal("the caller's client was changed")
+			}
+		})
+	}
+}
+
+// TestVerify_JWKSRedirectsKeepTheCallersPolicy: the caller's CheckRedirect
+// still applies within the origin.
+func TestVerify_JWKSRedirectsKeepTheCallersPolicy(t *testing.T) {
+	p := newPortalFixture(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/old" {
+			http.Redirect(w, r, "/jwks.json", http.StatusFound)
+			return
+		}
+		p.serveJWKS(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return errors.New("caller says no") }}
+	v := p.verifier(t, func(c *VerifierConfig) { c.JWKSURL = srv.URL + "/old"; c.HTTPClient = noRedirects })
+	if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "rsa-1", jwa.RS512)); !errors.Is(err, ErrJWKS) || !strings.Contains(err.Error(), "caller says no") {
+		t.Fatalf("err %v, want the caller's refusal", err)
+	}
+}
+
+func TestOrigin(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		same bool
+	}{
+		{"https://portal.example.org/jwks.json", "https://portal.example.org:443/other", true},
+		{"https://Portal.Example.org/jwks.json", "HTTPS://portal.example.org/", true},
+		{"http://localhost/jwks.json", "http://localhost:80/", true},
+		{"http://[::1]:8080/jwks.json", "http://[::1]:8080/x", true},
+		{"https://portal.example.org/jwks.json", "http://portal.example.org/jwks.json", false},
+		{"https://portal.example.org/jwks.json", "https://portal.example.org:8443/jwks.json", false},
+		{"https://portal.example.org/jwks.json", "https://keys.example.org/jwks.json", false},
+		{"http://localhost:80/", "https://localhost:80/", false},
+	} {
+		a, _ := url.Parse(tc.a)
+		b, _ := url.Parse(tc.b)
+		if same := origin(a) == origin(b); same != tc.same {
+			t.Errorf("%s and %s: same origin %v, want %v (%s, %s)", tc.a, tc.b, same, tc.same, origin(a), origin(b))
+		}
 	}
 }

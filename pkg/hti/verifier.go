@@ -83,8 +83,11 @@ type VerifierConfig struct {
 	// ErrJWKS until a fetch succeeds, rather than trusting old keys (a
 	// revoked one among them) forever.
 	MaxStaleness time.Duration
-	HTTPClient   *http.Client     // http.Client with a 10 s timeout when nil
-	Now          func() time.Time // time.Now when nil
+	// HTTPClient fetches the JWKS; an http.Client with a 10 s timeout when
+	// nil. The Verifier uses a copy that also refuses redirects to another
+	// origin; the client given here is not changed.
+	HTTPClient *http.Client
+	Now        func() time.Time // time.Now when nil
 }
 
 // Verifier checks HTI launch tokens: the key by kid from the portal's JWKS
@@ -112,7 +115,8 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if cfg.JWKSURL == "" || cfg.Issuer == "" || cfg.Audience == "" {
 		return nil, errors.New("hti: JWKS URL, issuer and audience are required")
 	}
-	if err := checkJWKSURL(cfg.JWKSURL); err != nil {
+	jwksURL, err := parseJWKSURL(cfg.JWKSURL)
+	if err != nil {
 		return nil, err
 	}
 	if len(cfg.Algorithms) == 0 {
@@ -146,28 +150,65 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if v.cfg.RefetchInterval == 0 {
 		v.cfg.RefetchInterval = 30 * time.Second
 	}
-	if v.cfg.HTTPClient == nil {
-		v.cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	client := http.Client{Timeout: 10 * time.Second}
+	if v.cfg.HTTPClient != nil {
+		client = *v.cfg.HTTPClient // a shallow copy: the caller's client stays as it is
 	}
+	client.CheckRedirect = sameOriginRedirects(jwksURL, client.CheckRedirect)
+	v.cfg.HTTPClient = &client
 	return v, nil
 }
 
-// checkJWKSURL accepts an absolute https URL, or http for a loopback host:
+// parseJWKSURL accepts an absolute https URL, or http for a loopback host:
 // the keys that decide which tokens are genuine must not travel where
 // anyone on the path can replace them (RFC 7515 §4.1.2 requires TLS for
 // fetching a JWK Set for the same reason).
-func checkJWKSURL(s string) error {
+func parseJWKSURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" || u.Opaque != "" {
-		return fmt.Errorf("hti: JWKS URL %q is not an absolute URL", s)
+		return nil, fmt.Errorf("hti: JWKS URL %q is not an absolute URL", s)
 	}
 	switch {
 	case u.Scheme == "https":
 	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
 	default:
-		return fmt.Errorf("hti: JWKS URL %q must use https (http only for localhost, *.localhost, 127.0.0.0/8 and ::1)", s)
+		return nil, fmt.Errorf("hti: JWKS URL %q must use https (http only for localhost, *.localhost, 127.0.0.0/8 and ::1)", s)
 	}
-	return nil
+	return u, nil
+}
+
+// sameOriginRedirects is a CheckRedirect that follows a redirect only within
+// the origin (scheme, host and port, RFC 6454 §4) of the JWKS URL, so the
+// portal's keys cannot be made to come from somewhere else, then asks next
+// (the configured client's own policy; at most 10 redirects when nil).
+func sameOriginRedirects(jwksURL *url.URL, next func(*http.Request, []*http.Request) error) func(*http.Request, []*http.Request) error {
+	want := origin(jwksURL)
+	return func(req *http.Request, via []*http.Request) error {
+		if got := origin(req.URL); got != want {
+			return fmt.Errorf("refused a redirect from %s to another origin, %s", want, got)
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+}
+
+// origin is the scheme, host and port of u, with the port the scheme
+// implies when u names none.
+func origin(u *url.URL) string {
+	scheme, port := strings.ToLower(u.Scheme), u.Port()
+	switch {
+	case port != "":
+	case scheme == "https":
+		port = "443"
+	case scheme == "http":
+		port = "80"
+	}
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // isLoopbackHost reports whether host names this machine: localhost, a name

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
 )
 
 // jwksFailure is one way the portal's JWKS endpoint can fail.
@@ -269,4 +270,106 @@ func TestOrigin(t *testing.T) {
 			t.Errorf("%s and %s: same origin %v, want %v (%s, %s)", tc.a, tc.b, same, tc.same, origin(a), origin(b))
 		}
 	}
+}
+
+// publishedWith returns the fixture's JWKS with extra keys appended and, when
+// member is not empty, that member added to the JWK of rsa-1.
+func publishedWith(t *testing.T, p *portalFixture, member string, value any, extra ...any) []byte {
+	t.Helper()
+	p.mu.Lock()
+	raw, err := json.Marshal(p.set)
+	p.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]any, 0, len(doc.Keys)+len(extra))
+	for _, k := range doc.Keys {
+		if member != "" && k["kid"] == "rsa-1" {
+			k[member] = value
+		}
+		keys = append(keys, k)
+	}
+	raw, err = json.Marshal(map[string]any{"keys": append(keys, extra...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// TestVerify_JWKSWithPrivateKeyMaterialIsRefused: a key set in which any key
+// carries a private member, or is symmetric, is refused as a whole — also
+// when it replaces a set already cached.
+func TestVerify_JWKSWithPrivateKeyMaterialIsRefused(t *testing.T) {
+	type privateCase struct {
+		name    string
+		jwks    func(t *testing.T, p *portalFixture) []byte
+		mention string
+	}
+	privateJWK := func(t *testing.T, key any, kid string) jwk.Key {
+		k, err := jwk.FromRaw(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = k.Set(jwk.KeyIDKey, kid)
+		return k
+	}
+	cases := []privateCase{
+		{"the whole private RSA key", func(t *testing.T, p *portalFixture) []byte {
+			return publishedWith(t, p, "", nil, privateJWK(t, p.rsaKey, "rsa-private"))
+		}, `key rsa-private carries the private key member "d"`},
+		{"the whole private EC key", func(t *testing.T, p *portalFixture) []byte {
+			return publishedWith(t, p, "", nil, privateJWK(t, p.ecKey, "ec-private"))
+		}, `key ec-private carries the private key member "d"`},
+		{"a symmetric key", func(t *testing.T, p *portalFixture) []byte {
+			return publishedWith(t, p, "", nil, privateJWK(t, []byte("secret-secret-secret-secret-secret"), "hmac-1"))
+		}, `key hmac-1 carries the private key member "k"`},
+		{"a symmetric key without its secret", func(t *testing.T, p *portalFixture) []byte {
+			return publishedWith(t, p, "", nil, map[string]string{"kty": "oct"})
+		}, "key 2 is a symmetric (oct) key"},
+		{"member oth", func(t *testing.T, p *portalFixture) []byte {
+			return publishedWith(t, p, "oth", []map[string]string{{"r": "AQAB", "d": "AQAB", "t": "AQAB"}})
+		}, `key rsa-1 carries the private key member "oth"`},
+	}
+	for _, m := range []string{"d", "p", "q", "dp", "dq", "qi", "k"} {
+		cases = append(cases, privateCase{"member " + m, func(t *testing.T, p *portalFixture) []byte {
+			return publishedWith(t, p, m, "AQAB")
+		}, `key rsa-1 carries the private key member "` + m + `"`})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPortalFixture(t)
+			p.respond(0, tc.jwks(t, p))
+			// The whole set is refused, not only the key at fault.
+			for _, k := range []struct {
+				kid string
+				alg jwa.SignatureAlgorithm
+			}{{"rsa-1", jwa.RS512}, {"ec-1", jwa.ES384}} {
+				_, err := p.verifier(t, nil).Verify(context.Background(), p.sign(t, p.claims(), k.kid, k.alg))
+				if !errors.Is(err, ErrJWKS) || !strings.Contains(err.Error(), tc.mention) {
+					t.Fatalf("%s: err %v, want ErrJWKS saying %s", k.kid, err, tc.mention)
+				}
+			}
+		})
+	}
+
+	t.Run("replacing a cached set", func(t *testing.T) {
+		p := newPortalFixture(t)
+		v := p.verifier(t, nil)
+		if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "ec-1", jwa.ES384)); err != nil {
+			t.Fatal(err)
+		}
+		p.respond(0, publishedWith(t, p, "d", "AQAB"))
+		p.now = p.now.Add(61 * time.Second) // stale: refetched
+		for i := 0; i < 2; i++ {            // the cached set is dropped, not served while stale
+			if _, err := v.Verify(context.Background(), p.sign(t, p.claims(), "ec-1", jwa.ES384)); !errors.Is(err, ErrJWKS) {
+				t.Fatalf("verification %d after the portal published a private key: err %v, want ErrJWKS", i+1, err)
+			}
+		}
+	})
 }

@@ -467,6 +467,20 @@ func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 			v.retryAfter(now)
 			return fmt.Errorf("%w: %s sent a JWKS larger than %d bytes", ErrJWKS, v.cfg.JWKSURL, maxJWKSBytes)
 		}
+		keys, err := jwksMembers(body)
+		if err != nil {
+			v.retryAfter(now)
+			return fmt.Errorf("%w: %s did not send a JWKS: %w", ErrJWKS, v.cfg.JWKSURL, err)
+		}
+		if err := publicOnly(keys); err != nil {
+			// A portal that publishes private key material is compromised:
+			// none of its keys, cached or new, can tell forged tokens apart.
+			v.mu.Lock()
+			v.set, v.etag = nil, ""
+			v.mu.Unlock()
+			v.retryAfter(now)
+			return fmt.Errorf("%w: the key set of %s is refused: %w", ErrJWKS, v.cfg.JWKSURL, err)
+		}
 		if set, err = jwk.Parse(body); err != nil {
 			v.retryAfter(now)
 			return fmt.Errorf("%w: %s did not send a JWKS: %w", ErrJWKS, v.cfg.JWKSURL, err)
@@ -485,6 +499,47 @@ func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 	v.freshUntil = now.Add(maxAge(resp.Header.Get("Cache-Control")))
 	v.usableUntil = v.freshUntil.Add(v.cfg.MaxStaleness)
 	v.retryAt = time.Time{}
+	return nil
+}
+
+// jwksMembers returns the members of each key of a JWK Set (RFC 7517 §5):
+// a JSON object whose "keys" is an array of objects.
+func jwksMembers(body []byte) ([]map[string]json.RawMessage, error) {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	var keys []map[string]json.RawMessage
+	if err := json.Unmarshal(doc["keys"], &keys); err != nil {
+		return nil, fmt.Errorf(`"keys" is not an array of JWKs: %w`, err)
+	}
+	return keys, nil
+}
+
+// privateMembers are the JWK members that hold private or secret key
+// material: the EC and RSA private parts and the symmetric key (RFC 7518
+// §6.2.2, §6.3.2, §6.4.1).
+var privateMembers = []string{"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+// publicOnly refuses a key set in which any key holds private or secret key
+// material, or is a symmetric key (kty "oct") — which a JWKS published for
+// verifiers must never contain (RFC 7517 §9.2).
+func publicOnly(keys []map[string]json.RawMessage) error {
+	for i, k := range keys {
+		name := fmt.Sprintf("key %d", i)
+		var kid, kty string
+		if json.Unmarshal(k["kid"], &kid) == nil && kid != "" {
+			name = "key " + kid
+		}
+		for _, m := range privateMembers {
+			if _, ok := k[m]; ok {
+				return fmt.Errorf("%s carries the private key member %q", name, m)
+			}
+		}
+		if json.Unmarshal(k["kty"], &kty) == nil && kty == "oct" {
+			return fmt.Errorf("%s is a symmetric (oct) key", name)
+		}
+	}
 	return nil
 }
 

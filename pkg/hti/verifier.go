@@ -2,6 +2,8 @@ package hti
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -27,6 +29,7 @@ var (
 	ErrMalformed      = errors.New("malformed token")
 	ErrAlgorithm      = errors.New("signature algorithm not allowed")
 	ErrUnknownKey     = errors.New("no key with that kid in the JWKS")
+	ErrWeakKey        = errors.New("key in the JWKS too weak")
 	ErrSignature      = errors.New("signature does not verify")
 	ErrIssuer         = errors.New("unexpected issuer")
 	ErrAudience       = errors.New("unexpected audience")
@@ -99,6 +102,7 @@ type VerifierConfig struct {
 type Verifier struct {
 	cfg     VerifierConfig
 	allowed map[string]bool
+	rsaAlg  string // the one RSA algorithm allowed, if only one is
 
 	mu          sync.Mutex // guards the fields below
 	inflight    *fetchCall // the JWKS fetch running now, if any
@@ -129,6 +133,15 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 				a, strings.Join(signatureAlgorithms, ", "))
 		}
 		v.allowed[a] = true
+	}
+	var rsaAlgs []string
+	for a := range v.allowed {
+		if isRSAAlgorithm(a) {
+			rsaAlgs = append(rsaAlgs, a)
+		}
+	}
+	if len(rsaAlgs) == 1 {
+		v.rsaAlg = rsaAlgs[0]
 	}
 	if v.cfg.MaxLifetime == 0 {
 		v.cfg.MaxLifetime = MaxLifetime
@@ -260,10 +273,11 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if err != nil {
 		return nil, err
 	}
-	if keyAlg := key.Algorithm().String(); keyAlg != "" && keyAlg != h.Alg {
-		return nil, fmt.Errorf("%w: token says %s, key %s is for %s", ErrAlgorithm, h.Alg, h.Kid, keyAlg)
+	pub, err := v.publicKey(key, h.Kid, h.Alg)
+	if err != nil {
+		return nil, err
 	}
-	payload, err := jws.Verify([]byte(token), jws.WithKey(jwa.SignatureAlgorithm(h.Alg), key))
+	payload, err := jws.Verify([]byte(token), jws.WithKey(jwa.SignatureAlgorithm(h.Alg), pub))
 	if err != nil {
 		return nil, fmt.Errorf("%w (kid %s)", ErrSignature, h.Kid)
 	}
@@ -323,7 +337,7 @@ func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 		return nil, err
 	}
 	if k, ok := set.LookupKeyID(kid); ok {
-		return usable(k, kid)
+		return k, nil
 	}
 	if v.claimRefetch(now) {
 		if err := v.refresh(ctx, now, true); err != nil {
@@ -333,7 +347,7 @@ func (v *Verifier) key(ctx context.Context, kid string) (jwk.Key, error) {
 			return nil, fmt.Errorf("%w: no usable key set from %s", ErrJWKS, v.cfg.JWKSURL)
 		}
 		if k, ok := set.LookupKeyID(kid); ok {
-			return usable(k, kid)
+			return k, nil
 		}
 	}
 	return nil, fmt.Errorf("%w: %s", ErrUnknownKey, kid)
@@ -358,12 +372,75 @@ func (v *Verifier) keySet(ctx context.Context, now time.Time) (jwk.Set, error) {
 	return nil, err
 }
 
-// usable refuses a key published for another use than signatures.
-func usable(k jwk.Key, kid string) (jwk.Key, error) {
+// minRSABits is the least RSA modulus a key may have (RFC 7518 §3.3).
+const minRSABits = 2048
+
+// curveAlgorithms is the one algorithm of each curve a Verifier supports
+// (RFC 7518 §3.4).
+var curveAlgorithms = map[jwa.EllipticCurveAlgorithm]string{jwa.P256: "ES256", jwa.P384: "ES384", jwa.P521: "ES512"}
+
+// publicKey returns the public key of k for verifying a token that says alg,
+// after checking that k may verify it: a signature key, RSA of at least 2048
+// bits or EC on a supported curve, and for exactly one algorithm, alg
+// (RFC 8725 §3.1). A key's algorithm is its alg member; without one, an EC
+// key's follows from its curve, and an RSA key's is the one RSA algorithm
+// the configuration allows (refused when it allows several: RS and PS would
+// both verify with the same key).
+func (v *Verifier) publicKey(k jwk.Key, kid, alg string) (any, error) {
 	if use := k.KeyUsage(); use != "" && use != "sig" {
 		return nil, fmt.Errorf("%w: key %s is for %q, not signatures", ErrAlgorithm, kid, use)
 	}
-	return k, nil
+	keyAlg := k.Algorithm().String()
+	var pub any
+	switch k := k.(type) {
+	case jwk.RSAPublicKey:
+		var raw rsa.PublicKey
+		if err := k.Raw(&raw); err != nil {
+			return nil, fmt.Errorf("%w: key %s: %w", ErrJWKS, kid, err)
+		}
+		if bits := raw.N.BitLen(); bits < minRSABits {
+			return nil, fmt.Errorf("%w: key %s is RSA of %d bits, at least %d required", ErrWeakKey, kid, bits, minRSABits)
+		}
+		switch {
+		case keyAlg == "" && v.rsaAlg == "":
+			return nil, fmt.Errorf("%w: RSA key %s names no alg, and more than one RSA algorithm is allowed", ErrAlgorithm, kid)
+		case keyAlg == "":
+			keyAlg = v.rsaAlg
+		case !isRSAAlgorithm(keyAlg):
+			return nil, fmt.Errorf("%w: RSA key %s names alg %s", ErrAlgorithm, kid, keyAlg)
+		}
+		pub = &raw
+	case jwk.ECDSAPublicKey:
+		curveAlg, ok := curveAlgorithms[k.Crv()]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%w: EC key %s is on curve %s, not P-256, P-384 or P-521", ErrAlgorithm, kid, k.Crv())
+		case keyAlg == "":
+			keyAlg = curveAlg
+		case keyAlg != curveAlg:
+			return nil, fmt.Errorf("%w: EC key %s on %s names alg %s; that curve is for %s", ErrAlgorithm, kid, k.Crv(), keyAlg, curveAlg)
+		}
+		var raw ecdsa.PublicKey
+		if err := k.Raw(&raw); err != nil {
+			return nil, fmt.Errorf("%w: key %s: %w", ErrJWKS, kid, err)
+		}
+		pub = &raw
+	default:
+		return nil, fmt.Errorf("%w: key %s is of type %s, not RSA or EC", ErrAlgorithm, kid, k.KeyType())
+	}
+	if keyAlg != alg {
+		return nil, fmt.Errorf("%w: token says %s, key %s is for %s", ErrAlgorithm, alg, kid, keyAlg)
+	}
+	return pub, nil
+}
+
+// isRSAAlgorithm reports whether alg is one of the RSA signature algorithms.
+func isRSAAlgorithm(alg string) bool {
+	switch alg {
+	case "RS256", "RS384", "RS512", "PS256", "PS384", "PS512":
+		return true
+	}
+	return false
 }
 
 // fetchCall is one JWKS fetch that several callers may wait for.

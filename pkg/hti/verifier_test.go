@@ -112,6 +112,8 @@ func (p *portalFixture) hang(t *testing.T) {
 	p.stall = stall
 }
 
+// publish adds a public key to the JWKS under kid, naming alg unless it is
+// empty.
 func (p *portalFixture) publish(t *testing.T, kid string, alg jwa.SignatureAlgorithm, pub any) {
 	t.Helper()
 	k, err := jwk.FromRaw(pub)
@@ -119,7 +121,9 @@ func (p *portalFixture) publish(t *testing.T, kid string, alg jwa.SignatureAlgor
 		t.Fatal(err)
 	}
 	_ = k.Set(jwk.KeyIDKey, kid)
-	_ = k.Set(jwk.AlgorithmKey, alg)
+	if alg != "" {
+		_ = k.Set(jwk.AlgorithmKey, alg)
+	}
 	_ = k.Set(jwk.KeyUsageKey, "sig")
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -156,8 +160,19 @@ func randomJTI() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// sign signs any payload with the RSA key under any kid and alg.
+// sign signs any payload with the RSA key (or the EC key for ES*) under any
+// kid and alg.
 func (p *portalFixture) sign(t *testing.T, payload any, kid string, alg jwa.SignatureAlgorithm) string {
+	t.Helper()
+	var key any = p.rsaKey
+	if strings.HasPrefix(string(alg), "ES") {
+		key = p.ecKey
+	}
+	return signWith(t, key, payload, kid, alg)
+}
+
+// signWith signs any payload with any private key under any kid and alg.
+func signWith(t *testing.T, key any, payload any, kid string, alg jwa.SignatureAlgorithm) string {
 	t.Helper()
 	raw, err := json.Marshal(payload)
 	if err != nil {
@@ -166,10 +181,6 @@ func (p *portalFixture) sign(t *testing.T, payload any, kid string, alg jwa.Sign
 	hdr := jws.NewHeaders()
 	_ = hdr.Set(jws.KeyIDKey, kid)
 	_ = hdr.Set(jws.TypeKey, "JWT")
-	var key any = p.rsaKey
-	if strings.HasPrefix(string(alg), "ES") {
-		key = p.ecKey
-	}
 	tok, err := jws.Sign(raw, jws.WithKey(alg, key, jws.WithProtectedHeaders(hdr)))
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package hti
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,8 +28,16 @@ func FuzzVerify(f *testing.F) {
 		f.Add(tok)
 	}
 	fixtureT := &testing.T{}
-	add(p.sign(fixtureT, p.claims(), "rsa-1", jwa.RS512))
+	rsaToken := p.sign(fixtureT, p.claims(), "rsa-1", jwa.RS512)
+	add(rsaToken)
 	add(p.sign(fixtureT, p.claims(), "ec-1", jwa.ES384))
+	// The same bytes in non-canonical serializations (RFC 7515 §7.1).
+	parts := strings.Split(rsaToken, ".")
+	hc := parts[0] + "." + parts[1] + "."
+	for _, sig := range []string{padded(parts[2]), stdAlphabet(parts[2]), withTrailingBits(parts[2]), parts[2][:10] + "\r\n" + parts[2][10:]} {
+		f.Add(hc + sig)
+	}
+	f.Add(parts[0][:10] + "\n" + parts[0][10:] + "." + parts[1] + "." + parts[2])
 	c := p.claims()
 	c["aud"] = []string{"Device/module-1"}
 	f.Add(p.sign(fixtureT, c, "rsa-1", jwa.RS512))

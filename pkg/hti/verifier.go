@@ -237,25 +237,79 @@ func isLoopbackHost(host string) bool {
 
 // header is the part of the JOSE header a verifier looks at.
 type header struct {
-	Alg  string          `json:"alg"`
-	Kid  string          `json:"kid"`
-	Typ  string          `json:"typ"`
-	Crit json.RawMessage `json:"crit"`
+	Alg, Kid, Typ string
+	Crit          bool // the header has a crit member
 }
 
-// Verify checks a compact-serialized token and returns its claims.
-func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return nil, fmt.Errorf("%w: want three dot-separated parts (a JWS in compact serialization)", ErrMalformed)
+// partNames name the parts of a compact JWS in errors.
+var partNames = [3]string{"header", "payload", "signature"}
+
+// canonicalBase64URL decodes base64url without padding and refuses
+// non-zero trailing bits, so each byte string has one encoding only.
+var canonicalBase64URL = base64.RawURLEncoding.Strict()
+
+// decodePart decodes one part of a compact JWS, accepting only its
+// canonical form: base64url without padding (RFC 7515 §2), so nothing but
+// [A-Za-z0-9_-] — no "=", "+", "/", whitespace or line breaks (which Go's
+// decoder would skip) — and no non-zero trailing bits.
+func decodePart(s string) ([]byte, error) {
+	if s == "" {
+		return nil, errors.New("is empty")
 	}
-	rawHeader, err := base64.RawURLEncoding.DecodeString(parts[0])
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return nil, fmt.Errorf("has %q at offset %d; want base64url without padding", c, i)
+		}
+	}
+	b, err := canonicalBase64URL.DecodeString(s)
 	if err != nil {
-		return nil, fmt.Errorf("%w: header is not base64url", ErrMalformed)
+		return nil, fmt.Errorf("is not canonical base64url: %w", err)
+	}
+	return b, nil
+}
+
+// parseHeader reads the JOSE header: a JSON object without duplicate
+// members (RFC 7515 §4), whose alg, kid and typ, if present, are strings.
+// Member names are matched exactly, unlike encoding/json's struct fields.
+func parseHeader(raw []byte) (header, error) {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &members); err != nil || members == nil {
+		return header{}, errors.New("header is not a JSON object")
+	}
+	if name, dup := duplicateMember(raw); dup {
+		return header{}, fmt.Errorf("header parameter %q appears twice", name)
 	}
 	var h header
-	if err := json.Unmarshal(rawHeader, &h); err != nil {
-		return nil, fmt.Errorf("%w: header is not a JSON object", ErrMalformed)
+	for name, field := range map[string]*string{"alg": &h.Alg, "kid": &h.Kid, "typ": &h.Typ} {
+		if value, ok := members[name]; ok {
+			if err := json.Unmarshal(value, field); err != nil {
+				return header{}, fmt.Errorf("header parameter %q is not a string", name)
+			}
+		}
+	}
+	_, h.Crit = members["crit"]
+	return h, nil
+}
+
+// Verify checks a token in JWS compact serialization and returns its
+// claims. Only the canonical serialization is accepted (RFC 7515 §7.1),
+// and the signature is checked over exactly the bytes received.
+func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("%w: want three dot-separated parts (a JWS in compact serialization)", ErrMalformed)
+	}
+	var decoded [3][]byte
+	for i, part := range parts {
+		b, err := decodePart(part)
+		if err != nil {
+			return nil, fmt.Errorf("%w: the %s %v", ErrMalformed, partNames[i], err)
+		}
+		decoded[i] = b
+	}
+	h, err := parseHeader(decoded[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if !v.allowed[h.Alg] {
 		return nil, fmt.Errorf("%w: %q", ErrAlgorithm, h.Alg)
@@ -266,7 +320,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if h.Typ != "" && !strings.EqualFold(h.Typ, "JWT") {
 		return nil, fmt.Errorf("%w: typ %q", ErrMalformed, h.Typ)
 	}
-	if len(h.Crit) > 0 {
+	if h.Crit {
 		return nil, fmt.Errorf("%w: critical header extensions are not supported", ErrMalformed)
 	}
 	key, err := v.key(ctx, h.Kid)
@@ -277,10 +331,15 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload, err := jws.Verify([]byte(token), jws.WithKey(jwa.SignatureAlgorithm(h.Alg), pub))
+	sigVerifier, err := jws.NewVerifier(jwa.SignatureAlgorithm(h.Alg))
 	if err != nil {
+		return nil, fmt.Errorf("%w: %q: %v", ErrAlgorithm, h.Alg, err)
+	}
+	signingInput := token[:len(parts[0])+1+len(parts[1])] // RFC 7515 §5.2: the received bytes
+	if err := sigVerifier.Verify([]byte(signingInput), decoded[2], pub); err != nil {
 		return nil, fmt.Errorf("%w (kid %s)", ErrSignature, h.Kid)
 	}
+	payload := decoded[1]
 	c, err := ParseClaims(payload)
 	if err != nil {
 		return nil, err

@@ -44,8 +44,9 @@ type ClaimError struct {
 // Error names the claim and the rule it breaks.
 func (e *ClaimError) Error() string { return "claim " + e.Claim + ": " + e.Reason }
 
-// CheckReferences applies the reference and role rules of DESIGN 1.1 to
-// the claims that name FHIR resources: sub is a Patient, Practitioner or
+// CheckReferences applies the reference and role rules of the launch token
+// (docs/ARCHITECTURE.md, The launch token) to the claims that name FHIR
+// resources: sub is a Patient, Practitioner or
 // RelatedPerson; resource a Task; definition an ActivityDefinition; aud a
 // Device; patient a Patient, required unless sub is a Patient, and absent
 // when it would repeat sub.
@@ -87,49 +88,63 @@ func (c *Claims) CheckReferences() error {
 	return nil
 }
 
-// claimKinds says, for every claim a token may carry, whether it is a string
-// (true) or a number (false).
-var claimKinds = map[string]bool{
-	"iss": true, "aud": true, "sub": true, "resource": true, "definition": true, "patient": true,
-	"intent": true, "hti-version": true, "idp_hint": true, "jti": true, "iat": false, "exp": false,
-}
-
-// ErrMalformedClaims means the payload is not a JSON object of known claims
-// with the right types.
+// ErrMalformedClaims means the payload is not a JSON object of claims, or an
+// HTI claim in it has the wrong JSON type (or, parsed strictly, it has a
+// claim that is not an HTI claim).
 var ErrMalformedClaims = errors.New("malformed claims")
 
-// ParseClaims decodes a token payload strictly: a JSON object whose members
-// are known HTI claims of the right JSON type. An aud given as an array is
-// refused (Koppeltaal: aud is a single string), as is any unknown claim.
-func ParseClaims(payload []byte) (*Claims, error) {
+// requiredClaims are the claims every launch token carries.
+var requiredClaims = []string{"iss", "aud", "sub", "resource", "hti-version", "jti", "iat", "exp"}
+
+// ParseClaims decodes a token payload: a JSON object without duplicate
+// members in which every HTI claim present has its JSON type (a string, or
+// a number for iat and exp) and the required claims are present. An aud
+// given as an array is refused (Koppeltaal: aud is a single string).
+// Other claims are ignored, as RFC 7519 §4 requires of claims not
+// understood; ParseClaimsStrict refuses them. Claim names are matched
+// exactly: "ISS" is another (unknown) claim, not iss.
+func ParseClaims(payload []byte) (*Claims, error) { return parseClaims(payload, false) }
+
+// ParseClaimsStrict is ParseClaims refusing, with ErrMalformedClaims, any
+// claim that is not an HTI claim.
+func ParseClaimsStrict(payload []byte) (*Claims, error) { return parseClaims(payload, true) }
+
+func parseClaims(payload []byte, strict bool) (*Claims, error) {
 	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &raw); err != nil {
+	if err := json.Unmarshal(payload, &raw); err != nil || raw == nil {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrMalformedClaims)
 	}
 	if name, dup := duplicateMember(payload); dup {
 		// Verifiers disagree on which of two equal members wins; refuse both.
 		return nil, fmt.Errorf("%w: claim %q appears twice", ErrMalformedClaims, name)
 	}
+	var c Claims
+	fields := map[string]any{
+		"iss": &c.Issuer, "aud": &c.Audience, "sub": &c.Subject, "resource": &c.Resource, "definition": &c.Definition,
+		"patient": &c.Patient, "intent": &c.Intent, "hti-version": &c.HTIVersion, "idp_hint": &c.IDPHint, "jti": &c.JTI,
+		"iat": &c.IssuedAt, "exp": &c.ExpiresAt,
+	}
 	for name, value := range raw {
-		isString, known := claimKinds[name]
+		field, known := fields[name]
 		if !known {
-			return nil, fmt.Errorf("%w: unexpected claim %q", ErrMalformedClaims, name)
+			if strict {
+				return nil, fmt.Errorf("%w: unexpected claim %q", ErrMalformedClaims, name)
+			}
+			continue
 		}
 		v := bytes.TrimSpace(value)
-		if isString && (len(v) == 0 || v[0] != '"') {
-			return nil, fmt.Errorf("%w: claim %q must be a string", ErrMalformedClaims, name)
-		}
-		if !isString && (len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9'))) {
+		if _, isString := field.(*string); isString {
+			if len(v) == 0 || v[0] != '"' {
+				return nil, fmt.Errorf("%w: claim %q must be a string", ErrMalformedClaims, name)
+			}
+		} else if len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')) {
 			return nil, fmt.Errorf("%w: claim %q must be a number", ErrMalformedClaims, name)
 		}
+		if err := json.Unmarshal(v, field); err != nil {
+			return nil, fmt.Errorf("%w: claim %q: %v", ErrMalformedClaims, name, err)
+		}
 	}
-	var c Claims
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformedClaims, err)
-	}
-	for _, required := range []string{"iss", "aud", "sub", "resource", "hti-version", "jti", "iat", "exp"} {
+	for _, required := range requiredClaims {
 		if _, ok := raw[required]; !ok {
 			return nil, &ClaimError{required, "is required"}
 		}

@@ -91,6 +91,10 @@ type VerifierConfig struct {
 	// origin; the client given here is not changed.
 	HTTPClient *http.Client
 	Now        func() time.Time // time.Now when nil
+	// StrictClaims refuses a token with a claim that is not an HTI claim
+	// (ParseClaimsStrict). By default such claims are ignored (ParseClaims),
+	// as RFC 7519 §4 requires of claims not understood.
+	StrictClaims bool
 }
 
 // Verifier checks HTI launch tokens: the key by kid from the portal's JWKS
@@ -340,7 +344,11 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 		return nil, fmt.Errorf("%w (kid %s)", ErrSignature, h.Kid)
 	}
 	payload := decoded[1]
-	c, err := ParseClaims(payload)
+	parse := ParseClaims
+	if v.cfg.StrictClaims {
+		parse = ParseClaimsStrict
+	}
+	c, err := parse(payload)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Version is the hti-version claim of HTI 2.0.
@@ -33,6 +35,48 @@ type Claims struct {
 	JTI        string `json:"jti"`                  // ≥128 random bits, unique per token
 	IssuedAt   int64  `json:"iat"`                  // seconds since the epoch
 	ExpiresAt  int64  `json:"exp"`                  // iat + lifetime, lifetime ≤ 300 s
+}
+
+// minJTIBits is the least capacity of a jti: room for 128 random bits, so
+// two tokens never share one by chance.
+const minJTIBits = 128
+
+// jtiCapacity estimates how many bits a jti can carry from the smallest
+// alphabet that contains it: 4 per digit for hex (all lower or all upper
+// case, optionally with the dashes of a UUID, which carry nothing), 6 per
+// character for base64url, and 6 per character, an upper bound, for
+// anything else. It says what it counted.
+func jtiCapacity(jti string) (bits int, what string) {
+	digits := jti
+	if isUUIDShaped(jti) {
+		digits = strings.ReplaceAll(jti, "-", "")
+	}
+	switch {
+	case digits != "" && (strings.Trim(digits, "0123456789abcdef") == "" || strings.Trim(digits, "0123456789ABCDEF") == ""):
+		return 4 * len(digits), fmt.Sprintf("%d hex digits", len(digits))
+	case strings.Trim(jti, base64URLAlphabet) == "":
+		return 6 * len(jti), fmt.Sprintf("%d base64url characters", len(jti))
+	default:
+		n := utf8.RuneCountInString(jti)
+		return 6 * n, fmt.Sprintf("%d characters", n)
+	}
+}
+
+// base64URLAlphabet is the alphabet of base64url (RFC 4648 §5).
+const base64URLAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+// isUUIDShaped reports whether s has the dashes of a UUID's text form,
+// 8-4-4-4-12 (RFC 9562 §4), around other characters.
+func isUUIDShaped(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if dash := i == 8 || i == 13 || i == 18 || i == 23; dash != (s[i] == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // ClaimError says which claim breaks which rule.

@@ -85,3 +85,58 @@ func TestVerify_UnknownClaims(t *testing.T) {
 		t.Fatalf("StrictClaims: err %v, want ErrMalformedClaims for an unexpected claim", err)
 	}
 }
+
+func TestJTICapacity(t *testing.T) {
+	for _, tc := range []struct {
+		jti  string
+		bits int
+	}{
+		{"0f8fad5b-d9cb-469f-a165-70867728950e", 128}, // a UUID
+		{"0F8FAD5B-D9CB-469F-A165-70867728950E", 128},
+		{"0f8fad5bd9cb469fa16570867728950e", 128},
+		{"0f8fad5bd9cb469fa16570867728950", 124},
+		{"0f8fad5b-d9cb-469f-a165-70867728950", 6 * 35}, // not UUID-shaped: base64url
+		{"0f8fad5b-d9cb-469f-a165-7086772895-e", 6 * 36},
+		{"0f8fAD5Bd9cb469fa16570867728950e", 6 * 32}, // mixed case: base64url
+		{"ZZZZZZZZZZZZZ-_Z", 96},                     // 16 base64url characters
+		{"ZZZZZZZZZZZZZZZZZZZZZ", 126},
+		{"ZZZZZZZZZZZZZZZZZZZZZZ", 132},
+		{"siBt46nvcoJnBExMoD9RFUXM", 144}, // the portal's: 18 random bytes
+		{"0123456789", 40},
+		{"abc", 12},
+		{"", 0},
+		{"!!!!!!!!!!!!!!!!!!!!!", 126},
+		{"ééééééééééééééééééééééé", 6 * 23},
+	} {
+		if bits, what := jtiCapacity(tc.jti); bits != tc.bits {
+			t.Errorf("%q: %d bits (%s), want %d", tc.jti, bits, what, tc.bits)
+		}
+	}
+}
+
+// TestVerify_JTIOf128Bits: the jti minimum counts bits, not characters.
+func TestVerify_JTIOf128Bits(t *testing.T) {
+	p := newPortalFixture(t)
+	for _, tc := range []struct {
+		jti     string
+		mention string // the error must say this; accepted when empty
+	}{
+		{"0f8fad5b-d9cb-469f-a165-70867728950e", ""},
+		{"0f8fad5bd9cb469fa16570867728950e", ""},
+		{"ZZZZZZZZZZZZZZZZZZZZZZ", ""},
+		{"ZZZZZZZZZZZZZ-_Z", "carries at most 96 bits (16 base64url characters); at least 128 random bits are required"},
+		{"0f8fad5bd9cb469fa16570867728950", "carries at most 124 bits (31 hex digits)"},
+		{"xyz", "carries at most 18 bits"},
+	} {
+		c := p.claims()
+		c["jti"] = tc.jti
+		_, err := p.verifier(t, nil).Verify(context.Background(), p.sign(t, c, "rsa-1", jwa.RS512))
+		var ce *ClaimError
+		switch {
+		case tc.mention == "" && err != nil:
+			t.Errorf("%q: %v", tc.jti, err)
+		case tc.mention != "" && (!errors.As(err, &ce) || ce.Claim != "jti" || !strings.Contains(err.Error(), tc.mention)):
+			t.Errorf("%q: err %v, want a ClaimError for jti saying %q", tc.jti, err, tc.mention)
+		}
+	}
+}

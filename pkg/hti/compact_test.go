@@ -9,8 +9,6 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 )
 
-const base64URLAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
 // padded adds the "=" padding standard base64 would have.
 func padded(s string) string { return s + strings.Repeat("=", (4-len(s)%4)%4) }
 

@@ -386,8 +386,8 @@ func (v *Verifier) checkClaims(c *Claims) error {
 	if c.HTIVersion != Version {
 		return fmt.Errorf("%w: %q", ErrVersion, c.HTIVersion)
 	}
-	if len(c.JTI) < 16 {
-		return &ClaimError{"jti", "is too short to hold 128 random bits"}
+	if bits, what := jtiCapacity(c.JTI); bits < minJTIBits {
+		return &ClaimError{"jti", fmt.Sprintf("carries at most %d bits (%s); at least %d random bits are required", bits, what, minJTIBits)}
 	}
 	return c.CheckReferences()
 }

@@ -35,7 +35,8 @@ func (r Reference) String() string { return r.Type + "/" + r.ID }
 
 // ParseReference parses a relative reference of one of the allowed types.
 // It rejects absolute URLs, versioned references (_history), whitespace,
-// ids that break the FHIR id rule and other resource types, with an error
+// ids that break the FHIR id rule, ids made only of dots ("." and "..",
+// which are path steps in a URL) and other resource types, with an error
 // that says which rule was broken.
 func ParseReference(s string, allowed ...string) (Reference, error) {
 	if s == "" {
@@ -70,6 +71,12 @@ func ParseReference(s string, allowed ...string) (Reference, error) {
 			return Reference{}, fmt.Errorf("%q has an id of %d characters; FHIR ids have at most 64", s, len(id))
 		}
 		return Reference{}, fmt.Errorf("%q has an invalid id; FHIR ids are 1-64 letters, digits, '-' or '.'", s)
+	}
+	if strings.Trim(id, ".") == "" {
+		// A legal FHIR id, but a module that builds {fhir}/{type}/{id}
+		// would request a dot segment (RFC 3986 §5.2.4), or something that
+		// looks like one, instead of a resource.
+		return Reference{}, fmt.Errorf("%q has an id of only dots; want %s/<id> with a letter, digit or '-' in the id", s, want)
 	}
 	return Reference{Type: typ, ID: id}, nil
 }

@@ -447,13 +447,15 @@ func TestNewVerifier_AlgorithmsAreAnExactList(t *testing.T) {
 }
 
 func TestParseReference(t *testing.T) {
-	good := map[string][]string{"Task/1": {TypeTask}, "Patient/a.b-C": {TypePatient}, "Practitioner/" + strings.Repeat("x", 64): UserTypes}
+	good := map[string][]string{"Task/1": {TypeTask}, "Patient/a.b-C": {TypePatient}, "Practitioner/" + strings.Repeat("x", 64): UserTypes,
+		"Task/.x": {TypeTask}, "Task/..-": {TypeTask}, "Task/1.2": {TypeTask}}
 	for ref, types := range good {
 		if _, err := ParseReference(ref, types...); err != nil {
 			t.Errorf("%s: %v", ref, err)
 		}
 	}
-	bad := []string{"", "Task", "Task/", "/1", "Task/1/2", "Task/1/_history/1", "https://x/Task/1", "urn:uuid:1", "Task/ 1", "Task/a_b", "Task/" + strings.Repeat("x", 65), "task/1", "Patient/1"}
+	bad := []string{"", "Task", "Task/", "/1", "Task/1/2", "Task/1/_history/1", "https://x/Task/1", "urn:uuid:1", "Task/ 1", "Task/a_b", "Task/" + strings.Repeat("x", 65), "task/1", "Patient/1",
+		"Task/.", "Task/..", "Task/...", "Task/" + strings.Repeat(".", 64)}
 	for _, ref := range bad {
 		if _, err := ParseReference(ref, TypeTask); err == nil {
 			t.Errorf("%q accepted", ref)

@@ -97,18 +97,22 @@ func ValidIntent(s string) bool {
 	return false
 }
 
-// ValidateIDPHint checks an idp_hint: a logical identifier of printable
-// characters without whitespace, at most 255 long.
+// ValidateIDPHint checks an idp_hint: a logical identifier of 1 to 255
+// ASCII letters, digits and '.', '-', '_', ':', '/'. The set is narrow on
+// purpose: the Koppeltaal reference auth server decodes token payloads a
+// second time with the standard base64 alphabet and fails (500) on some
+// values with '?' or '~', and an identifier needs no more.
 func ValidateIDPHint(s string) error {
+	const allowed = "1-255 ASCII letters, digits, '.', '-', '_', ':' or '/'"
 	if s == "" {
-		return errors.New("is empty")
+		return errors.New("is empty; want " + allowed)
 	}
 	if len(s) > 255 {
-		return errors.New("is longer than 255 characters")
+		return fmt.Errorf("is %d bytes long; want %s", len(s), allowed)
 	}
-	for _, r := range s {
-		if r <= ' ' || r == 0x7f || r > '~' {
-			return fmt.Errorf("%q must be printable ASCII without spaces", s)
+	for i, r := range s {
+		if !('A' <= r && r <= 'Z' || 'a' <= r && r <= 'z' || '0' <= r && r <= '9' || strings.ContainsRune(".-_:/", r)) {
+			return fmt.Errorf("%q has %q at offset %d; want %s", s, r, i, allowed)
 		}
 	}
 	return nil

@@ -531,3 +531,17 @@ func TestNewVerifier_RefusesConfigurations(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateIDPHint(t *testing.T) {
+	for _, s := range []string{"digid", "DigiD", "eherkenning-3", "urn:oid:2.16.528.1", "https://idp.example.org/realms/x", "a_b.c", "x", strings.Repeat("x", 255)} {
+		if err := ValidateIDPHint(s); err != nil {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+	for _, s := range []string{"", strings.Repeat("x", 256), "my idp", "digid?", "a~b", "a+b", "a=b", "a%20b", "a#b", "a&b", "é", "a\tb", "a\x00b", "a\"b", "a<b"} {
+		err := ValidateIDPHint(s)
+		if err == nil || !strings.Contains(err.Error(), "1-255 ASCII letters, digits, '.', '-', '_', ':' or '/'") {
+			t.Errorf("%q: err %v, want one naming the allowed characters", s, err)
+		}
+	}
+}

@@ -20,8 +20,8 @@ const MaxLifetime = 300 * time.Second
 const DefaultIntent = "plan"
 
 // Claims are the claims of an HTI 2.0 launch token as Koppeltaal 2.0 uses
-// them; nothing else is issued or accepted. Optional claims are empty when
-// absent.
+// them; the portal issues nothing else, and other claims in a token are
+// ignored (see ParseClaims). Optional claims are empty when absent.
 type Claims struct {
 	Issuer     string `json:"iss"`                  // the portal's Koppeltaal client_id
 	Audience   string `json:"aud"`                  // the module's Device reference, one string

@@ -51,9 +51,9 @@ const DefaultMaxStaleness = 10 * time.Minute
 var DefaultAlgorithms = []string{"RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
 
 // signatureAlgorithms are the algorithms a configuration may allow: the
-// asymmetric JWS signature algorithms of RFC 7518 §3.1 that Go verifies
-// with the standard library. Not "none", not HMAC (a public key must never
-// serve as a shared secret, RFC 8725 §2.1), not encryption algorithms.
+// asymmetric JWS signature algorithms of RFC 7518 §3.1. Not "none", not
+// HMAC (a public key must never serve as a shared secret, RFC 8725 §2.1),
+// not encryption algorithms.
 var signatureAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 
 // ReplayStore remembers the jti of every accepted token until it expires,

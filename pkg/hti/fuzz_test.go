@@ -3,6 +3,7 @@ package hti
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,8 +28,16 @@ func FuzzVerify(f *testing.F) {
 		f.Add(tok)
 	}
 	fixtureT := &testing.T{}
-	add(p.sign(fixtureT, p.claims(), "rsa-1", jwa.RS512))
+	rsaToken := p.sign(fixtureT, p.claims(), "rsa-1", jwa.RS512)
+	add(rsaToken)
 	add(p.sign(fixtureT, p.claims(), "ec-1", jwa.ES384))
+	// The same bytes in non-canonical serializations (RFC 7515 §7.1).
+	parts := strings.Split(rsaToken, ".")
+	hc := parts[0] + "." + parts[1] + "."
+	for _, sig := range []string{padded(parts[2]), stdAlphabet(parts[2]), withTrailingBits(parts[2]), parts[2][:10] + "\r\n" + parts[2][10:]} {
+		f.Add(hc + sig)
+	}
+	f.Add(parts[0][:10] + "\n" + parts[0][10:] + "." + parts[1] + "." + parts[2])
 	c := p.claims()
 	c["aud"] = []string{"Device/module-1"}
 	f.Add(p.sign(fixtureT, c, "rsa-1", jwa.RS512))
@@ -57,18 +66,24 @@ func FuzzVerify(f *testing.F) {
 	})
 }
 
-// FuzzParseClaims feeds arbitrary payloads to the strict claims parser: no
-// panic, and what it accepts survives a round trip unchanged.
+// FuzzParseClaims feeds arbitrary payloads to the claims parsers: no panic;
+// what ParseClaims accepts survives a round trip unchanged; what
+// ParseClaimsStrict accepts, ParseClaims accepts the same.
 func FuzzParseClaims(f *testing.F) {
 	for _, seed := range []string{
 		`{"iss":"p","aud":"Device/1","sub":"Patient/1","resource":"Task/1","hti-version":"2.0","jti":"abcdefghijklmnopqrstuv","iat":1,"exp":2}`,
 		`{"iss":"p","aud":["Device/1"],"sub":"Patient/1","resource":"Task/1","hti-version":"2.0","jti":"j","iat":1,"exp":2}`,
+		`{"iss":"p","aud":"Device/1","sub":"Patient/1","resource":"Task/1","hti-version":"2.0","jti":"j","iat":1,"exp":2,"ISS":"q","x":{}}`,
 		`{"iss":"p","iss":"q"}`, `{"iat":"1"}`, `{"iat":1.5}`, `[]`, `null`, `{}`, `{"x":1}`,
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
+		strict, strictErr := ParseClaimsStrict(payload)
 		c, err := ParseClaims(payload)
+		if strictErr == nil && (err != nil || *c != *strict) {
+			t.Fatalf("strict parse gave %+v, lenient %+v, %v", strict, c, err)
+		}
 		if err != nil {
 			return
 		}
@@ -76,7 +91,7 @@ func FuzzParseClaims(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c2, err := ParseClaims(again)
+		c2, err := ParseClaimsStrict(again)
 		if err != nil {
 			t.Fatalf("re-encoded claims do not parse: %v\n%s", err, again)
 		}

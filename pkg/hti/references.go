@@ -35,7 +35,8 @@ func (r Reference) String() string { return r.Type + "/" + r.ID }
 
 // ParseReference parses a relative reference of one of the allowed types.
 // It rejects absolute URLs, versioned references (_history), whitespace,
-// ids that break the FHIR id rule and other resource types, with an error
+// ids that break the FHIR id rule, ids made only of dots ("." and "..",
+// which are path steps in a URL) and other resource types, with an error
 // that says which rule was broken.
 func ParseReference(s string, allowed ...string) (Reference, error) {
 	if s == "" {
@@ -71,6 +72,12 @@ func ParseReference(s string, allowed ...string) (Reference, error) {
 		}
 		return Reference{}, fmt.Errorf("%q has an invalid id; FHIR ids are 1-64 letters, digits, '-' or '.'", s)
 	}
+	if strings.Trim(id, ".") == "" {
+		// A legal FHIR id, but a module that builds {fhir}/{type}/{id}
+		// would request a dot segment (RFC 3986 §5.2.4), or something that
+		// looks like one, instead of a resource.
+		return Reference{}, fmt.Errorf("%q has an id of only dots; want %s/<id> with a letter, digit or '-' in the id", s, want)
+	}
 	return Reference{Type: typ, ID: id}, nil
 }
 
@@ -90,18 +97,22 @@ func ValidIntent(s string) bool {
 	return false
 }
 
-// ValidateIDPHint checks an idp_hint: a logical identifier of printable
-// characters without whitespace, at most 255 long.
+// ValidateIDPHint checks an idp_hint: a logical identifier of 1 to 255
+// ASCII letters, digits and '.', '-', '_', ':', '/'. The set is narrow on
+// purpose: the Koppeltaal reference auth server decodes token payloads a
+// second time with the standard base64 alphabet and fails (500) on some
+// values with '?' or '~', and an identifier needs no more.
 func ValidateIDPHint(s string) error {
+	const allowed = "1-255 ASCII letters, digits, '.', '-', '_', ':' or '/'"
 	if s == "" {
-		return errors.New("is empty")
+		return errors.New("is empty; want " + allowed)
 	}
 	if len(s) > 255 {
-		return errors.New("is longer than 255 characters")
+		return fmt.Errorf("is %d bytes long; want %s", len(s), allowed)
 	}
-	for _, r := range s {
-		if r <= ' ' || r == 0x7f || r > '~' {
-			return fmt.Errorf("%q must be printable ASCII without spaces", s)
+	for i, r := range s {
+		if !('A' <= r && r <= 'Z' || 'a' <= r && r <= 'z' || '0' <= r && r <= '9' || strings.ContainsRune(".-_:/", r)) {
+			return fmt.Errorf("%q has %q at offset %d; want %s", s, r, i, allowed)
 		}
 	}
 	return nil

@@ -70,7 +70,7 @@ func insertForged(t testing.TB, f *fixture, issuer, kid string, notify bool) {
 	garbage := make([]byte, 80)
 	_, _ = rand.Read(garbage)
 	now := f.clock.Now()
-	_, err := f.pool.Exec(context.Background(), `INSERT INTO signing_keys
+	_, err := f.pool.Exec(testContext(), `INSERT INTO signing_keys
 		(kid, issuer, alg, key_bits, state, public_jwk, sealed_private, kek_id, seal_version, created_at, retired_at, expires_at)
 		VALUES ($1, $2, 'ES256', 256, 'retired', $3, $4, $5, 2, $6, $6, $7)`,
 		kid, issuer, foreignJWK(t, kid), garbage, f.sealer.CurrentKEK(), now, now.Add(24*time.Hour))
@@ -78,7 +78,7 @@ func insertForged(t testing.TB, f *fixture, issuer, kid string, notify bool) {
 		t.Fatal(err)
 	}
 	if notify {
-		if _, err := f.pool.Exec(context.Background(), `SELECT pg_notify($1, $2)`, NotifyChannel, issuer); err != nil {
+		if _, err := f.pool.Exec(testContext(), `SELECT pg_notify($1, $2)`, NotifyChannel, issuer); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,7 +108,7 @@ func issuerReady(k *Keyring, issuer string) (ready bool, reasons []string) {
 func kidOf(t testing.TB, f *fixture, issuer string, state State) string {
 	t.Helper()
 	var kid string
-	if err := f.pool.QueryRow(context.Background(), `SELECT kid FROM signing_keys WHERE issuer = $1 AND state = $2`, issuer, string(state)).Scan(&kid); err != nil {
+	if err := f.pool.QueryRow(testContext(), `SELECT kid FROM signing_keys WHERE issuer = $1 AND state = $2`, issuer, string(state)).Scan(&kid); err != nil {
 		t.Fatal(err)
 	}
 	return kid
@@ -120,7 +120,7 @@ func kidOf(t testing.TB, f *fixture, issuer string, state State) string {
 // keyring started afterwards; that it is logged once; and that the issuer's
 // sound keys keep signing.
 func TestIntegrity_ForgedRowNeverReachesTheJWKS(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(testContext())
 	defer cancel()
 	clock := newFakeClock()
 	url := testDB.Fresh(t)
@@ -203,7 +203,7 @@ func TestIntegrity_ForgedRowNeverReachesTheJWKS(t *testing.T) {
 func TestIntegrity_PublicJWKOfAnotherKeyIsRefused(t *testing.T) {
 	for _, version := range []SealVersion{SealV2, SealV1} {
 		t.Run("v"+string(rune('0'+version)), func(t *testing.T) {
-			ctx := context.Background()
+			ctx := testContext()
 			clock := newFakeClock()
 			f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 			f.addIssuer(t, testIssuer("jwk", ES256))
@@ -244,7 +244,7 @@ func TestIntegrity_PublicJWKOfAnotherKeyIsRefused(t *testing.T) {
 // resealAsV1 rewrites a key's sealed part as a pre-0003 row: SealV1 AAD.
 func resealAsV1(t testing.TB, f *fixture, kid string) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := testContext()
 	sk, err := scanKey(f.pool.QueryRow(ctx, `SELECT `+keyColumns+`, sealed_private FROM signing_keys WHERE kid = $1`, kid), true)
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func resealAsV1(t testing.TB, f *fixture, kid string) {
 // active and next keys (same issuer, KEK and algorithm): neither opens, so
 // neither is published and the issuer cannot sign.
 func TestIntegrity_SwappedCiphertextsAreRefused(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("swapped", ES256))
@@ -304,7 +304,7 @@ func TestIntegrity_SwappedCiphertextsAreRefused(t *testing.T) {
 // again (it changed), refuse it, take it out of the JWKS and stop signing.
 // The schema refuses algorithms and sizes the service does not know.
 func TestIntegrity_AlteredAlgIsRefusedByARunningKeyring(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(testContext())
 	defer cancel()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
@@ -351,7 +351,7 @@ func TestIntegrity_AlteredAlgIsRefusedByARunningKeyring(t *testing.T) {
 // TestIntegrity_OneBrokenIssuerLeavesTheOthersServing flips a byte of one
 // issuer's next key, then of its active key: only that issuer is affected.
 func TestIntegrity_OneBrokenIssuerLeavesTheOthersServing(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("healthy", ES256))
@@ -395,7 +395,7 @@ func TestIntegrity_OneBrokenIssuerLeavesTheOthersServing(t *testing.T) {
 // TestUpgradeSeals_RewritesV1RowsKeepingTheirKEK is the v1 → v2 move that
 // serve makes at start-up.
 func TestUpgradeSeals_RewritesV1RowsKeepingTheirKEK(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	url := testDB.Fresh(t)
 	old, current := newKEK(t, "old"), newKEK(t, "new")

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
@@ -31,6 +32,20 @@ type Issuer struct {
 	IsDefault   bool      // served at /.well-known/jwks.json
 	CreatedAt   time.Time // when the issuer was stored
 	UpdatedAt   time.Time // when its settings last changed
+}
+
+// auditState is what the admin trail records of an issuer.
+func (is Issuer) auditState() map[string]any {
+	return map[string]any{"slug": is.Slug, "client_id": is.ClientID, "fhir_base_url": is.FHIRBaseURL, "profile": string(is.Profile),
+		"alg": string(is.Alg), "rsa_bits": is.RSABits, "rotation_period": is.Policy.RotationPeriod.String(),
+		"publish_lead": is.Policy.PublishLead.String(), "retire_grace": is.Policy.RetireGrace.String(), "default": is.IsDefault}
+}
+
+// sameSettings reports whether two issuers have the same settings (times
+// of creation and change aside).
+func sameSettings(a, b Issuer) bool {
+	a.CreatedAt, a.UpdatedAt, b.CreatedAt, b.UpdatedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	return a == b
 }
 
 // Profile says which verifiers an issuer's tokens are for, and so which
@@ -312,10 +327,17 @@ func issuerArgs(is Issuer, now time.Time) []any {
 
 // UpsertDefaultIssuer creates or updates the default issuer from the
 // service configuration, and makes it the only default one. Several
-// instances may call it at once.
+// instances may call it at once. A change of settings is recorded as an
+// admin event (issuer.configure) of the context's actor, in the same
+// transaction; starting with unchanged settings records nothing.
 func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Time) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, issuerConfigLock); err != nil {
+			return err
+		}
+		before, err := scanIssuer(tx.QueryRow(ctx, sqlSelectIssuer, is.Slug))
+		existed := err == nil
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
 		if _, err := tx.Exec(ctx, sqlClearOtherDefault, is.Slug, now.UTC()); err != nil {
@@ -324,9 +346,23 @@ func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Tim
 		if _, err := tx.Exec(ctx, sqlUpsertDefaultIssuer, issuerArgs(is, now)...); err != nil {
 			return translateIssuerError(err)
 		}
+		after, err := scanIssuer(tx.QueryRow(ctx, sqlSelectIssuer, is.Slug))
+		if err != nil {
+			return err
+		}
+		if existed && sameSettings(before, after) {
+			return notifyChange(ctx, tx, is.Slug)
+		}
+		change := adminevents.Change{Action: adminevents.IssuerConfig, Target: "issuer:" + is.Slug, After: after.auditState()}
+		if existed {
+			change.Before = before.auditState()
+		}
+		if err := adminevents.Record(ctx, tx, now, change); err != nil {
+			return err
+		}
 		return notifyChange(ctx, tx, is.Slug)
 	})
-	return postgres.Error(fmt.Sprintf("configure default issuer %q", is.Slug), err)
+	return storeError(fmt.Sprintf("configure default issuer %q", is.Slug), err)
 }
 
 // notifyChange tells every instance to reload the issuer (delivered at commit).
@@ -335,38 +371,65 @@ func notifyChange(ctx context.Context, tx pgx.Tx, slug string) error {
 	return err
 }
 
-// CreateIssuer stores a new, non-default issuer.
+// CreateIssuer stores a new, non-default issuer, with its admin event
+// (issuer.add) in the same transaction; the context must carry the actor.
 func (s *Store) CreateIssuer(ctx context.Context, is Issuer, now time.Time) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, sqlInsertIssuer, issuerArgs(is, now)...); err != nil {
 			return translateIssuerError(err)
 		}
+		stored, err := scanIssuer(tx.QueryRow(ctx, sqlSelectIssuer, is.Slug))
+		if err != nil {
+			return err
+		}
+		if err := adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.IssuerAdd, Target: "issuer:" + is.Slug, After: stored.auditState()}); err != nil {
+			return err
+		}
 		return notifyChange(ctx, tx, is.Slug)
 	})
-	if err != nil {
-		return postgres.Error(fmt.Sprintf("create issuer %q", is.Slug), err)
-	}
-	return nil
+	return storeError(fmt.Sprintf("create issuer %q", is.Slug), err)
 }
 
-// UpdateIssuer replaces the settings of an existing issuer. Keys already made
-// keep their algorithm; the rotator replaces the next key when it no longer
-// matches.
+// UpdateIssuer replaces the settings of an existing issuer, with its admin
+// event (issuer.update, before and after) in the same transaction; the
+// context must carry the actor. Keys already made keep their algorithm;
+// the rotator replaces the next key when it no longer matches.
 func (s *Store) UpdateIssuer(ctx context.Context, is Issuer, now time.Time) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, sqlUpdateIssuer, issuerArgs(is, now)...)
+		before, err := scanIssuer(tx.QueryRow(ctx, sqlSelectIssuer+` FOR UPDATE`, is.Slug))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrIssuerNotFound
+		}
 		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, sqlUpdateIssuer, issuerArgs(is, now)...); err != nil {
 			return translateIssuerError(err)
 		}
-		if tag.RowsAffected() == 0 {
-			return ErrIssuerNotFound
+		after, err := scanIssuer(tx.QueryRow(ctx, sqlSelectIssuer, is.Slug))
+		if err != nil {
+			return err
+		}
+		if err := adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.IssuerUpdate, Target: "issuer:" + is.Slug,
+			Before: before.auditState(), After: after.auditState()}); err != nil {
+			return err
 		}
 		return notifyChange(ctx, tx, is.Slug)
 	})
-	if err != nil {
-		return postgres.Error(fmt.Sprintf("update issuer %q", is.Slug), err)
+	return storeError(fmt.Sprintf("update issuer %q", is.Slug), err)
+}
+
+// storeError classifies an error of a store transaction: the domain's own
+// errors (ErrIssuerExists, ErrIssuerNotFound, adminevents.ErrNoActor) keep
+// their identity, database errors go through postgres.Error.
+func storeError(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrIssuerExists), errors.Is(err, ErrIssuerNotFound), errors.Is(err, adminevents.ErrNoActor):
+		return fmt.Errorf("%s: %w", op, err)
 	}
-	return nil
+	return postgres.Error(op, err)
 }
 
 // Issuer returns the issuer with the given slug.

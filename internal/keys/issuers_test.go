@@ -1,7 +1,6 @@
 package keys
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -38,7 +37,7 @@ func TestIssuer_ProfileLimitsAlgorithms(t *testing.T) {
 		t.Errorf("unknown profile: %v", err)
 	}
 
-	ctx := context.Background()
+	ctx := testContext()
 	f := newFixture(t, testDB.Fresh(t), newFakeClock(), newSealer(t, newKEK(t, "k1")))
 	mix := testIssuer("mix", ES256)
 	mix.Profile = ProfileKoppeltaal
@@ -77,11 +76,11 @@ func TestKeyring_IssuerBreakingTheTimingLimitsIsNotReady(t *testing.T) {
 	f.addIssuer(t, testIssuer("fits", RS512))
 	tight := testIssuer("tight", RS512)
 	f.addIssuer(t, tight)
-	if _, err := f.pool.Exec(context.Background(), `UPDATE issuers SET publish_lead_ms = 60000, rotation_period_ms = 60000 WHERE slug = 'tight'`); err != nil {
+	if _, err := f.pool.Exec(testContext(), `UPDATE issuers SET publish_lead_ms = 60000, rotation_period_ms = 60000 WHERE slug = 'tight'`); err != nil {
 		t.Fatal(err)
 	}
 	k := NewKeyring(f.store, f.sealer, clock.Now, quietLogger(), WithTimingLimits(testLimits))
-	err := k.Refresh(context.Background())
+	err := k.Refresh(testContext())
 	var problems *RefreshProblems
 	if !errors.As(err, &problems) || len(problems.Issuers["tight"]) != 1 || len(problems.Issuers["fits"]) != 0 {
 		t.Fatalf("refresh: %v, want one problem of issuer tight", err)
@@ -102,7 +101,7 @@ func TestKeyring_IssuerBreakingTheTimingLimitsIsNotReady(t *testing.T) {
 // while the key retired by the previous one is still published; revocation
 // stays possible; after the grace the next forced rotation goes through.
 func TestRotate_ForcedRotationsCannotGrowTheJWKS(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("bounded", ES384))
@@ -137,7 +136,7 @@ func TestRotate_ForcedRotationsCannotGrowTheJWKS(t *testing.T) {
 // after the issuer changed algorithm must not activate the old-algorithm
 // next key.
 func TestRevoke_ReplacesANextKeyThatNoLongerFits(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	is := testIssuer("changed", ES256)

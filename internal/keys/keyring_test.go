@@ -1,7 +1,6 @@
 package keys
 
 import (
-	"context"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -122,7 +121,7 @@ func TestJWKS_SameBytesOnEveryInstance(t *testing.T) {
 }
 
 func TestKeyring_ReadyOnlyWhenEveryIssuerCanSign(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	if err := f.keyring.Ready(); err == nil {
@@ -153,7 +152,7 @@ func BenchmarkSign(b *testing.B) {
 	payload := []byte(`{"iss":"portal-client","aud":"Device/1f2a","sub":"Practitioner/42","resource":"Task/7","patient":"Patient/9","definition":"ActivityDefinition/3","intent":"plan","hti-version":"2.0","jti":"Zt1bKq3X5i4sN0u2m9wL8A","iat":1764000000,"exp":1764000300}`)
 	for _, alg := range Algorithms() {
 		slug := algSlug("bench", alg)
-		if _, err := f.store.Issuer(context.Background(), slug); err != nil {
+		if _, err := f.store.Issuer(testContext(), slug); err != nil {
 			f.addIssuer(b, testIssuer(slug, alg))
 		}
 	}
@@ -175,7 +174,7 @@ func BenchmarkSign(b *testing.B) {
 }
 
 func TestKeyring_ObservesRotationsAndRevocations(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	url := testDB.Fresh(t)
 	sealer := newSealer(t, newKEK(t, "k1"))
@@ -205,7 +204,7 @@ func TestKeyring_ObservesRotationsAndRevocations(t *testing.T) {
 // TestKeyring_NeverSignsWithAKeyMissingFromTheJWKS breaks the stored public
 // JWK of the active key: the key cannot be published, so it must not sign.
 func TestKeyring_NeverSignsWithAKeyMissingFromTheJWKS(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("broken", ES256))

@@ -15,6 +15,8 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/pgtest"
 	"github.com/ehealth-nl/portal/internal/postgres"
+
+	"github.com/ehealth-nl/portal/internal/adminevents"
 )
 
 var testDB *pgtest.Package
@@ -79,7 +81,7 @@ func newSealer(t testing.TB, ring ...KEK) *Sealer {
 
 func connect(t testing.TB, url string) *pgxpool.Pool {
 	t.Helper()
-	pool, err := postgres.Connect(context.Background(), url)
+	pool, err := postgres.Connect(testContext(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func newFixture(t testing.TB, url string, clock *fakeClock, sealer *Sealer) *fix
 // addIssuer stores an issuer and gives it its first keys.
 func (f *fixture) addIssuer(t testing.TB, is Issuer) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := testContext()
 	if err := is.Validate(testLimits); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +132,13 @@ func (f *fixture) addIssuer(t testing.TB, is Issuer) {
 func (f *fixture) refresh(t testing.TB) {
 	t.Helper()
 	var problems *RefreshProblems
-	if err := f.keyring.Refresh(context.Background()); err != nil && !errors.As(err, &problems) {
+	if err := f.keyring.Refresh(testContext()); err != nil && !errors.As(err, &problems) {
 		t.Fatal(err)
 	}
+}
+
+// testContext is the context of the changes tests make: an operator at the
+// command line, as the admin trail records it.
+func testContext() context.Context {
+	return adminevents.WithActor(context.Background(), "cli:test@localhost")
 }

@@ -24,7 +24,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // follower a one-hour poll interval: only a notification can make it see a
 // rotation or a revocation within the test.
 func TestFollow_NotifyReachesAnotherInstanceLongBeforeThePoll(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(testContext())
 	defer cancel()
 	url := testDB.Fresh(t)
 	clock := newFakeClock()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"github.com/ehealth-nl/portal/internal/adminevents"
 )
 
 // ResealResult reports what Reseal or UpgradeSeals did.
@@ -102,6 +104,11 @@ func (r *Rotator) reseal(ctx context.Context, issuer string, keepKEK bool) (Rese
 					return false, err
 				}
 				if err := tx.updateSealed(ctx, sk.Kid, kekID, sealed, SealV2); err != nil {
+					return false, err
+				}
+				if err := adminevents.Record(ctx, tx.tx, r.now(), adminevents.Change{Action: adminevents.KeyReseal, Target: "key:" + sk.Kid,
+					Before: map[string]any{"issuer": slug, "kek": sk.KEKID, "seal_version": int(sk.sealVersion)},
+					After:  map[string]any{"issuer": slug, "kek": kekID, "seal_version": int(SealV2)}}); err != nil {
 					return false, err
 				}
 				res.Resealed = append(res.Resealed, sk.Kid)

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/ehealth-nl/portal/internal/adminevents"
 )
 
 // Rotator moves an issuer's keys through their lifecycle (docs/ARCHITECTURE.md,
@@ -55,6 +57,32 @@ type Change struct {
 // Changed reports whether any key changed state.
 func (c Change) Changed() bool {
 	return len(c.Expired) > 0 || c.Revoked != "" || c.Retired != "" || c.Activated != "" || len(c.Created) > 0
+}
+
+// auditState is what the admin trail records of a change.
+func (c Change) auditState() map[string]any {
+	state := map[string]any{"issuer": c.Issuer}
+	for name, v := range map[string][]string{"expired": c.Expired, "created": c.Created} {
+		if len(v) > 0 {
+			state[name] = v
+		}
+	}
+	for name, v := range map[string]string{"revoked": c.Revoked, "retired": c.Retired, "activated": c.Activated} {
+		if v != "" {
+			state[name] = v
+		}
+	}
+	return state
+}
+
+// keyStates is what the admin trail records of an issuer's published keys
+// before a change: each kid with its state.
+func keyStates(ks []Key) map[string]string {
+	states := make(map[string]string, len(ks))
+	for _, k := range ks {
+		states[k.Kid] = string(k.State)
+	}
+	return states
 }
 
 // Rotated reports whether the active key was replaced on schedule or on request.
@@ -271,7 +299,7 @@ func planRevocation(is Issuer, published []Key, now time.Time, kid string) (plan
 // long enough, create missing keys. If another instance holds the issuer's
 // lock it does nothing: that instance does the work.
 func (r *Rotator) RotateIfDue(ctx context.Context, issuer string) (Change, error) {
-	return r.change(ctx, issuer, false, func(is Issuer, ks []Key, now time.Time) (plan, error) {
+	return r.change(ctx, issuer, false, "", func(is Issuer, ks []Key, now time.Time) (plan, error) {
 		return planRotation(is, ks, now, scheduled)
 	})
 }
@@ -280,7 +308,7 @@ func (r *Rotator) RotateIfDue(ctx context.Context, issuer string) (Change, error
 // of skipping, so that on return the issuer has an active and a next key.
 // The service calls it at start-up.
 func (r *Rotator) EnsureKeys(ctx context.Context, issuer string) (Change, error) {
-	return r.change(ctx, issuer, true, func(is Issuer, ks []Key, now time.Time) (plan, error) {
+	return r.change(ctx, issuer, true, "", func(is Issuer, ks []Key, now time.Time) (plan, error) {
 		return planRotation(is, ks, now, scheduled)
 	})
 }
@@ -293,7 +321,7 @@ func (r *Rotator) Rotate(ctx context.Context, issuer string, ignoreLead bool) (C
 	if ignoreLead {
 		mode = forcedIgnoringLead
 	}
-	return r.change(ctx, issuer, true, func(is Issuer, ks []Key, now time.Time) (plan, error) {
+	return r.change(ctx, issuer, true, adminevents.KeyRotate, func(is Issuer, ks []Key, now time.Time) (plan, error) {
 		return planRotation(is, ks, now, mode)
 	})
 }
@@ -309,7 +337,7 @@ func (r *Rotator) Revoke(ctx context.Context, issuer, kid string) (Change, error
 	if k.State == StateExpired || k.State == StateRevoked {
 		return Change{}, fmt.Errorf("revoke key %s of issuer %q: %w (it is %s)", kid, issuer, ErrKeyNotRevocable, k.State)
 	}
-	return r.change(ctx, issuer, true, func(is Issuer, ks []Key, now time.Time) (plan, error) {
+	return r.change(ctx, issuer, true, adminevents.KeyRevoke, func(is Issuer, ks []Key, now time.Time) (plan, error) {
 		return planRevocation(is, ks, now, kid)
 	})
 }
@@ -369,8 +397,11 @@ func (r *Rotator) Run(ctx context.Context, interval time.Duration, observe func(
 const maxPlanAttempts = 4
 
 // change runs decide against the issuer's keys inside a transaction under
-// the issuer's advisory lock, and applies the plan.
-func (r *Rotator) change(ctx context.Context, slug string, wait bool, decide decision) (Change, error) {
+// the issuer's advisory lock, and applies the plan. An operator's change
+// (action not empty: a forced rotation or a revocation) is recorded as an
+// admin event of the context's actor in the same transaction; scheduled
+// rotations are the service's own and are not.
+func (r *Rotator) change(ctx context.Context, slug string, wait bool, action string, decide decision) (Change, error) {
 	var fresh []*generatedKey
 	for attempt := 0; attempt < maxPlanAttempts; attempt++ {
 		// Outside the transaction: guess how many keys the plan needs and
@@ -390,7 +421,7 @@ func (r *Rotator) change(ctx context.Context, slug string, wait bool, decide dec
 			}
 			fresh = append(fresh, g)
 		}
-		c, retry, err := r.apply(ctx, slug, wait, decide, fresh)
+		c, retry, err := r.apply(ctx, slug, wait, action, decide, fresh)
 		if err != nil || !retry {
 			if err == nil && c.Changed() {
 				r.log.Info("signing keys changed", "issuer", slug, "change", c.String())
@@ -404,7 +435,7 @@ func (r *Rotator) change(ctx context.Context, slug string, wait bool, decide dec
 
 // apply is one transaction of change. retry is true when the plan needs keys
 // that were not generated beforehand.
-func (r *Rotator) apply(ctx context.Context, slug string, wait bool, decide decision, fresh []*generatedKey) (c Change, retry bool, err error) {
+func (r *Rotator) apply(ctx context.Context, slug string, wait bool, action string, decide decision, fresh []*generatedKey) (c Change, retry bool, err error) {
 	c.Issuer = slug
 	_, err = r.store.inIssuerTx(ctx, slug, wait, func(tx *issuerTx) (bool, error) {
 		is, stored, err := tx.issuerAndKeys(ctx)
@@ -474,6 +505,16 @@ func (r *Rotator) apply(ctx context.Context, slug string, wait bool, decide deci
 		}
 		if p.newNext {
 			if err := insert(StateNext); err != nil {
+				return false, err
+			}
+		}
+		if action != "" {
+			target := "issuer:" + slug
+			if action == adminevents.KeyRevoke {
+				target = "key:" + c.Revoked
+			}
+			if err := adminevents.Record(ctx, tx.tx, now, adminevents.Change{Action: action, Target: target,
+				Before: keyStates(publicKeys(stored)), After: c.auditState()}); err != nil {
 				return false, err
 			}
 		}

@@ -1,7 +1,6 @@
 package keys
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +31,7 @@ func jwksKids(t testing.TB, set JWKS) []string {
 // injected clock and checks the publication rules of docs/ARCHITECTURE.md, "Key lifecycle" from the
 // outside: what the JWKS shows and which key signs, at every step.
 func TestRotation_Timeline(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	is := testIssuer("timeline", RS512)
@@ -163,7 +162,7 @@ func TestRotation_Timeline(t *testing.T) {
 // connection pool, race on one database over many simulated rotations,
 // while a fourth keyring keeps reading the JWKS.
 func TestRotation_ThreeRotatorsRace(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	url := testDB.Fresh(t)
 	clock := newFakeClock()
 	sealer := newSealer(t, newKEK(t, "k1"))
@@ -280,7 +279,7 @@ func TestRotation_ThreeRotatorsRace(t *testing.T) {
 // TestRotation_DatabaseAllowsOneActiveKey checks the guarantee does not
 // rest on the rotator alone: the table refuses a second active key.
 func TestRotation_DatabaseAllowsOneActiveKey(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("unique", ES256))
@@ -291,7 +290,7 @@ func TestRotation_DatabaseAllowsOneActiveKey(t *testing.T) {
 }
 
 func TestRotate_RefusesNextKeyYoungerThanPublishLead(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("young", ES256))
@@ -307,7 +306,7 @@ func TestRotate_RefusesNextKeyYoungerThanPublishLead(t *testing.T) {
 }
 
 func TestRotate_IgnoringLeadRotatesAtOnce(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("hurry", ES256))
@@ -337,7 +336,7 @@ func mustJWKS(t testing.TB, k *Keyring, issuer string) JWKS {
 }
 
 func TestRevoke_ActiveKeyLeavesAtOnceAndNextTakesOver(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("rev", ES384))
@@ -384,7 +383,7 @@ func TestRevoke_ActiveKeyLeavesAtOnceAndNextTakesOver(t *testing.T) {
 }
 
 func TestRotation_AlgorithmChangeReplacesNextKey(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	is := testIssuer("switch", ES256)

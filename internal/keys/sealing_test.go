@@ -2,7 +2,6 @@ package keys
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"errors"
@@ -15,7 +14,7 @@ import (
 // with the KEK and checks that neither its PKCS#8 encoding nor its private
 // scalars appear in the column.
 func TestSealing_StoredColumnHoldsNoKeyMaterialInClear(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("sealed-rsa", RS512))
@@ -68,7 +67,7 @@ func TestSealing_StoredColumnHoldsNoKeyMaterialInClear(t *testing.T) {
 }
 
 func TestSealing_WrongKEKFailsNamingTheKid(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	url := testDB.Fresh(t)
 	f := newFixture(t, url, clock, newSealer(t, newKEK(t, "main")))
@@ -104,7 +103,7 @@ func TestSealing_WrongKEKFailsNamingTheKid(t *testing.T) {
 }
 
 func TestSealing_RowsCannotBeSwapped(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.addIssuer(t, testIssuer("swap", ES256))
@@ -121,7 +120,7 @@ func TestSealing_RowsCannotBeSwapped(t *testing.T) {
 }
 
 func TestReseal_OldKEKCanBeRemovedAfterwards(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	url := testDB.Fresh(t)
 	oldKEK, newKEKv := newKEK(t, "old"), newKEK(t, "new")
@@ -189,7 +188,7 @@ func TestKEK_StringHidesKey(t *testing.T) {
 // one. B must still follow every revocation and rotation in its JWKS, and
 // stop signing (not sign with an old key) when it cannot open the active one.
 func TestKeyring_UnopenableKeyNeverKeepsARevokedOneAlive(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext()
 	clock := newFakeClock()
 	url := testDB.Fresh(t)
 	oldKEK, newKEKv := newKEK(t, "old"), newKEK(t, "new")

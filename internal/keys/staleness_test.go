@@ -18,7 +18,7 @@ import (
 // clock) it is not ready and does not sign, but still serves the JWKS; when
 // the database is back it recovers.
 func TestKeyring_StaleBehindABlackHoleStopsSigning(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(testContext())
 	defer cancel()
 	url := testDB.Fresh(t)
 	clock := newFakeClock()
@@ -95,7 +95,7 @@ func TestKeyring_RefreshGivesUpWaitingForAStuckRefresh(t *testing.T) {
 	clock := newFakeClock()
 	f := newFixture(t, testDB.Fresh(t), clock, newSealer(t, newKEK(t, "k1")))
 	f.keyring.refreshLock <- struct{}{} // a refresh in progress that does not end
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithTimeout(testContext(), 50*time.Millisecond)
 	defer cancel()
 	err := f.keyring.Refresh(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "refresh in progress") {

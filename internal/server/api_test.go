@@ -206,7 +206,7 @@ func TestAdminEvents_ModuleChangesAreRecordedWithTheirActor(t *testing.T) {
 // the module change it belongs to is not made either.
 func TestAdminEvents_NoChangeWithoutItsEvent(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
-	if _, err := s.pool.Exec(context.Background(), `ALTER TABLE admin_events ADD CONSTRAINT refuse_all CHECK (false) NOT VALID`); err != nil {
+	if _, err := s.pool.Exec(operatorContext(), `ALTER TABLE admin_events ADD CONSTRAINT refuse_all CHECK (false) NOT VALID`); err != nil {
 		t.Fatal(err)
 	}
 	status, _, body := s.apiCall(t, http.MethodPut, "/api/v1/modules/unrecorded", s.adminKey, "application/json", `{"launch_url":"https://m.example.org","audience":"Device/u"}`)
@@ -214,7 +214,7 @@ func TestAdminEvents_NoChangeWithoutItsEvent(t *testing.T) {
 		t.Fatalf("a change whose event could not be written: %d %s", status, body)
 	}
 	var n int
-	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM modules WHERE slug = 'unrecorded'`).Scan(&n); err != nil || n != 0 {
+	if err := s.pool.QueryRow(operatorContext(), `SELECT count(*) FROM modules WHERE slug = 'unrecorded'`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("the module was stored without its event (%d, %v)", n, err)
 	}
 }
@@ -245,7 +245,7 @@ func TestAdminEvents_APIKeyChangesAreRecordedWithoutTheSecret(t *testing.T) {
 		t.Fatalf("the trail holds the secret or its hash: %s", body)
 	}
 	var n int
-	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE name = 'no-actor'`).Scan(&n); err != nil || n != 0 {
+	if err := s.pool.QueryRow(operatorContext(), `SELECT count(*) FROM api_keys WHERE name = 'no-actor'`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("key without an actor stored (%d, %v)", n, err)
 	}
 }

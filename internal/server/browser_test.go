@@ -65,7 +65,7 @@ func newBrowser(t *testing.T, scriptsEnabled bool) *browser {
 	if !scriptsEnabled {
 		opts = append(opts, chromedp.Flag("blink-settings", "scriptEnabled=false"))
 	}
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(operatorContext(), opts...)
 	ctx, cancelTab := chromedp.NewContext(allocCtx)
 	ctx, cancelTimeout := context.WithTimeout(ctx, 30*time.Second)
 	t.Cleanup(func() { cancelTimeout(); cancelTab(); cancelAlloc() })
@@ -277,7 +277,7 @@ func TestBrowser_LaunchPostsOnceAndNeverAgain(t *testing.T) {
 	if !slices.Equal(names, []string{"iss", "launch"}) || r.Form.Get("iss") != "https://fhir.example.org/fhir" {
 		t.Fatalf("module got fields %v (iss %q), want exactly iss and launch", names, r.Form.Get("iss"))
 	}
-	claims, err := s.verifier(t, "Device/browser-1").Verify(context.Background(), r.Form.Get("launch"))
+	claims, err := s.verifier(t, "Device/browser-1").Verify(operatorContext(), r.Form.Get("launch"))
 	if err != nil {
 		t.Fatalf("the token the browser carried does not verify: %v", err)
 	}
@@ -351,7 +351,7 @@ func TestBrowser_ContinueButtonWithoutJavaScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	var redeemed int
-	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 0 {
+	if err := s.pool.QueryRow(operatorContext(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 0 {
 		t.Fatalf("following the link redeemed it without a press (%d, %v)", redeemed, err)
 	}
 	if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.ID("proceed")), chromedp.WaitVisible(chromedp.ID("continue"))); err != nil {
@@ -374,7 +374,7 @@ func TestBrowser_ContinueButtonWithoutJavaScript(t *testing.T) {
 		t.Fatalf("fields %v", got[0].Form)
 	}
 	verifier := s.verifier(t, "Device/nojs")
-	if _, err := verifier.Verify(context.Background(), got[0].Form.Get("token")); err != nil {
+	if _, err := verifier.Verify(operatorContext(), got[0].Form.Get("token")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -396,7 +396,7 @@ func TestBrowser_ContinueButtonWithoutJavaScript(t *testing.T) {
 		if len(again) != 2 || again[1].Form.Get("token") != got[0].Form.Get("token") {
 			t.Fatalf("a second press should resend the very same token; module has %d launches", len(again))
 		}
-		if _, err := verifier.Verify(context.Background(), again[1].Form.Get("token")); !errors.Is(err, hti.ErrReplay) {
+		if _, err := verifier.Verify(operatorContext(), again[1].Form.Get("token")); !errors.Is(err, hti.ErrReplay) {
 			t.Fatalf("the resent token was not refused as a replay: %v", err)
 		}
 	case chromeError:

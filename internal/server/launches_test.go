@@ -158,7 +158,7 @@ func TestLaunch_ClaimsAndHeaderForEachRole(t *testing.T) {
 				{"practitioner", "Practitioner/dr-7", "Patient/p1", "Patient/p1"},
 				{"related person", "RelatedPerson/rel.3", "Patient/p1", "Patient/p1"},
 			}
-			set, err := jwk.Fetch(context.Background(), s.http.URL+"/.well-known/jwks.json")
+			set, err := jwk.Fetch(operatorContext(), s.http.URL+"/.well-known/jwks.json")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -182,7 +182,7 @@ func TestLaunch_ClaimsAndHeaderForEachRole(t *testing.T) {
 				}
 				token := fields["launch"]
 
-				claims, err := v.Verify(context.Background(), token)
+				claims, err := v.Verify(operatorContext(), token)
 				if err != nil {
 					t.Fatalf("%s: the module-side verifier refused the token: %v", tc.role, err)
 				}
@@ -287,7 +287,7 @@ func TestLaunch_GetModuleRedirectsWithQuery(t *testing.T) {
 	if q.Get("tenant") != "7" || q.Get("iss") != "https://fhir.example.org/fhir" || q.Get("launch") == "" || q.Has("token") {
 		t.Fatalf("query %v, want tenant, iss and launch", q)
 	}
-	if _, err := s.verifier(t, "Device/r-1").Verify(context.Background(), q.Get("launch")); err != nil {
+	if _, err := s.verifier(t, "Device/r-1").Verify(operatorContext(), q.Get("launch")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -325,12 +325,12 @@ func TestLaunchTokens_ReturnsTokenAndFormAndAudits(t *testing.T) {
 	if got.URL != testModuleURL || got.Method != "post" || got.Fields["launch"] != got.Token || got.Fields["token"] != got.Token || got.Fields["iss"] != "https://fhir.example.org/fhir" {
 		t.Fatalf("answer %s", body)
 	}
-	claims, err := s.verifier(t, "Device/a").Verify(context.Background(), got.Token)
+	claims, err := s.verifier(t, "Device/a").Verify(operatorContext(), got.Token)
 	if err != nil || claims.JTI != got.JTI || claims.Patient != "Patient/p" {
 		t.Fatalf("claims %+v, err %v", claims, err)
 	}
 	var kind, jti string
-	if err := s.pool.QueryRow(context.Background(), `SELECT kind, jti FROM launches WHERE id = $1`, got.ID).Scan(&kind, &jti); err != nil || kind != "token" || jti != got.JTI {
+	if err := s.pool.QueryRow(operatorContext(), `SELECT kind, jti FROM launches WHERE id = $1`, got.ID).Scan(&kind, &jti); err != nil || kind != "token" || jti != got.JTI {
 		t.Fatalf("audit row: kind %q jti %q err %v", kind, jti, err)
 	}
 }
@@ -338,7 +338,7 @@ func TestLaunchTokens_ReturnsTokenAndFormAndAudits(t *testing.T) {
 func countRows(t testing.TB, s *stack, table string) int {
 	t.Helper()
 	var n int
-	if err := s.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(operatorContext(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -567,7 +567,7 @@ func TestTicket_ConcurrentRedeemsSucceedOnce(t *testing.T) {
 		t.Fatalf("statuses %v, want one 200 and %d × 410", count, n-1)
 	}
 	var redeemed int
-	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL AND jti IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 1 {
+	if err := s.pool.QueryRow(operatorContext(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL AND jti IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 1 {
 		t.Fatalf("redeemed rows %d (%v)", redeemed, err)
 	}
 }
@@ -710,7 +710,7 @@ func TestLaunch_AnyUserAgentIsRecorded(t *testing.T) {
 }
 
 func TestLaunch_OnlyTheModulesIssuer(t *testing.T) {
-	ctx := context.Background()
+	ctx := operatorContext()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
 	other := defaultIssuer(keys.ES256)
@@ -818,7 +818,7 @@ func TestLaunchLink_FollowingChangesNothing(t *testing.T) {
 		}
 	}
 	var redeemed int
-	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 0 {
+	if err := s.pool.QueryRow(operatorContext(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 0 {
 		t.Fatalf("GET and HEAD redeemed %d launches (%v)", redeemed, err)
 	}
 	resp, page := redeem(t, link, nil)
@@ -860,7 +860,7 @@ func TestLaunchLink_CrossSitePostIsRefusedAndSpendsNothing(t *testing.T) {
 func TestRedeem_RevokedKeyNeverSignsWithoutNotification(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
-	ctx := context.Background()
+	ctx := operatorContext()
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
 	old, err := s.keyring.Signer("default")
 	if err != nil {
@@ -902,7 +902,7 @@ func (staleSigners) Refresh(context.Context) error { return errors.New("the data
 func TestRedeem_RevokedKeyRefusedWhenKeysCannotReload(t *testing.T) {
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	s.registerTestModule(t)
-	ctx := context.Background()
+	ctx := operatorContext()
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
 	if _, err := s.rotator.Revoke(ctx, "default", mustSigner(t, s.keyring).Kid); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"context"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
@@ -120,7 +119,7 @@ func TestLogs_AFullLaunchLeaksNoSecret(t *testing.T) {
 		"token signature": token[strings.LastIndex(token, ".")+1:], "token payload": strings.Split(token, ".")[1],
 		"KEK (base64)": base64.StdEncoding.EncodeToString(s.kek), "KEK (hex)": hex.EncodeToString(s.kek),
 	}
-	rows, err := s.pool.Query(context.Background(), `SELECT kid, issuer, alg, key_bits, public_jwk, seal_version, kek_id, sealed_private FROM signing_keys WHERE sealed_private IS NOT NULL`)
+	rows, err := s.pool.Query(operatorContext(), `SELECT kid, issuer, alg, key_bits, public_jwk, seal_version, kek_id, sealed_private FROM signing_keys WHERE sealed_private IS NOT NULL`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +197,7 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 	resp, _ := get(t, s.http.URL+"/.well-known/jwks.json", nil)
 	get(t, s.http.URL+"/.well-known/jwks.json", map[string]string{"If-None-Match": resp.Header.Get("ETag")})
 	s.apiCall(t, http.MethodPost, "/api/v1/keys/rotate", s.adminKey, "application/json", `{"ignore_publish_lead":true}`)
-	if err := s.keyring.Refresh(context.Background()); err != nil {
+	if err := s.keyring.Refresh(operatorContext()); err != nil {
 		t.Fatal(err)
 	}
 

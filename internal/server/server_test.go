@@ -98,7 +98,7 @@ func defaultIssuer(alg keys.Algorithm) keys.Issuer {
 // with alg, and serves it on a loopback port.
 func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...stackOption) *stack {
 	t.Helper()
-	ctx := context.Background()
+	ctx := operatorContext()
 	pool, err := postgres.Connect(ctx, databaseURL)
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func withDemo(t testing.TB, s *stack, d *Deps) {
 	t.Helper()
 	m := launch.Module{Slug: "demo", Issuer: "default", LaunchURL: d.PublicURL + "/demo/module/launch", Audience: "Device/demo-module",
 		DefaultDefinition: "ActivityDefinition/demo-diary"}
-	if _, _, err := s.registry.Put(adminevents.WithActor(context.Background(), "serve:test"), m, time.Now()); err != nil {
+	if _, _, err := s.registry.Put(adminevents.WithActor(operatorContext(), "serve:test"), m, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	v, err := hti.NewVerifier(hti.VerifierConfig{JWKSURL: d.PublicURL + "/.well-known/jwks.json", Issuer: "portal-test", Audience: "Device/demo-module"})
@@ -240,7 +240,7 @@ func TestJWKS_TokenVerifiesWithJWKSFetchedOverHTTP(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			set, err := jwk.Fetch(context.Background(), s.http.URL+"/.well-known/jwks.json")
+			set, err := jwk.Fetch(operatorContext(), s.http.URL+"/.well-known/jwks.json")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -303,10 +303,10 @@ func TestJWKS_CacheHeadersETagAnd304(t *testing.T) {
 	// A rotation changes the body and the tag.
 	resp, _ := get(t, s.http.URL+"/.well-known/jwks.json", nil)
 	before := resp.Header.Get("ETag")
-	if _, err := s.rotator.Rotate(context.Background(), "default", true); err != nil {
+	if _, err := s.rotator.Rotate(operatorContext(), "default", true); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.keyring.Refresh(context.Background()); err != nil {
+	if err := s.keyring.Refresh(operatorContext()); err != nil {
 		t.Fatal(err)
 	}
 	resp, _ = get(t, s.http.URL+"/.well-known/jwks.json", map[string]string{"If-None-Match": before})
@@ -373,7 +373,7 @@ func TestJWKS_ServedWhileDatabaseIsAway(t *testing.T) {
 // named but leaves the instance in service; a default issuer that cannot
 // sign takes it out.
 func TestReadyz_NamesIssuersWithoutActiveKey(t *testing.T) {
-	ctx := context.Background()
+	ctx := operatorContext()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
 	store := keys.NewStore(s.pool)
 	is := defaultIssuer(keys.ES256)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"strconv"
@@ -163,14 +162,12 @@ func issuersList(ctx context.Context, c *cli, args []string) error {
 				is.Policy.RotationPeriod.String(), is.Policy.PublishLead.String(), is.Policy.RetireGrace.String(),
 				is.IsDefault, strings.TrimRight(strings.TrimSpace(c.getenv("PORTAL_PUBLIC_URL")), "/") + "/issuers/" + is.Slug + "/jwks.json"})
 		}
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(views)
+		return writeTerminalJSON(c.stdout, views)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SLUG\tCLIENT_ID\tFHIR BASE URL\tPROFILE\tALG\tROTATION\tLEAD\tGRACE\tDEFAULT")
 	for _, is := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", is.Slug, is.ClientID, is.FHIRBaseURL, is.Profile, is.Alg,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", is.Slug, terminalSafe(is.ClientID), terminalSafe(is.FHIRBaseURL), is.Profile, is.Alg,
 			is.Policy.RotationPeriod, is.Policy.PublishLead, is.Policy.RetireGrace, is.IsDefault)
 	}
 	return tw.Flush()

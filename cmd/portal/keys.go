@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"sort"
@@ -88,9 +87,7 @@ func keysList(ctx context.Context, c *cli, args []string) error {
 		for _, k := range list {
 			views = append(views, k.Summary())
 		}
-		enc := json.NewEncoder(c.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(views)
+		return writeTerminalJSON(c.stdout, views)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KID\tSTATE\tALG\tCREATED\tACTIVATED\tRETIRED\tLEAVES JWKS\tKEK")
@@ -99,8 +96,8 @@ func keysList(ctx context.Context, c *cli, args []string) error {
 		if k.State == keys.StateRevoked {
 			leaves = "revoked " + stamp(k.RevokedAt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Kid, k.State, algWithSize(k), stamp(k.CreatedAt),
-			stamp(k.ActivatedAt), stamp(k.RetiredAt), leaves, dash(k.KEKID))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", terminalSafe(k.Kid), k.State, algWithSize(k), stamp(k.CreatedAt),
+			stamp(k.ActivatedAt), stamp(k.RetiredAt), leaves, terminalSafe(dash(k.KEKID)))
 	}
 	return tw.Flush()
 }
@@ -146,7 +143,7 @@ func keysRotate(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "issuer %s: %s\n", change.Issuer, change)
+	fmt.Fprintf(c.stdout, "issuer %s: %s\n", change.Issuer, terminalSafe(change.String()))
 	return nil
 }
 
@@ -203,7 +200,7 @@ func keysRevoke(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "issuer %s: %s\n", change.Issuer, change)
+	fmt.Fprintf(c.stdout, "issuer %s: %s\n", change.Issuer, terminalSafe(change.String()))
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/weburl"
 )
 
 // Config is the validated configuration of the service and its commands.
@@ -351,7 +352,7 @@ func checkPublicURL(s string, dev bool) error {
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return fmt.Errorf("%q must not have a query, fragment or user info", s)
 	}
-	if u.Scheme == "http" && !dev && !IsLoopbackHost(u.Hostname()) {
+	if u.Scheme == "http" && !dev && !weburl.IsLoopbackHost(u.Hostname()) {
 		return fmt.Errorf("%q must use https outside development mode (plain http is allowed for loopback hosts)", s)
 	}
 	return nil
@@ -381,11 +382,6 @@ func checkFrameAncestors(s string) error {
 	}
 	return nil
 }
-
-// IsLoopbackHost reports whether host names this machine: localhost or a
-// loopback IP address. The rule is keys.IsLoopbackHost, which the FHIR base
-// URL of an issuer follows too.
-func IsLoopbackHost(host string) bool { return keys.IsLoopbackHost(host) }
 
 // loadKEKs reads PORTAL_KEK or PORTAL_KEKS. In development mode both may be
 // absent; the caller then uses the development KEK file.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/postgres"
+	"github.com/ehealth-nl/portal/internal/weburl"
 )
 
 // Issuer is a signing identity of the portal: the Koppeltaal client_id that
@@ -232,21 +232,11 @@ func ValidateFHIRBaseURL(s string) error {
 	}
 	switch {
 	case u.Scheme == "https":
-	case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
+	case u.Scheme == "http" && weburl.IsLoopbackHost(u.Hostname()):
 	default:
 		return fmt.Errorf("%q must use https (plain http only on a loopback host)", s)
 	}
 	return nil
-}
-
-// IsLoopbackHost reports whether host names this machine: localhost or a
-// loopback IP address. It is the one loopback rule of the service.
-func IsLoopbackHost(host string) bool {
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // ErrIssuerNotFound means no issuer has the given slug.

@@ -199,6 +199,15 @@ func quoteList(slugs []string) string {
 	return strings.Join(q, ", ")
 }
 
+// reloadKeys reloads this instance's keys from the database and reports
+// whether a new snapshot is in use: also when it came with problems of
+// some issuer (*keys.RefreshProblems), which need not concern this launch.
+func (s *Service) reloadKeys(ctx context.Context) bool {
+	err := s.signers.Refresh(ctx)
+	var problems *keys.RefreshProblems
+	return err == nil || errors.As(err, &problems)
+}
+
 // issuedAt is the iat of a token signed at now: whole seconds, backdated
 // by the configured allowance. Verifiers in the domain allow no clock skew
 // (the Koppeltaal auth server refuses an iat one second ahead of its
@@ -319,7 +328,7 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		}
 		// The key is no longer usable in the database (a revocation this
 		// instance has not heard of): reload the keys once and sign again.
-		if attempt > 0 || s.signers.Refresh(ctx) != nil {
+		if attempt > 0 || !s.reloadKeys(ctx) {
 			return IssuedToken{}, fmt.Errorf("issue token: key %s of issuer %q is no longer usable: %w", signer.Kid, sp.issuer, keys.ErrNoActiveKey)
 		}
 	}
@@ -358,10 +367,8 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 			// instance's signer for the issuer is no longer usable in the
 			// database (a revocation it has not heard of), or it has none.
 			// Reload the keys once and try again; the link stays valid.
-			if attempt == 0 {
-				if rerr := s.signers.Refresh(ctx); rerr == nil {
-					continue
-				}
+			if attempt == 0 && s.reloadKeys(ctx) {
+				continue
 			}
 			return Form{LaunchID: id}, fmt.Errorf("redeem launch %s: %w", id, keys.ErrNoActiveKey)
 		}

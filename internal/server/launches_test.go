@@ -951,3 +951,30 @@ func TestRedeem_ModuleRepointedOrRemovedSinceTheLinkWasMade(t *testing.T) {
 		}
 	}
 }
+
+// TestRedeem_ReloadsKeysEvenWhenAnotherIssuerIsBroken misses a revocation
+// of the default issuer's key while another issuer has a key that does not
+// open: the reload that follows reports that issuer's problem, and the
+// redemption still goes on with the default issuer's new key.
+func TestRedeem_ReloadsKeysEvenWhenAnotherIssuerIsBroken(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	s.registerTestModule(t)
+	ctx := operatorContext()
+	s.addIssuer(t, "broken", "portal-broken")
+	if _, err := s.pool.Exec(ctx, `UPDATE signing_keys SET sealed_private = sealed_private || '\x00'::bytea WHERE issuer = 'broken'`); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.keyring.Refresh(ctx) // reports the broken issuer
+	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	old := mustSigner(t, s.keyring)
+	if _, err := s.rotator.Revoke(ctx, "default", old.Kid); err != nil {
+		t.Fatal(err)
+	}
+	resp, page := redeem(t, link, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("redeem after a missed revocation, another issuer broken: %d\n%s", resp.StatusCode, page)
+	}
+	if kid := decodeSegment(t, formFields(t, page)["launch"], 0)["kid"]; kid == old.Kid {
+		t.Fatal("signed with the revoked key")
+	}
+}

@@ -1,5 +1,6 @@
 -- Issuers sign launch tokens; each has its own Koppeltaal client_id, FHIR base
--- URL, signing algorithm and key rotation policy (DESIGN 2.2).
+-- URL, signing algorithm and key rotation policy (docs/ARCHITECTURE.md,
+-- "Data model").
 BEGIN;
 
 CREATE TABLE issuers (
@@ -47,7 +48,8 @@ CREATE TABLE signing_keys (
         CHECK (state <> 'revoked' OR revoked_at IS NOT NULL)
 );
 
--- DESIGN 2.2: at most one active key per issuer, and at most one next key.
+-- At most one active key per issuer, and at most one next key
+-- (docs/ARCHITECTURE.md, "Data model").
 CREATE UNIQUE INDEX signing_keys_single_active ON signing_keys (issuer) WHERE state = 'active';
 CREATE UNIQUE INDEX signing_keys_single_next ON signing_keys (issuer) WHERE state = 'next';
 CREATE INDEX signing_keys_published ON signing_keys (issuer, created_at) WHERE state IN ('next', 'active', 'retired');

@@ -1,5 +1,6 @@
 -- Modules that can be launched, API keys of the portal backends and
--- operators, and the launch audit trail (DESIGN 2.2, 1.4).
+-- operators, and the launch audit trail (docs/ARCHITECTURE.md, "Data model"
+-- and "Launch flow").
 BEGIN;
 
 CREATE TABLE modules (

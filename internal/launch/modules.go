@@ -24,7 +24,7 @@ import (
 // Method is how the browser is sent to a module.
 type Method string
 
-// The launch methods (DESIGN 1.2).
+// The launch methods (docs/ARCHITECTURE.md, "The launch form").
 const (
 	// MethodPost is an auto-submitting HTML form post (the default).
 	MethodPost Method = "post"
@@ -36,7 +36,7 @@ const (
 // FieldSet is which form fields a module receives.
 type FieldSet string
 
-// The field sets (DESIGN 1.2).
+// The field sets (docs/ARCHITECTURE.md, "The launch form").
 const (
 	// FieldsKoppeltaal sends iss (the FHIR base URL) and launch (the token).
 	FieldsKoppeltaal FieldSet = "koppeltaal"

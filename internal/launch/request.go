@@ -9,7 +9,8 @@ import (
 )
 
 // Request asks for a launch: which module, for which task, launched by
-// which user, for which patient (DESIGN 2.4, issue: POST /api/v1/launches).
+// which user, for which patient (docs/ARCHITECTURE.md, "Launch flow";
+// README.md, "HTTP surface": POST /api/v1/launches).
 type Request struct {
 	Module     string `json:"module"`               // slug of a registered module (required)
 	Task       string `json:"task"`                 // Task/<id> (required)
@@ -21,9 +22,9 @@ type Request struct {
 	Issuer     string `json:"issuer,omitempty"`     // the module's issuer, when named
 }
 
-// Validate applies the field rules of a launch request (DESIGN 1.1): the
-// references and the role table. Whether the module and issuer exist is
-// checked by the service.
+// Validate applies the field rules of a launch request
+// (docs/ARCHITECTURE.md, "The launch token"): the references and the role
+// table. Whether the module and issuer exist is checked by the service.
 func (r Request) Validate() error {
 	var v ValidationError
 	switch {

@@ -1,7 +1,9 @@
 // Package launch is the launch flow of the portal: the module registry,
-// launch requests and their rules (DESIGN 1.1), one-time launch links
-// (tickets), signing the HTI token when a link is followed, the form that
-// carries it to the module (DESIGN 1.2), and the audit trail (DESIGN 1.4).
+// launch requests and their rules (docs/ARCHITECTURE.md, "The launch
+// token"), one-time launch links (tickets), signing the HTI token when a
+// link is followed, the form that carries it to the module
+// (docs/ARCHITECTURE.md, "The launch form"), and the audit trail
+// (docs/ARCHITECTURE.md, "Launch flow").
 package launch
 
 import (
@@ -218,8 +220,8 @@ func (s *Service) issuedAt(now time.Time) time.Time {
 	return now.Truncate(time.Second).Add(-s.cfg.IATBackdate)
 }
 
-// sign builds the claims of DESIGN 1.1 and signs them with the issuer's
-// active key at time now.
+// sign builds the claims of docs/ARCHITECTURE.md, "The launch token" and
+// signs them with the issuer's active key at time now.
 func (s *Service) sign(sp spec, now time.Time) (token string, claims hti.Claims, signer *keys.Signer, err error) {
 	signer, err = s.signers.Signer(sp.issuer)
 	if err != nil {
@@ -263,9 +265,9 @@ func (s *Service) signWith(signer *keys.Signer, sp spec, now time.Time, jti stri
 	return string(raw), claims, nil
 }
 
-// form builds what the browser sends to the module (DESIGN 1.2). Note the
-// two meanings of iss: the form field is the FHIR base URL of the domain,
-// the JWT claim is the client_id.
+// form builds what the browser sends to the module (docs/ARCHITECTURE.md,
+// "The launch form"). Note the two meanings of iss: the form field is the
+// FHIR base URL of the domain, the JWT claim is the client_id.
 func form(launchID string, sp spec, issuer keys.Issuer, token, jti, kid string) Form {
 	f := Form{LaunchID: launchID, Module: sp.module.Slug, JTI: jti, Kid: kid, URL: sp.module.LaunchURL, Method: sp.module.Method}
 	switch sp.module.Fields {

@@ -23,7 +23,8 @@ func jwksCacheControl(maxAge time.Duration) []string {
 	return []string{"public, max-age=" + strconv.Itoa(int(maxAge/time.Second))}
 }
 
-// handleJWKS serves an issuer's JWK Set from memory (DESIGN 1.3): no
+// handleJWKS serves an issuer's JWK Set from memory (docs/ARCHITECTURE.md,
+// "The JWKS"): no
 // database access, so it keeps answering while the database is away.
 func (s *server) handleJWKS(c echo.Context) error {
 	issuer := c.Param("issuer")

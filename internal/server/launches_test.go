@@ -139,9 +139,10 @@ func (s *stack) registerTestModule(t testing.TB) {
 }
 
 // TestLaunch_ClaimsAndHeaderForEachRole follows a launch link per role and
-// checks the token against DESIGN 1.1 exactly: these claims and no others,
-// this header, patient present or absent as the role table says, and a
-// signature that verifies with the JWKS fetched over HTTP.
+// checks the token against docs/ARCHITECTURE.md, "The launch token"
+// exactly: these claims and no others, this header, patient present or
+// absent as the role table says, and a signature that verifies with the
+// JWKS fetched over HTTP.
 func TestLaunch_ClaimsAndHeaderForEachRole(t *testing.T) {
 	for _, alg := range []keys.Algorithm{keys.RS512, keys.ES384} {
 		t.Run(string(alg), func(t *testing.T) {

@@ -27,9 +27,9 @@ func originOf(raw string) string {
 }
 
 // setPageHeaders sets what every browser page of the portal carries: never
-// cached (DESIGN 1.2: a reload must not resend a token), no referrer (the
-// URL holds a ticket), and a CSP that allows only this response's inline
-// script and style.
+// cached (docs/ARCHITECTURE.md, "The launch form": a reload must not
+// resend a token), no referrer (the URL holds a ticket), and a CSP that
+// allows only this response's inline script and style.
 func (s *server) setPageHeaders(c echo.Context, nonce, formAction string) {
 	h := c.Response().Header()
 	h.Set("Cache-Control", "no-store")

@@ -6,7 +6,8 @@ import (
 	"github.com/ehealth-nl/portal/internal/apikeys"
 )
 
-// routes installs the whole HTTP surface of the portal (DESIGN 2.5).
+// routes installs the whole HTTP surface of the portal (README.md, "HTTP
+// surface").
 func (s *server) routes(e *echo.Echo) {
 	// Every request: an id, a log line and a duration; panics answered;
 	// refused launches counted; a body of at most maxBodyBytes, on every

@@ -1,8 +1,9 @@
 // Command soak runs three portal instances on one database with rotation
-// timings scaled down to seconds (the rules of DESIGN 2.3 still hold), sends
-// launches through all three, and has an independent verifier — a separate
-// process that caches each JWKS exactly as long as Cache-Control allows and
-// never fetches it early — check every token. Midway it forces a rotation
+// timings scaled down to seconds (the timing rules of docs/ARCHITECTURE.md,
+// "Key lifecycle" still hold), sends launches through all three, and has
+// an independent verifier — a separate process that caches each JWKS
+// exactly as long as Cache-Control allows and never fetches it early —
+// check every token. Midway it forces a rotation
 // through one instance, revokes the active key, and cuts the instances off
 // from PostgreSQL (their connections killed, then no connection possible
 // for a few seconds). It prints what happened and exits 1 on any failure:

@@ -9,7 +9,8 @@ import (
 // TestAdminEvents_EveryKeyAndIssuerChangeIsRecorded makes each kind of
 // change an operator makes to issuers and keys from the command line, and
 // the configuration a starting instance applies: each is in the admin
-// trail with its actor, and a start with unchanged settings adds nothing.
+// trail with its actor; a start or an update with unchanged settings adds
+// nothing; a new default issuer records both the new and the old default.
 func TestAdminEvents_EveryKeyAndIssuerChangeIsRecorded(t *testing.T) {
 	env := baseEnv(t, testDB.Fresh(t))
 	if err := startServe(t, env).stop(); err != nil {
@@ -24,6 +25,11 @@ func TestAdminEvents_EveryKeyAndIssuerChangeIsRecorded(t *testing.T) {
 	next := kidIn(keyStates(t, env), "next")
 	mustRun(t, env, "keys", "revoke", next)
 	mustRun(t, with(env, "PORTAL_KEKS", newKEKBase64(t)+","+env["PORTAL_KEK"], "PORTAL_KEK", ""), "keys", "reseal")
+	mustRun(t, env, "issuers", "update", "clinic", "--fhir-base-url", "https://fhir2.example.org/fhir") // no change: no event
+	// Another issuer becomes the default: both changes are recorded.
+	if err := startServe(t, with(env, "PORTAL_DEFAULT_ISSUER", "other", "PORTAL_CLIENT_ID", "portal-other")).stop(); err != nil {
+		t.Fatal(err)
+	}
 
 	var page struct {
 		Events []struct {
@@ -51,7 +57,7 @@ func TestAdminEvents_EveryKeyAndIssuerChangeIsRecorded(t *testing.T) {
 			t.Errorf("key.revoke of %s, want key:%s", e.Target, next)
 		}
 	}
-	for action, want := range map[string]int{"issuer.configure": 1, "issuer.add": 1, "issuer.update": 1, "key.rotate": 1, "key.revoke": 1} {
+	for action, want := range map[string]int{"issuer.configure": 3, "issuer.add": 1, "issuer.update": 1, "key.rotate": 1, "key.revoke": 1} {
 		if count[action] != want {
 			t.Errorf("%d %s events, want %d (all: %v)", count[action], action, want, count)
 		}

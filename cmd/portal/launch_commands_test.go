@@ -152,6 +152,16 @@ func TestMakeRunDemo_Flow(t *testing.T) {
 	env["PORTAL_LISTEN_ADDR"] = "127.0.0.1:" + port
 	env["PORTAL_PUBLIC_URL"] = "http://127.0.0.1:" + port
 	inst = startServe(t, env) // a restart opens the same keys with the kept development KEK
+	// The demo module moved to the new port: one change. Another restart
+	// with the same settings records nothing more.
+	before := strings.Count(mustRun(t, env, "admin-events", "list", "--target", "module:demo"), "module.put")
+	if err := inst.stop(); err != nil {
+		t.Fatal(err)
+	}
+	inst = startServe(t, env)
+	if trail := mustRun(t, env, "admin-events", "list", "--target", "module:demo"); strings.Count(trail, "module.put") != before {
+		t.Fatalf("an unchanged restart recorded demo module changes:\n%s", trail)
+	}
 	status, _, page := httpGet(t, inst.URL+"/")
 	if status != 200 || !bytes.Contains(page, []byte("launch-practitioner")) {
 		t.Fatalf("demo portal: %d", status)

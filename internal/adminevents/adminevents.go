@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -195,6 +196,11 @@ var (
 
 // Validate checks a filter before it reaches the database.
 func (f *Filter) Validate() error {
+	for field, v := range map[string]string{"actor": f.Actor, "action": f.Action, "target": f.Target} {
+		if !utf8.ValidString(v) {
+			return &FilterError{field, "is not valid UTF-8"}
+		}
+	}
 	switch {
 	case f.Actor != "" && !actorPattern.MatchString(f.Actor):
 		return &FilterError{"actor", "must look like apikey:<name>, cli:<user>@<host> or serve:<host>"}

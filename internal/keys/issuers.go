@@ -330,8 +330,26 @@ func (s *Store) UpsertDefaultIssuer(ctx context.Context, is Issuer, now time.Tim
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
+		// Another issuer that was the default until now stops being it: a
+		// change of its own, recorded as such.
+		rows, err := tx.Query(ctx, `SELECT `+issuerColumns+` FROM issuers WHERE is_default AND slug <> $1 FOR UPDATE`, is.Slug)
+		if err != nil {
+			return err
+		}
+		demoted, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Issuer, error) { return scanIssuer(r) })
+		if err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, sqlClearOtherDefault, is.Slug, now.UTC()); err != nil {
 			return err
+		}
+		for _, old := range demoted {
+			after := old
+			after.IsDefault = false
+			if err := adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.IssuerConfig, Target: "issuer:" + old.Slug,
+				Before: old.auditState(), After: after.auditState()}); err != nil {
+				return err
+			}
 		}
 		if _, err := tx.Exec(ctx, sqlUpsertDefaultIssuer, issuerArgs(is, now)...); err != nil {
 			return translateIssuerError(err)
@@ -399,6 +417,9 @@ func (s *Store) UpdateIssuer(ctx context.Context, is Issuer, now time.Time) erro
 		after, err := scanIssuer(tx.QueryRow(ctx, sqlSelectIssuer, is.Slug))
 		if err != nil {
 			return err
+		}
+		if sameSettings(before, after) {
+			return nil // nothing changed: no event, no notification
 		}
 		if err := adminevents.Record(ctx, tx, now, adminevents.Change{Action: adminevents.IssuerUpdate, Target: "issuer:" + is.Slug,
 			Before: before.auditState(), After: after.auditState()}); err != nil {

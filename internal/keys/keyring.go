@@ -634,6 +634,13 @@ func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep
 		ir.notReady = append(ir.notReady, fmt.Sprintf("active key %s is not in the JWKS", ir.signer.Kid))
 		ir.signer = nil
 	}
+	// An issuer moved to the koppeltaal profile keeps its old active key
+	// until the next rotation; the domain's auth server refuses what that
+	// key signs, so say so rather than look ready.
+	if ir.signer != nil && !is.Profile.Allows(ir.signer.Alg) {
+		ir.notReady = append(ir.notReady, fmt.Sprintf("active key %s signs %s, which profile %s does not allow: rotate now (portal keys rotate --issuer %s --ignore-publish-lead)",
+			ir.signer.Kid, ir.signer.Alg, is.Profile, is.Slug))
+	}
 	k.checkPolicy(is, ir, &errs)
 	return ir, errs, events
 }

@@ -96,7 +96,9 @@ type SealVersion int
 // The seal versions (docs/ARCHITECTURE.md, "Key integrity").
 const (
 	// SealV1 binds issuer, kid and alg: rows written before migration 0003.
-	// They are opened only so that reseal can rewrite them as SealV2.
+	// serve and keys reseal rewrite them as SealV2; until then the keyring
+	// still opens and uses them, after checking the key's size and its
+	// public key's thumbprint against the row, which v1 does not bind.
 	SealV1 SealVersion = 1
 	// SealV2 binds issuer, kid, alg, key size and the RFC 7638 thumbprint of
 	// the public key: no column of the row can be altered, and no sealed

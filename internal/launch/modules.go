@@ -318,6 +318,10 @@ func (r *Registry) Put(ctx context.Context, m Module, now time.Time) (Module, bo
 		if err != nil && !created {
 			return err
 		}
+		if !created && sameModule(before, m) {
+			stored = before // nothing changes: no write, no event
+			return nil
+		}
 		if _, err := tx.Exec(ctx, sqlUpsertModule, m.Slug, m.Issuer, m.LaunchURL, m.Audience, def, string(m.Method), string(m.Fields), now.UTC()); err != nil {
 			return err
 		}
@@ -345,6 +349,13 @@ func (r *Registry) Put(ctx context.Context, m Module, now time.Time) (Module, bo
 		return Module{}, false, storageError("store module "+m.Slug, err)
 	}
 	return stored, created, nil
+}
+
+// sameModule reports whether two modules launch the same way (times of
+// creation and change aside).
+func sameModule(a, b Module) bool {
+	return a.Slug == b.Slug && a.Issuer == b.Issuer && a.LaunchURL == b.LaunchURL && a.Audience == b.Audience &&
+		a.DefaultDefinition == b.DefaultDefinition && a.Method == b.Method && a.Fields == b.Fields
 }
 
 const sqlSelectModule = `SELECT ` + moduleColumns + ` FROM modules WHERE slug = $1`

@@ -59,6 +59,9 @@ func TestAPI_BytesTheDatabaseRefusesAreA400(t *testing.T) {
 		{http.MethodGet, "/api/v1/launches?module=%00", "", "module"},
 		{http.MethodGet, "/api/v1/modules?cursor=%00", "", "cursor"},
 		{http.MethodGet, "/api/v1/modules?limit=x", "", "limit"},
+		{http.MethodGet, "/api/v1/admin-events?target=module:%ff", "", "target"},
+		{http.MethodGet, "/api/v1/admin-events?actor=apikey:%ff", "", "actor"},
+		{http.MethodGet, "/api/v1/admin-events?target=module:a%00", "", "target"},
 	} {
 		status, _, body := s.apiCall(t, c.method, c.path, s.adminKey, "application/json", c.body)
 		var p Problem
@@ -270,5 +273,22 @@ func TestKeysAPI_ForcedRotationsCannotGrowTheJWKS(t *testing.T) {
 	var set struct{ Keys []map[string]any }
 	if err := json.Unmarshal(jwks, &set); err != nil || len(set.Keys) > 3 {
 		t.Fatalf("JWKS after forced rotations: %s", jwks)
+	}
+}
+
+// TestReadyz_ActiveKeyOutsideTheIssuersNewProfile moves the default issuer
+// to the koppeltaal profile while its active key signs ES256: /readyz says
+// that key must be rotated.
+func TestReadyz_ActiveKeyOutsideTheIssuersNewProfile(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	is := defaultIssuer(keys.ES384)
+	is.Profile = keys.ProfileKoppeltaal
+	if err := keys.NewStore(s.pool).UpdateIssuer(operatorContext(), is, s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.keyring.Refresh(operatorContext())
+	_, _, body := s.apiCall(t, http.MethodGet, "/readyz", "", "", "")
+	if !strings.Contains(string(body), "profile koppeltaal does not allow") || !strings.Contains(string(body), "keys rotate") {
+		t.Fatalf("readyz: %s", body)
 	}
 }

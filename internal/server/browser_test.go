@@ -473,3 +473,39 @@ func TestBrowser_ModuleMayRedirectAfterTheLaunchPost(t *testing.T) {
 		t.Fatalf("console errors or CSP violations: %v", errs)
 	}
 }
+
+// TestBrowser_AnotherSiteCannotSpendALinkUnseen has a page of another site
+// send the browser to a launch link it learnt, without any click: the
+// link's page waits for a press instead of posting itself, and the link
+// stays unspent.
+func TestBrowser_AnotherSiteCannotSpendALinkUnseen(t *testing.T) {
+	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	mod := newTestModule(t)
+	s.putModule(t, "unseen", map[string]string{"launch_url": mod.srv.URL + "/launch", "audience": "Device/unseen"})
+	link := s.createLaunch(t, map[string]string{"module": "unseen", "task": "Task/u", "user": "Patient/p"})
+	// Another site: localhost, while the portal is on 127.0.0.1.
+	attacker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprintf(w, `<!doctype html><p id="attacker">elsewhere</p><script>location.href = %q;</script>`, link)
+	}))
+	t.Cleanup(attacker.Close)
+	attackerURL := strings.Replace(attacker.URL, "127.0.0.1", "localhost", 1)
+	b := newBrowser(t, true)
+	if err := chromedp.Do(b.ctx, chromedp.Navigate(attackerURL), chromedp.WaitVisible(chromedp.ID("proceed"))); err != nil {
+		t.Fatal(err)
+	}
+	var redeemed int
+	if err := s.pool.QueryRow(operatorContext(), `SELECT count(*) FROM launches WHERE redeemed_at IS NOT NULL`).Scan(&redeemed); err != nil || redeemed != 0 {
+		t.Fatalf("another site's navigation redeemed the link (%d, %v)", redeemed, err)
+	}
+	if n := len(mod.launches()); n != 0 {
+		t.Fatalf("the module received %d launches from another site's navigation", n)
+	}
+	// The user who did mean to open it presses the button.
+	if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.ID("proceed"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := textOf(t, b, "#module"); got != "module received the launch" {
+		t.Fatalf("after the press the module page says %q", got)
+	}
+}

@@ -19,7 +19,10 @@ type launchPage struct {
 // followPage is the data of follow.html.
 type followPage struct {
 	Nonce  string
-	Action string // the launch link's own path: the form posts to it
+	Action string // the launch link itself: the form posts to it
+	// AutoSubmit posts the form at once; otherwise the page shows a button
+	// the user presses (see userNavigated).
+	AutoSubmit bool
 }
 
 // handleFollowLink answers GET and HEAD /launch/{ticket}. Following a link
@@ -34,7 +37,23 @@ func (s *server) handleFollowLink(c echo.Context) error {
 	}
 	nonce := newNonce()
 	return s.renderPage(c, http.StatusOK, "follow.html", nonce, "'self'",
-		followPage{Nonce: nonce, Action: "/launch/" + url.PathEscape(ticket)})
+		followPage{Nonce: nonce, Action: s.PublicURL + "/launch/" + url.PathEscape(ticket), AutoSubmit: userNavigated(c.Request())})
+}
+
+// userNavigated reports whether the browser says the user opened the link
+// themselves: typed or bookmarked (Sec-Fetch-Site none), from this
+// service's own pages (same-origin), or by an activation such as a click,
+// redirects included (Sec-Fetch-User ?1) — the portal's "start" button
+// that leads to the link. A page of another site that merely navigates to
+// a link it learnt (location.href, no user activation) does not qualify:
+// the page then waits for a press of its button instead of posting itself,
+// so another site cannot make a victim's browser spend a link unseen.
+// frame-ancestors 'none' keeps the button from being pressed through a
+// frame. Browsers without Fetch Metadata send neither header and get the
+// automatic post.
+func userNavigated(r *http.Request) bool {
+	site := r.Header.Get("Sec-Fetch-Site")
+	return site == "" || site == "same-origin" || site == "none" || r.Header.Get("Sec-Fetch-User") == "?1"
 }
 
 // handleRedeemLink answers POST /launch/{ticket}: it redeems the ticket

@@ -336,6 +336,17 @@ func TestVerify_JWKSWithPrivateKeyMaterialIsRefused(t *testing.T) {
 			return publishedWith(t, p, "oth", []map[string]string{{"r": "AQAB", "d": "AQAB", "t": "AQAB"}})
 		}, `key rsa-1 carries the private key member "oth"`},
 	}
+	cases = append(cases, privateCase{"a second keys member with the private key", func(t *testing.T, p *portalFixture) []byte {
+		private, _ := json.Marshal(privateJWK(t, p.rsaKey, "rsa-1"))
+		public := publishedWith(t, p, "", nil)
+		// {"keys":[<private>],"keys":[...public...]}: encoding/json keeps the
+		// last member, jwx adds the keys of both.
+		return append([]byte(`{"keys":[`+string(private)+`],`), public[1:]...)
+	}, `member "keys" appears twice`})
+	cases = append(cases, privateCase{"a key with a member twice", func(t *testing.T, p *portalFixture) []byte {
+		public := publishedWith(t, p, "", nil)
+		return []byte(strings.Replace(string(public), `"kty":`, `"d":"AQAB","d":"AQAB","kty":`, 1))
+	}, `member "d" appears twice`})
 	for _, m := range []string{"d", "p", "q", "dp", "dq", "qi", "k"} {
 		cases = append(cases, privateCase{"member " + m, func(t *testing.T, p *portalFixture) []byte {
 			return publishedWith(t, p, m, "AQAB")

@@ -648,14 +648,32 @@ func (v *Verifier) fetch(ctx context.Context, now time.Time) error {
 
 // jwksMembers returns the members of each key of a JWK Set (RFC 7517 §5):
 // a JSON object whose "keys" is an array of objects.
+// A member that appears twice is refused, in the set and in each key:
+// parsers disagree on which of two equal members counts (jwx adds the keys
+// of every "keys" member, encoding/json keeps the last), so a set could
+// otherwise pass this check with one array and be used with another.
 func jwksMembers(body []byte) ([]map[string]json.RawMessage, error) {
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(body, &doc); err != nil {
 		return nil, fmt.Errorf("not a JSON object: %w", err)
 	}
-	var keys []map[string]json.RawMessage
-	if err := json.Unmarshal(doc["keys"], &keys); err != nil {
+	if name, dup := duplicateMember(body); dup {
+		return nil, fmt.Errorf("member %q appears twice", name)
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal(doc["keys"], &raw); err != nil {
 		return nil, fmt.Errorf(`"keys" is not an array of JWKs: %w`, err)
+	}
+	keys := make([]map[string]json.RawMessage, 0, len(raw))
+	for i, r := range raw {
+		var k map[string]json.RawMessage
+		if err := json.Unmarshal(r, &k); err != nil {
+			return nil, fmt.Errorf(`"keys" is not an array of JWKs: key %d: %w`, i, err)
+		}
+		if name, dup := duplicateMember(r); dup {
+			return nil, fmt.Errorf("key %d: member %q appears twice", i, name)
+		}
+		keys = append(keys, k)
 	}
 	return keys, nil
 }

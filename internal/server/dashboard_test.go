@@ -22,8 +22,8 @@ const (
 	dashboardPath = "../../deploy/grafana/portal.json"
 	alertsPath    = "../../deploy/prometheus/alerts.yml"
 
-	// dashboardSchemaVersion is the Grafana dashboard schema the dashboard
-	// targets (Grafana 10.4 and later read it).
+	// dashboardSchemaVersion is the version of Grafana's classic dashboard
+	// model the dashboard is written in.
 	dashboardSchemaVersion = 39
 )
 

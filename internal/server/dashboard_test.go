@@ -249,7 +249,7 @@ func alertExpressions(t *testing.T) map[string]string {
 // service, makes it do a little of everything (launches created, redeemed
 // and refused, JWKS answered 200 and 304, a rotation, a key that does not
 // open), scrapes /metrics and looks up every metric name the dashboard and
-// the alerting rules query.
+// the alerting rules query, and every route pattern they select.
 func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 	ctx := operatorContext()
 	s := newStack(t, testDB.Fresh(t), keys.ES256)
@@ -257,6 +257,10 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
 	redeem(t, link, nil)
 	redeem(t, link, nil) // refused: used
+	if status, _, body := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey, "application/json",
+		`{"module":"diary","task":"Task/1","user":"Patient/1"}`); status != http.StatusCreated {
+		t.Fatalf("launch token: %d %s", status, body)
+	}
 	resp, _ := get(t, s.http.URL+"/.well-known/jwks.json", nil)
 	get(t, s.http.URL+"/.well-known/jwks.json", map[string]string{"If-None-Match": resp.Header.Get("ETag")})
 	get(t, s.http.URL+"/issuers/default/jwks.json", nil)
@@ -295,8 +299,21 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 				t.Errorf("%s queries %s, which the service does not export (query %q)", w, name, queries[w])
 			}
 		}
+		// A route renamed in routes.go would silently empty a query.
+		for _, m := range routeMatcher.FindAllStringSubmatch(queries[w], -1) {
+			for _, route := range strings.Split(m[1], "|") {
+				if !strings.Contains(string(body), `route="`+route+`"`) {
+					t.Errorf("%s selects route %s, which the service did not report (query %q)", w, route, queries[w])
+				}
+			}
+		}
 	}
 }
+
+// routeMatcher finds the route patterns a query selects: route="..." or
+// route=~"a|b" with plain patterns (no regular expression but | and the
+// dots of file names).
+var routeMatcher = regexp.MustCompile(`\broute=~?"([^"]+)"`)
 
 // exportedSeriesNames returns the name of every sample in a scrape in the
 // Prometheus text format: what PromQL sees, so a histogram shows as its

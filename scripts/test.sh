@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make test: formatting, vet, staticcheck, then every Go test with the race
-# detector against a real PostgreSQL (found or started by scripts/postgres.sh;
-# each test package creates and drops its own databases there).
+# make test: formatting, vet, staticcheck, the alerting rules (promtool), then
+# every Go test with the race detector against a real PostgreSQL (found or
+# started by scripts/postgres.sh; each test package creates and drops its own
+# databases there).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -33,6 +34,9 @@ if [ -z "${PORTAL_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 ${PORTAL_CHROMIUM:-chromium} --version >&2
+
+step "Prometheus alerting rules (promtool check rules, test rules)"
+deploy/check.sh
 
 step "PostgreSQL"
 PORTAL_TEST_DATABASE_URL="${PORTAL_TEST_DATABASE_URL:-$(scripts/postgres.sh)}"

@@ -93,6 +93,9 @@ func newContract(t *testing.T, s *stack) *contract {
 		scopes: map[string]string{s.launchKey: "launch", s.adminKey: "admin"}}
 }
 
+// apiKeyFormat is the form of a presented API key (internal/apikeys).
+var apiKeyFormat = regexp.MustCompile(`^ptl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$`)
+
 // authenticate is the document's security scheme as the test knows it:
 // a bearer API key of the scope the operation names.
 func (c *contract) authenticate(_ context.Context, in *openapi3filter.AuthenticationInput) error {
@@ -101,7 +104,7 @@ func (c *contract) authenticate(_ context.Context, in *openapi3filter.Authentica
 	if !ok {
 		return errors.New("no bearer API key")
 	}
-	if !regexp.MustCompile(`^ptl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$`).MatchString(key) {
+	if !apiKeyFormat.MatchString(key) {
 		return errors.New("not of the API key format")
 	}
 	scope, known := c.scopes[key]
@@ -424,7 +427,7 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	proxy := pgtest.NewProxy(t, url)
 	s := newStack(t, proxy.URL(url), keys.ES256, func(_ testing.TB, _ *stack, d *Deps) { d.MetricsElsewhere = true })
 	c := newContract(t, s)
-	const json = "application/json"
+	const ctJSON = "application/json"
 	L, A := s.launchKey, s.adminKey
 	unknownKey := "ptl_0123456789abcdef_" + strings.Repeat("A", 43)
 	// Bodies over the limit, each otherwise of the operation's shape: no
@@ -455,31 +458,31 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	same := map[string]string{"Sec-Fetch-Site": "same-origin"}
 
 	c.run("normal", []contractCase{
-		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: launchBody, status: 201},
-		{name: "launch practitioner", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: `{"module":"diary","task":"Task/1","user":"Practitioner/7","patient":"Patient/1","intent":"order","idp_hint":"idp-1"}`, status: 201},
+		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: launchBody, status: 201},
+		{name: "launch practitioner", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Practitioner/7","patient":"Patient/1","intent":"order","idp_hint":"idp-1"}`, status: 201},
 		// An empty optional string is taken as absent; the document asks
 		// clients to leave the member out.
-		{name: "launch empty optional", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: `{"module":"diary","task":"Task/1","user":"Patient/1","intent":""}`, status: 201, invalid: true},
-		{name: "launch unknown member", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: `{"module":"diary","task":"Task/1","user":"Patient/1","colour":"red"}`, status: 400, problem: "malformed-request", invalid: true},
-		{name: "launch no key", method: "POST", path: "/api/v1/launches", ctype: json, body: launchBody, status: 401, problem: "unauthenticated", invalid: true},
-		{name: "launch unknown key", method: "POST", path: "/api/v1/launches", key: unknownKey, ctype: json, body: launchBody, status: 401, problem: "unauthenticated", invalid: true},
-		{name: "launch admin key", method: "POST", path: "/api/v1/launches", key: A, ctype: json, body: launchBody, status: 403, problem: "forbidden", invalid: true},
-		{name: "launch too large", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: tooLargeLaunch, status: 413, problem: "body-too-large", invalid: true},
+		{name: "launch empty optional", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Patient/1","intent":""}`, status: 201, invalid: true},
+		{name: "launch unknown member", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Patient/1","colour":"red"}`, status: 400, problem: "malformed-request", invalid: true},
+		{name: "launch no key", method: "POST", path: "/api/v1/launches", ctype: ctJSON, body: launchBody, status: 401, problem: "unauthenticated", invalid: true},
+		{name: "launch unknown key", method: "POST", path: "/api/v1/launches", key: unknownKey, ctype: ctJSON, body: launchBody, status: 401, problem: "unauthenticated", invalid: true},
+		{name: "launch admin key", method: "POST", path: "/api/v1/launches", key: A, ctype: ctJSON, body: launchBody, status: 403, problem: "forbidden", invalid: true},
+		{name: "launch too large", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: tooLargeLaunch, status: 413, problem: "body-too-large", invalid: true},
 		{name: "launch not JSON", method: "POST", path: "/api/v1/launches", key: L, ctype: "text/plain", body: launchBody, status: 415, problem: "unsupported-media-type", invalid: true},
-		{name: "launch dot task", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: `{"module":"diary","task":"Task/..","user":"Patient/1"}`, status: 422, problem: "invalid-request", invalid: true},
-		{name: "launch practitioner without patient", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: `{"module":"diary","task":"Task/1","user":"Practitioner/7"}`, status: 422, problem: "invalid-request", invalid: true},
-		{name: "launch unknown module", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: `{"module":"nope","task":"Task/1","user":"Patient/1"}`, status: 422, problem: "invalid-request"},
+		{name: "launch dot task", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/..","user":"Patient/1"}`, status: 422, problem: "invalid-request", invalid: true},
+		{name: "launch practitioner without patient", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Practitioner/7"}`, status: 422, problem: "invalid-request", invalid: true},
+		{name: "launch unknown module", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"nope","task":"Task/1","user":"Patient/1"}`, status: 422, problem: "invalid-request"},
 
-		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: launchBody, status: 201},
-		{name: "token wrong type", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: `{"module":"diary","task":1,"user":"Patient/1"}`, status: 400, problem: "malformed-request", invalid: true},
+		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: launchBody, status: 201},
+		{name: "token wrong type", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: `{"module":"diary","task":1,"user":"Patient/1"}`, status: 400, problem: "malformed-request", invalid: true},
 		// JSON allows no data after the value, but kin-openapi's decoder
 		// reads the first value and stops.
-		{name: "token trailing data", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: launchBody + "{}", status: 400, problem: "malformed-request"},
-		{name: "token no key", method: "POST", path: "/api/v1/launch-tokens", ctype: json, body: launchBody, status: 401, problem: "unauthenticated", invalid: true},
-		{name: "token admin key", method: "POST", path: "/api/v1/launch-tokens", key: A, ctype: json, body: launchBody, status: 403, problem: "forbidden", invalid: true},
-		{name: "token too large", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: tooLargeLaunch, status: 413, problem: "body-too-large", invalid: true},
+		{name: "token trailing data", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: launchBody + "{}", status: 400, problem: "malformed-request"},
+		{name: "token no key", method: "POST", path: "/api/v1/launch-tokens", ctype: ctJSON, body: launchBody, status: 401, problem: "unauthenticated", invalid: true},
+		{name: "token admin key", method: "POST", path: "/api/v1/launch-tokens", key: A, ctype: ctJSON, body: launchBody, status: 403, problem: "forbidden", invalid: true},
+		{name: "token too large", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: tooLargeLaunch, status: 413, problem: "body-too-large", invalid: true},
 		{name: "token not JSON", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: "text/plain", body: launchBody, status: 415, problem: "unsupported-media-type", invalid: true},
-		{name: "token bad intent", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: `{"module":"diary","task":"Task/1","user":"Patient/1","intent":"wish"}`, status: 422, problem: "invalid-request", invalid: true},
+		{name: "token bad intent", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Patient/1","intent":"wish"}`, status: 422, problem: "invalid-request", invalid: true},
 
 		{name: "audit", method: "GET", path: "/api/v1/launches", key: A, status: 200},
 		{name: "audit filtered", method: "GET", path: "/api/v1/launches?task=Task/1&user=Patient/1&patient=Patient/1&module=diary&issuer=default&from=2020-01-01T00:00:00Z&limit=2", key: A, status: 200},
@@ -503,15 +506,15 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "module launch key", method: "GET", path: "/api/v1/modules/diary", key: L, status: 403, problem: "forbidden", invalid: true},
 		{name: "module unknown", method: "GET", path: "/api/v1/modules/nope", key: A, status: 404, problem: "unknown-module"},
 
-		{name: "put new", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: json, body: `{"launch_url":"https://m.example.org/launch","audience":"Device/new","fields":"all"}`, status: 201},
-		{name: "put again", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: json, body: `{"slug":"new","issuer":"default","launch_url":"https://m.example.org/v2","audience":"Device/new","default_definition":"ActivityDefinition/x","method":"get","fields":"hti"}`, status: 200},
-		{name: "put unknown member", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: json, body: `{"launch_url":"https://m.example.org","audience":"Device/new","colour":"red"}`, status: 400, problem: "malformed-request", invalid: true},
-		{name: "put no key", method: "PUT", path: "/api/v1/modules/new", ctype: json, body: `{"launch_url":"https://m.example.org","audience":"Device/new"}`, status: 401, problem: "unauthenticated", invalid: true},
-		{name: "put launch key", method: "PUT", path: "/api/v1/modules/new", key: L, ctype: json, body: `{"launch_url":"https://m.example.org","audience":"Device/new"}`, status: 403, problem: "forbidden", invalid: true},
-		{name: "put too large", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: json, body: tooLargeModule, status: 413, problem: "body-too-large", invalid: true},
+		{name: "put new", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: ctJSON, body: `{"launch_url":"https://m.example.org/launch","audience":"Device/new","fields":"all"}`, status: 201},
+		{name: "put again", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: ctJSON, body: `{"slug":"new","issuer":"default","launch_url":"https://m.example.org/v2","audience":"Device/new","default_definition":"ActivityDefinition/x","method":"get","fields":"hti"}`, status: 200},
+		{name: "put unknown member", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: ctJSON, body: `{"launch_url":"https://m.example.org","audience":"Device/new","colour":"red"}`, status: 400, problem: "malformed-request", invalid: true},
+		{name: "put no key", method: "PUT", path: "/api/v1/modules/new", ctype: ctJSON, body: `{"launch_url":"https://m.example.org","audience":"Device/new"}`, status: 401, problem: "unauthenticated", invalid: true},
+		{name: "put launch key", method: "PUT", path: "/api/v1/modules/new", key: L, ctype: ctJSON, body: `{"launch_url":"https://m.example.org","audience":"Device/new"}`, status: 403, problem: "forbidden", invalid: true},
+		{name: "put too large", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: ctJSON, body: tooLargeModule, status: 413, problem: "body-too-large", invalid: true},
 		{name: "put not JSON", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: "text/plain", body: `{}`, status: 415, problem: "unsupported-media-type", invalid: true},
-		{name: "put bad audience", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: json, body: `{"launch_url":"https://m.example.org","audience":"Patient/1"}`, status: 422, problem: "invalid-request", invalid: true},
-		{name: "put unknown issuer", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: json, body: `{"launch_url":"https://m.example.org","audience":"Device/new","issuer":"nobody"}`, status: 422, problem: "invalid-request"},
+		{name: "put bad audience", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: ctJSON, body: `{"launch_url":"https://m.example.org","audience":"Patient/1"}`, status: 422, problem: "invalid-request", invalid: true},
+		{name: "put unknown issuer", method: "PUT", path: "/api/v1/modules/new", key: A, ctype: ctJSON, body: `{"launch_url":"https://m.example.org","audience":"Device/new","issuer":"nobody"}`, status: 422, problem: "invalid-request"},
 
 		{name: "delete", method: "DELETE", path: "/api/v1/modules/new", key: A, status: 204},
 		{name: "delete bad slug", method: "DELETE", path: "/api/v1/modules/-x", key: A, status: 400, problem: "malformed-request", invalid: true},
@@ -527,12 +530,12 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "keys unknown issuer", method: "GET", path: "/api/v1/keys?issuer=nobody", key: A, status: 404, problem: "unknown-issuer"},
 
 		{name: "rotate too soon", method: "POST", path: "/api/v1/keys/rotate", key: A, status: 409, problem: "rotation-refused"},
-		{name: "rotate", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: json, body: `{"issuer":"default","ignore_publish_lead":true}`, status: 200},
-		{name: "rotate wrong case", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: json, body: `{"Issuer":"default"}`, status: 400, problem: "malformed-request", invalid: true},
+		{name: "rotate", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: ctJSON, body: `{"issuer":"default","ignore_publish_lead":true}`, status: 200},
+		{name: "rotate wrong case", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: ctJSON, body: `{"Issuer":"default"}`, status: 400, problem: "malformed-request", invalid: true},
 		{name: "rotate no key", method: "POST", path: "/api/v1/keys/rotate", status: 401, problem: "unauthenticated", invalid: true},
 		{name: "rotate launch key", method: "POST", path: "/api/v1/keys/rotate", key: L, status: 403, problem: "forbidden", invalid: true},
-		{name: "rotate unknown issuer", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: json, body: `{"issuer":"nobody"}`, status: 404, problem: "unknown-issuer"},
-		{name: "rotate too large", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: json, body: tooLargeRotate, status: 413, problem: "body-too-large", invalid: true},
+		{name: "rotate unknown issuer", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: ctJSON, body: `{"issuer":"nobody"}`, status: 404, problem: "unknown-issuer"},
+		{name: "rotate too large", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: ctJSON, body: tooLargeRotate, status: 413, problem: "body-too-large", invalid: true},
 		{name: "rotate not JSON", method: "POST", path: "/api/v1/keys/rotate", key: A, ctype: "text/plain", body: `{}`, status: 415, problem: "unsupported-media-type", invalid: true},
 
 		{name: "events", method: "GET", path: "/api/v1/admin-events", key: A, status: 200},
@@ -554,7 +557,7 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "head unknown", method: "HEAD", path: unknownTicket, status: 404},
 		{name: "head used", method: "HEAD", path: used, status: 410},
 		{name: "redeem cross-site", method: "POST", path: open, header: cross, status: 403},
-		{name: "redeem too large", method: "POST", path: open, ctype: json, body: tooLargeLaunch, status: 413, problem: "body-too-large"},
+		{name: "redeem too large", method: "POST", path: open, ctype: ctJSON, body: tooLargeLaunch, status: 413, problem: "body-too-large"},
 		{name: "redeem", method: "POST", path: open, header: same, status: 200},
 		{name: "redeem redirect", method: "POST", path: redirect, header: same, status: 303},
 		{name: "redeem unknown", method: "POST", path: unknownTicket, status: 404},
@@ -585,12 +588,12 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	// Each API operation once more, with the database broken (500), and
 	// cut off (503).
 	authenticated := []contractCase{
-		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: json, body: launchBody},
-		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: launchBody},
+		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: launchBody},
+		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: launchBody},
 		{name: "audit", method: "GET", path: "/api/v1/launches", key: A},
 		{name: "modules", method: "GET", path: "/api/v1/modules", key: A},
 		{name: "module", method: "GET", path: "/api/v1/modules/diary", key: A},
-		{name: "put", method: "PUT", path: "/api/v1/modules/diary", key: A, ctype: json, body: `{"launch_url":"https://m.example.org","audience":"Device/diary-1"}`},
+		{name: "put", method: "PUT", path: "/api/v1/modules/diary", key: A, ctype: ctJSON, body: `{"launch_url":"https://m.example.org","audience":"Device/diary-1"}`},
 		{name: "delete", method: "DELETE", path: "/api/v1/modules/diary", key: A},
 		{name: "keys", method: "GET", path: "/api/v1/keys", key: A},
 		{name: "rotate", method: "POST", path: "/api/v1/keys/rotate", key: A},
@@ -626,7 +629,7 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	}
 	_ = s.keyring.Refresh(ctx)
 	c.run("keyless", []contractCase{
-		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: json, body: launchBody, status: 503, problem: "keys-unavailable"},
+		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: launchBody, status: 503, problem: "keys-unavailable"},
 	})
 
 	proxy.Cut()

@@ -69,6 +69,15 @@ func (s *server) handleRotateKeys(c echo.Context) error {
 	}
 	return c.JSON(http.StatusOK, map[string]any{
 		"issuer": change.Issuer, "retired": change.Retired, "activated": change.Activated,
-		"created": change.Created, "expired": change.Expired,
+		"created": orEmpty(change.Created), "expired": orEmpty(change.Expired),
 	})
+}
+
+// orEmpty makes a nil list an empty one, so that the answer has [] where
+// the API promises an array, never null.
+func orEmpty(kids []string) []string {
+	if kids == nil {
+		return []string{}
+	}
+	return kids
 }

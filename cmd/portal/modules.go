@@ -181,7 +181,7 @@ func modulesRemove(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	defer env.close()
-	if err := launch.NewRegistry(env.pool, env.cfg.AllowHTTPModules).Delete(ctx, args[0]); err != nil {
+	if err := launch.NewRegistry(env.pool, env.cfg.AllowHTTPModules).Delete(ctx, args[0], env.clock()); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "module %s removed\n", terminalSafe(args[0]))

@@ -368,8 +368,7 @@ ON CONFLICT (slug) DO UPDATE SET issuer = EXCLUDED.issuer, launch_url = EXCLUDED
 
 // Delete removes a module, with its admin event, in one transaction; the
 // context must carry the actor. Launch records keep what they launched.
-func (r *Registry) Delete(ctx context.Context, slug string) error {
-	now := time.Now()
+func (r *Registry) Delete(ctx context.Context, slug string, now time.Time) error {
 	if _, ok := adminevents.ActorFrom(ctx); !ok {
 		return fmt.Errorf("delete module %s: %w", slug, adminevents.ErrNoActor)
 	}

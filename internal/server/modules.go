@@ -135,7 +135,7 @@ func (s *server) handleDeleteModule(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.Modules.Delete(c.Request().Context(), slug); err != nil {
+	if err := s.Modules.Delete(c.Request().Context(), slug, s.Clock()); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -49,7 +49,7 @@ type Modules interface {
 	Module(ctx context.Context, slug string) (launch.Module, error)
 	ModulesPage(ctx context.Context, after string, limit int) ([]launch.Module, string, error)
 	Put(ctx context.Context, m launch.Module, now time.Time) (launch.Module, bool, error)
-	Delete(ctx context.Context, slug string) error
+	Delete(ctx context.Context, slug string, now time.Time) error
 }
 
 // Authenticator checks API keys.

@@ -298,6 +298,7 @@ type IssuerStatus struct {
 	ActiveSince  time.Time     // when the active key started signing
 	NextRotation time.Time     // when the active key is due to be replaced
 	Published    int           // keys in the JWKS
+	NextKid      string        // the published next key; empty when there is none
 	CanSign      bool          // a usable active key and a fresh keyring
 	Ready        bool          // CanSign, no refused key and a policy within the limits
 	Reasons      []string      // why the issuer is not ready
@@ -315,6 +316,11 @@ func (k *Keyring) Status() []IssuerStatus {
 	for _, ir := range snap.issuers {
 		st := IssuerStatus{Slug: ir.issuer.Slug, Default: ir.issuer.Slug == snap.defaultIssuer, Published: len(ir.published),
 			Reasons: slices.Clone(ir.notReady), Unusable: slices.Clone(ir.unusable)}
+		for _, pk := range ir.published {
+			if pk.State == StateNext {
+				st.NextKid = pk.Kid
+			}
+		}
 		if ir.signer != nil {
 			st.ActiveKid, st.ActiveSince = ir.signer.Kid, ir.signer.ActiveSince
 			st.NextRotation = ir.signer.ActiveSince.Add(ir.issuer.Policy.RotationPeriod)

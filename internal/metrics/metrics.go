@@ -200,6 +200,8 @@ var (
 		"Time until the issuer's active key is due to be replaced (negative when overdue).", []string{"issuer"}, nil)
 	publishedKeysDesc = prometheus.NewDesc("portal_published_keys",
 		"Keys in the issuer's JWKS.", []string{"issuer"}, nil)
+	nextKeyDesc = prometheus.NewDesc("portal_next_key_published",
+		"1 when the issuer's JWKS holds a usable next key, the one the next rotation activates; 0 otherwise.", []string{"issuer"}, nil)
 	unusableKeysDesc = prometheus.NewDesc("portal_keys_unusable",
 		"Key rows of the issuer that this instance refused: not published, not used.", []string{"issuer"}, nil)
 	issuerReadyDesc = prometheus.NewDesc("portal_issuer_ready",
@@ -214,6 +216,7 @@ func (c *keyAgeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nextRotationDesc
 	ch <- publishedKeysDesc
 	ch <- unusableKeysDesc
+	ch <- nextKeyDesc
 	ch <- issuerReadyDesc
 	ch <- stalenessDesc
 }
@@ -227,6 +230,11 @@ func (c *keyAgeCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range c.keyring.Status() {
 		ch <- prometheus.MustNewConstMetric(publishedKeysDesc, prometheus.GaugeValue, float64(st.Published), st.Slug)
 		ch <- prometheus.MustNewConstMetric(unusableKeysDesc, prometheus.GaugeValue, float64(len(st.Unusable)), st.Slug)
+		next := 0.0
+		if st.NextKid != "" {
+			next = 1
+		}
+		ch <- prometheus.MustNewConstMetric(nextKeyDesc, prometheus.GaugeValue, next, st.Slug)
 		ready := 0.0
 		if st.Ready {
 			ready = 1

@@ -214,6 +214,7 @@ func TestMetrics_CountWhatHappened(t *testing.T) {
 		`portal_key_events_observed_total{issuer="default",kind="rotation"}`: 1,
 		`portal_launches_refused_total{reason="malformed"}`:                  1,
 		`portal_published_keys{issuer="default"}`:                            3,
+		`portal_next_key_published{issuer="default"}`:                        1,
 	} {
 		if got := scrape(t, s, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)

@@ -114,6 +114,13 @@ const provider = new Provider(origin, {
     return globalThis.fetch(url, options);
   },
 });
+// oidc-provider answers every failed client authentication with the same
+// "client authentication failed"; log the reason (one JSON line on stderr)
+// so tests can tell which check refused an assertion.
+provider.on('grant.error', (ctx, err) => {
+  const detail = err.error_detail ?? err.cause?.message;
+  console.error(JSON.stringify({ event: 'grant.error', client_id: ctx.oidc?.client?.clientId, error: err.error, detail }));
+});
 const oidc = provider.callback();
 
 // --- FHIR over HTTP, behind a Bearer access token from the provider.

@@ -55,6 +55,7 @@ const origin = `http://127.0.0.1:${server.address().port}`;
 const fhirBase = `${origin}/fhir`;
 const tokenEndpoint = `${origin}/oauth2/token`;
 const authAlgs = ['RS384', 'ES384', 'RS512'];
+const smartSystemScope = /^system\/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|(?=[cruds])c?r?u?d?s?)$/;
 
 // --- Token endpoint. Its own signing key carries no "alg" (oidc-provider
 // refuses one); access tokens are JWTs for the one resource server, fhirBase.
@@ -84,11 +85,17 @@ const provider = new Provider(origin, {
       enabled: true,
       defaultResource: () => fhirBase, // clients need not send "resource"
       useGrantedResource: () => true,
-      getResourceServerInfo: (_ctx, resource) => {
+      getResourceServerInfo: (ctx, resource) => {
         if (resource !== fhirBase) throw new errors.InvalidTarget();
+        // Any SMART system scope asked for is granted (v1 read/write or v2
+        // cruds; the FHIR server does not enforce scopes). Anything else is
+        // invalid_scope: oidc-provider would silently drop it instead.
+        const scopes = String(ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
+        const bad = scopes.filter((s) => !smartSystemScope.test(s));
+        if (bad.length > 0) throw new errors.InvalidScope('only SMART system/ scopes are granted', bad.join(' '));
         return {
           audience: fhirBase,
-          scope: 'system/*.read system/*.write system/*.cruds system/*.rs system/*.*',
+          scope: scopes.join(' '),
           accessTokenFormat: 'jwt',
           accessTokenTTL: 300,
           jwt: { sign: { alg: 'ES256' } },

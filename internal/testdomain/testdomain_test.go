@@ -61,6 +61,29 @@ func TestDomain(t *testing.T) {
 		t.Fatal("the token endpoint never fetched the client's jwks_uri")
 	}
 
+	t.Run("scopes", func(t *testing.T) {
+		for scope, want := range map[string]int{
+			"system/Task.cruds system/ActivityDefinition.rs": http.StatusOK,
+			"system/*.read": http.StatusOK,
+			"":              http.StatusOK,
+			"user/*.read":   http.StatusBadRequest,
+			"system/Task.":  http.StatusBadRequest,
+			"launch openid": http.StatusBadRequest,
+		} {
+			now := time.Now()
+			a, err := clientAssertion(key, clientID, d.TokenEndpoint, randomID(), now, now.Add(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, body, err := postToken(d.TokenEndpoint, a, scope)
+			var tr struct{ Scope, Error string }
+			_ = json.Unmarshal(body, &tr)
+			if err != nil || status != want || (want == http.StatusOK && tr.Scope != scope) || (want != http.StatusOK && tr.Error != "invalid_scope") {
+				t.Errorf("scope %q: %d %s %v", scope, status, body, err)
+			}
+		}
+	})
+
 	t.Run("create and read a Task", func(t *testing.T) {
 		task := `{"resourceType":"Task","status":"requested","intent":"order",` +
 			`"instantiatesCanonical":"ActivityDefinition/ad-1","for":{"reference":"Patient/p-1"}}`

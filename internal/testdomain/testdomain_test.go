@@ -269,6 +269,43 @@ func TestSearch(t *testing.T) {
 	}
 }
 
+// TestJWKSCache pins an oidc-provider behaviour the portal's key rotation
+// must live with: a client's jwks_uri is fetched once and kept at least
+// 60 s (longer with Cache-Control max-age or Expires), even when an
+// assertion names a kid it does not hold. A key must be published before
+// its first use, not at it.
+func TestJWKSCache(t *testing.T) {
+	oldKey, oldSet, err := newKey("old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated, newSet, err := newKey("new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var published atomic.Value
+	published.Store(oldSet)
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "max-age=0")
+		_ = json.NewEncoder(w).Encode(published.Load())
+	}))
+	t.Cleanup(jwks.Close)
+	d := Start(t, Client{ID: "rotating", JWKSURL: jwks.URL})
+	if _, err := d.token(oldKey, "rotating", ""); err != nil {
+		t.Fatalf("old key: %v", err)
+	}
+	both := jwk.NewSet()
+	for _, set := range []jwk.Set{oldSet, newSet} {
+		k, _ := set.Key(0)
+		_ = both.AddKey(k)
+	}
+	published.Store(both)
+	if _, err := d.token(rotated, "rotating", ""); err == nil {
+		t.Fatal("a key published after the first fetch was used at once: the 60 s JWKS cache is gone, update this test and the package doc")
+	}
+}
+
 // waitLog waits up to 5 s for the server's log after offset to contain
 // want (the log is a pipe: it may trail the HTTP response), and returns
 // that part of the log.

@@ -59,8 +59,9 @@ const tokenEndpoint = `${origin}/oauth2/token`;
 const authAlgs = ['RS384', 'ES384', 'RS512'];
 const smartSystemScope = /^system\/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|(?=[cruds])c?r?u?d?s?)$/;
 
-// --- Token endpoint. Its own signing key carries no "alg" (oidc-provider
-// refuses one); access tokens are JWTs for the one resource server, fhirBase.
+// --- Token endpoint. Access tokens are ES256 JWTs (typ at+jwt) for the one
+// resource server, fhirBase, signed with a key made at start; the FHIR side
+// below verifies them with that key's public half.
 const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
 const signingJwk = { ...(await exportJWK(privateKey)), kid: 'testdomain-1', use: 'sig' };
 const accessTokenKeys = createLocalJWKSet({ keys: [{ ...(await exportJWK(publicKey)), kid: 'testdomain-1' }] });

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make test: formatting, vet, staticcheck, the alerting rules (promtool), then
+# make test: formatting, vet, staticcheck, the test domain's node_modules
+# (npm ci in testdomain/), the alerting rules (promtool), then
 # every Go test with the race detector against a real PostgreSQL (found or
 # started by scripts/postgres.sh; each test package creates and drops its own
 # databases there).
@@ -34,6 +35,13 @@ if [ -z "${PORTAL_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 ${PORTAL_CHROMIUM:-chromium} --version >&2
+
+step "test domain (testdomain/: npm ci from the lockfile when node_modules is missing or older)"
+if [ ! -d testdomain/node_modules ] || [ testdomain/package-lock.json -nt testdomain/node_modules ]; then
+  command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js 20.19 or later (internal/testdomain runs testdomain/server.mjs)" >&2; exit 1; }
+  (cd testdomain && npm ci --omit=dev --no-audit --no-fund >&2)
+  touch testdomain/node_modules
+fi
 
 step "Prometheus alerting rules (promtool check rules, test rules)"
 deploy/check.sh

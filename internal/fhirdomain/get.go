@@ -1,0 +1,164 @@
+package fhirdomain
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// response is what one GET answered that a caller has to judge: 200 with a
+// body, 304, or 404/410. Every other status is an error from get.
+type response struct {
+	status int
+	etag   string
+	body   []byte
+}
+
+// get sends GET {base}/{rel} for the issuer with a Bearer token, Accept:
+// application/fhir+json, the context's trace headers and, when etag is set,
+// If-None-Match. A 401 makes it invalidate the token and try once more
+// with a fresh one (the token may have expired, or been revoked, since
+// Tokens handed it out). Config.Timeout bounds both tries together.
+func (c *Client) get(ctx context.Context, issuer, rel, etag string) (response, error) {
+	op := "GET " + rel
+	base, err := c.base(issuer)
+	if err != nil {
+		return response{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	token, err := c.cfg.Tokens.Token(ctx, issuer)
+	if err != nil {
+		return response{}, unavailable(op+": access token", err)
+	}
+	res, err := c.send(ctx, base+"/"+rel, token, etag)
+	if err != nil {
+		return response{}, unavailable(op, err)
+	}
+	if res.status == http.StatusUnauthorized {
+		c.cfg.Tokens.Invalidate(issuer, token)
+		if token, err = c.cfg.Tokens.Token(ctx, issuer); err != nil {
+			return response{}, unavailable(op+": fresh access token after 401", err)
+		}
+		if res, err = c.send(ctx, base+"/"+rel, token, etag); err != nil {
+			return response{}, unavailable(op+" (with a fresh token)", err)
+		}
+		if res.status == http.StatusUnauthorized {
+			return response{}, unavailable(op, fmt.Errorf("401 with a fresh token too: %s", outcomeText(res.body)))
+		}
+	}
+	switch s := res.status; {
+	case s == http.StatusOK:
+		return res, nil
+	case s == http.StatusNotModified && etag != "":
+		return res, nil
+	case s == http.StatusNotFound || s == http.StatusGone:
+		return res, nil
+	case s == http.StatusForbidden || s == http.StatusTooManyRequests || s >= 500:
+		return response{}, unavailable(op, fmt.Errorf("status %d: %s", s, outcomeText(res.body)))
+	default:
+		// A 400 for a read or a search we built is our bug, not an outage.
+		return response{}, fmt.Errorf("%s: unexpected status %d: %s", op, s, outcomeText(res.body))
+	}
+}
+
+// send makes one request and reads at most MaxBodyBytes of the answer.
+func (c *Client) send(ctx context.Context, target, token, etag string) (response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return response{}, err
+	}
+	req.Header.Set("Accept", "application/fhir+json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	if etag != "" {
+		req.Header.Set("If-None-Match", etag)
+	}
+	tr := TraceFrom(ctx)
+	for name, v := range map[string]string{"X-Request-Id": tr.RequestID, "X-Correlation-Id": tr.CorrelationID, "X-Trace-Id": tr.TraceID} {
+		if v != "" {
+			req.Header.Set(name, v)
+		}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	limit := c.cfg.MaxBodyBytes
+	if resp.ContentLength > limit {
+		return response{}, fmt.Errorf("%w: Content-Length %d, limit %d bytes", ErrTooLarge, resp.ContentLength, limit)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return response{}, fmt.Errorf("reading the body: %w", err)
+	}
+	if int64(len(body)) > limit {
+		return response{}, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
+	}
+	res := response{status: resp.StatusCode, etag: resp.Header.Get("ETag"), body: body}
+	if res.status == http.StatusOK {
+		mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+		if err != nil || (mt != "application/fhir+json" && mt != "application/json") {
+			return response{}, fmt.Errorf("status 200 with Content-Type %q, not FHIR JSON", resp.Header.Get("Content-Type"))
+		}
+	}
+	return res, nil
+}
+
+// head is what decode reads from a resource's JSON itself. Status is the
+// code as sent: the FHIR model's enums decode a missing status as their
+// first code (EndpointStatusActive for an Endpoint), so rules check this.
+type head struct {
+	ResourceType string `json:"resourceType"`
+	ID           string `json:"id"`
+	Status       string `json:"status"`
+}
+
+// decode checks that body is FHIR JSON of the resourceType want and
+// unmarshals it with the FHIR model's own decoder (which refuses unknown
+// codes). A body that is not is the domain's fault: ErrUnavailable.
+func decode[T any](op string, body []byte, want string, unmarshal func([]byte) (T, error)) (T, head, error) {
+	var zero T
+	var h head
+	if err := json.Unmarshal(body, &h); err != nil {
+		return zero, h, unavailable(op, fmt.Errorf("not FHIR JSON: %w", err))
+	}
+	if h.ResourceType != want {
+		return zero, h, unavailable(op, fmt.Errorf("answered a %q, want %s", h.ResourceType, want))
+	}
+	v, err := unmarshal(body)
+	if err != nil {
+		return zero, h, unavailable(op, fmt.Errorf("not a valid FHIR R4 %s: %w", want, err))
+	}
+	return v, h, nil
+}
+
+// outcomeText is the gist of an error body for an error message: the
+// OperationOutcome's first issue, or the start of whatever it is.
+func outcomeText(body []byte) string {
+	var oo struct {
+		ResourceType string `json:"resourceType"`
+		Issue        []struct {
+			Code        string `json:"code"`
+			Diagnostics string `json:"diagnostics"`
+			Details     struct {
+				Text string `json:"text"`
+			} `json:"details"`
+		} `json:"issue"`
+	}
+	if json.Unmarshal(body, &oo) == nil && oo.ResourceType == "OperationOutcome" && len(oo.Issue) > 0 {
+		i := oo.Issue[0]
+		return strings.TrimSpace(i.Code + " " + i.Details.Text + " " + i.Diagnostics)
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) > 200 {
+		return strconv.Quote(string(body[:200])) + "..."
+	}
+	return strconv.Quote(string(body))
+}

@@ -2,11 +2,13 @@ package fhirdomain
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -70,6 +72,7 @@ type fixture struct {
 	tokens   *smartTokens
 	proxy    *recorder
 	versions map[string]string // "Type/id" → meta.versionId as seeded
+	stored   map[string]obj    // "Type/id" → the resource as the server stored it
 }
 
 // seedDomain starts a test domain with KT2-shaped fixtures and a
@@ -121,8 +124,9 @@ func seedDomain(t *testing.T) *fixture {
 		noPatient,
 		big,
 	)
-	f := &fixture{domain: d, tokens: tokens, proxy: newRecorder(t, d.FHIRBase), versions: map[string]string{}}
+	f := &fixture{domain: d, tokens: tokens, proxy: newRecorder(t, d.FHIRBase), versions: map[string]string{}, stored: map[string]obj{}}
 	for _, r := range stored {
+		f.stored[fmt.Sprint(r["resourceType"], "/", r["id"])] = r
 		meta, _ := r["meta"].(map[string]any)
 		f.versions[fmt.Sprint(r["resourceType"], "/", r["id"])] = fmt.Sprint(meta["versionId"])
 	}
@@ -291,7 +295,9 @@ func TestResolve(t *testing.T) {
 		if o := obs.take(); o["Device miss"] != 1 || o["Endpoint revalidated"] != 2 {
 			t.Fatalf("observed %v", o)
 		}
-		f.domain.Seed(t, device("module-1", "active", "module-1"))
+		restored := f.domain.Seed(t, device("module-1", "active", "module-1"))[0]
+		f.stored["Device/module-1"] = restored
+		f.versions["Device/module-1"] = fmt.Sprint(restored["meta"].(map[string]any)["versionId"])
 	})
 
 	t.Run("an oversized response is refused", func(t *testing.T) {
@@ -332,6 +338,31 @@ func TestResolve(t *testing.T) {
 		defer func() { f.tokens.mu.Lock(); f.tokens.always = ""; f.tokens.mu.Unlock() }()
 		if _, err := c.Task(traced("401-2"), issuer, "task-ref"); !errors.Is(err, ErrUnavailable) || len(f.proxy.with("401-2")) != 2 {
 			t.Fatalf("always refused: %v, %d requests", err, len(f.proxy.with("401-2")))
+		}
+	})
+
+	t.Run("the FHIR model keeps every element of the KT2 fixtures", func(t *testing.T) {
+		c, _, _ := f.client(t, nil)
+		ctx := context.Background()
+		task, err := c.Task(ctx, issuer, "task-canon")
+		ad, err2 := c.ActivityDefinition(ctx, issuer, "ActivityDefinition/ad-1")
+		ep, err3 := c.Endpoint(ctx, issuer, "Endpoint/ep-1")
+		dev, err4 := c.Device(ctx, issuer, "Device/module-1")
+		if err := errors.Join(err, err2, err3, err4); err != nil {
+			t.Fatal(err)
+		}
+		for ref, model := range map[string]any{task.Ref: task.Resource, ad.Ref: ad.Resource, ep.Ref: ep.Resource, dev.Ref: dev.Resource} {
+			raw, err := json.Marshal(model)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back obj
+			if err := json.Unmarshal(raw, &back); err != nil {
+				t.Fatal(err)
+			}
+			if want := f.stored[ref]; !reflect.DeepEqual(back, want) {
+				t.Errorf("%s: the model wrote\n%s\nthe server holds\n%v", ref, raw, want)
+			}
 		}
 	})
 

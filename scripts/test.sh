@@ -37,10 +37,12 @@ fi
 ${PORTAL_CHROMIUM:-chromium} --version >&2
 
 step "test domain (testdomain/: npm ci from the lockfile when node_modules is missing or older)"
-if [ ! -d testdomain/node_modules ] || [ testdomain/package-lock.json -nt testdomain/node_modules ]; then
+# npm writes node_modules/.package-lock.json last: an interrupted install
+# has none and is done again.
+if [ testdomain/package-lock.json -nt testdomain/node_modules/.package-lock.json ]; then
   command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js 20.19 or later (internal/testdomain runs testdomain/server.mjs)" >&2; exit 1; }
   (cd testdomain && npm ci --omit=dev --no-audit --no-fund >&2)
-  touch testdomain/node_modules
+  touch testdomain/node_modules/.package-lock.json
 fi
 
 step "Prometheus alerting rules (promtool check rules, test rules)"

@@ -42,6 +42,8 @@ type Signers interface {
 	Signer(issuer string) (*keys.Signer, error)
 }
 
+var _ Signers = (*keys.Keyring)(nil)
+
 // Outcome names what one AccessToken call, or one token fetch, came to, for
 // metrics.
 type Outcome string

@@ -12,13 +12,9 @@
 // the FHIR server answers 401. Access tokens and assertions are never
 // logged, stored outside memory, or put in an error.
 //
-// A FHIR reader needs only this much of it:
-//
-//	type tokens interface {
-//		Do(ctx context.Context, issuer string, req *http.Request) (*http.Response, error)
-//	}
-//
-// or AccessToken and Invalidate when it sends the requests itself.
+// A FHIR reader that sends its own requests needs only Token and
+// Invalidate (internal/fhirdomain's Tokens interface); Do sends a request
+// with the token and retries once after a 401.
 package smart
 
 import (
@@ -44,7 +40,7 @@ type Signers interface {
 
 var _ Signers = (*keys.Keyring)(nil)
 
-// Outcome names what one AccessToken call, or one token fetch, came to, for
+// Outcome names what one Token call, or one token fetch, came to, for
 // metrics.
 type Outcome string
 
@@ -167,14 +163,14 @@ func (c *Client) emit(issuer string, o Outcome) {
 	}
 }
 
-// AccessToken returns an access token for the issuer's FHIR server: the
+// Token returns an access token for the issuer's FHIR server: the
 // cached one while it is not close to expiry, else a new one. Callers that
 // ask while a fetch is in flight wait for it; the fetch itself is not
 // cancelled when they give up (it is bounded by the timeout). Errors wrap
 // ErrUnavailable, ErrRefused (*RefusedError), a keys error (the issuer
 // cannot sign: keys.ErrUnknownIssuer, keys.ErrNoActiveKey), or are plain
 // (a misconfigured domain). An empty issuer means the default one.
-func (c *Client) AccessToken(ctx context.Context, issuer string) (string, error) {
+func (c *Client) Token(ctx context.Context, issuer string) (string, error) {
 	s, err := c.signers.Signer(issuer)
 	if err != nil {
 		return "", fmt.Errorf("access token for issuer %q: %w", issuer, err)
@@ -232,15 +228,16 @@ func (c *Client) fetch(ctx context.Context, s *keys.Signer, call *fetchCall) {
 	close(call.done)
 }
 
-// Invalidate drops the cached token if it is still accessToken, so that
-// the next AccessToken fetches a new one. Call it when the FHIR server
-// answers 401 to that token; concurrent callers that saw the same 401 drop
-// it once, and share one new fetch.
-func (c *Client) Invalidate(accessToken string) {
+// Invalidate drops the issuer's cached token if it is still accessToken,
+// so that the next Token fetches a new one (an empty issuer, the default
+// one, drops accessToken whichever issuer holds it). Call it when the FHIR
+// server answers 401 to that token; concurrent callers that saw the same
+// 401 drop it once, and share one new fetch.
+func (c *Client) Invalidate(issuer, accessToken string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for slug, t := range c.tokens {
-		if t.value == accessToken {
+		if (issuer == "" || slug == issuer) && t.value == accessToken {
 			delete(c.tokens, slug)
 		}
 	}
@@ -375,7 +372,7 @@ func isB64Token(s string) bool {
 // under the issuer's FHIR base URL: the token is never sent elsewhere.
 // ctx bounds the FHIR request and the reading of its body (the timeout
 // bounds only the token fetch). A request that cannot be sent is
-// ErrUnavailable; token errors are AccessToken's.
+// ErrUnavailable; token errors are Token's.
 func (c *Client) Do(ctx context.Context, issuer string, req *http.Request) (*http.Response, error) {
 	s, err := c.signers.Signer(issuer)
 	if err != nil {
@@ -387,7 +384,7 @@ func (c *Client) Do(ctx context.Context, issuer string, req *http.Request) (*htt
 	}
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 	for attempt := 0; ; attempt++ {
-		token, err := c.AccessToken(ctx, issuer)
+		token, err := c.Token(ctx, issuer)
 		if err != nil {
 			return nil, err
 		}
@@ -413,7 +410,7 @@ func (c *Client) Do(ctx context.Context, issuer string, req *http.Request) (*htt
 		}
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxTokenBody))
 		resp.Body.Close()
-		c.Invalidate(token)
+		c.Invalidate(s.Issuer.Slug, token)
 	}
 }
 

@@ -78,7 +78,7 @@ func TestBurst(t *testing.T) {
 	errs := make([]error, callers)
 	var wg sync.WaitGroup
 	for i := range callers {
-		wg.Go(func() { tokens[i], errs[i] = f.client.AccessToken(context.Background(), issuerSlug) })
+		wg.Go(func() { tokens[i], errs[i] = f.client.Token(context.Background(), issuerSlug) })
 	}
 	select {
 	case <-held:
@@ -109,16 +109,16 @@ func TestBurst(t *testing.T) {
 func TestCacheUntilNearExpiry(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	ctx := context.Background()
-	first, err := f.client.AccessToken(ctx, issuerSlug)
+	first, err := f.client.Token(ctx, issuerSlug)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(269 * time.Second)
-	if again, err := f.client.AccessToken(ctx, issuerSlug); err != nil || again != first {
+	if again, err := f.client.Token(ctx, issuerSlug); err != nil || again != first {
 		t.Fatalf("at 269 s: a new token or %v", err)
 	}
 	f.clock.Advance(2 * time.Second)
-	second, err := f.client.AccessToken(ctx, issuerSlug)
+	second, err := f.client.Token(ctx, issuerSlug)
 	if err != nil || second == first {
 		t.Fatalf("at 271 s: the old token or %v", err)
 	}
@@ -134,7 +134,7 @@ func TestCacheUntilNearExpiry(t *testing.T) {
 // new token and retry once; a second 401 is returned, not retried again.
 func TestUnauthorizedRefetch(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
-	first, err := f.client.AccessToken(context.Background(), issuerSlug)
+	first, err := f.client.Token(context.Background(), issuerSlug)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestUnauthorizedRefetch(t *testing.T) {
 // assertion is in the message.
 func TestRefused(t *testing.T) {
 	f := newFixture(t, fixtureOptions{registeredID: "someone-else"})
-	_, err := f.client.AccessToken(context.Background(), issuerSlug)
+	_, err := f.client.Token(context.Background(), issuerSlug)
 	var re *RefusedError
 	if !errors.Is(err, ErrRefused) || errors.Is(err, ErrUnavailable) || !errors.As(err, &re) ||
 		re.Code != "invalid_client" || re.Status != http.StatusUnauthorized {
@@ -186,7 +186,7 @@ func TestUnavailable(t *testing.T) {
 		base := "http://" + ln.Addr().String() + "/fhir"
 		_ = ln.Close()
 		f := newFixture(t, fixtureOptions{fhirBase: base})
-		if _, err := f.client.AccessToken(ctx, issuerSlug); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrRefused) {
+		if _, err := f.client.Token(ctx, issuerSlug); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrRefused) {
 			t.Fatalf("closed port: %v", err)
 		}
 		if n := f.events.count(OutcomeUnavailable); n != 1 {
@@ -200,7 +200,7 @@ func TestUnavailable(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = ln.Close() })
 		f := newFixture(t, fixtureOptions{fhirBase: "http://" + ln.Addr().String() + "/fhir", timeout: 200 * time.Millisecond})
-		if _, err := f.client.AccessToken(ctx, issuerSlug); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		if _, err := f.client.Token(ctx, issuerSlug); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("no answer: %v", err)
 		}
 	})
@@ -208,7 +208,7 @@ func TestUnavailable(t *testing.T) {
 		var f *fixture
 		if !t.Run("up", func(t *testing.T) {
 			f = newFixture(t, fixtureOptions{})
-			if _, err := f.client.AccessToken(ctx, issuerSlug); err != nil {
+			if _, err := f.client.Token(ctx, issuerSlug); err != nil {
 				t.Fatal(err)
 			}
 		}) {
@@ -220,7 +220,7 @@ func TestUnavailable(t *testing.T) {
 		// First the cached token endpoint is tried, then (the failure
 		// dropped it) the smart-configuration is looked up again.
 		for _, step := range []string{"token request to ", "discover token endpoint at "} {
-			if _, err := f.client.AccessToken(ctx, issuerSlug); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), step) {
+			if _, err := f.client.Token(ctx, issuerSlug); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), step) {
 				t.Fatalf("after the domain stopped, want %q: %v", step, err)
 			}
 		}
@@ -240,7 +240,7 @@ func TestUnavailable(t *testing.T) {
 func TestRotation(t *testing.T) {
 	f := newFixture(t, fixtureOptions{})
 	ctx := adminevents.WithActor(context.Background(), "cli:test@localhost")
-	first, err := f.client.AccessToken(ctx, issuerSlug)
+	first, err := f.client.Token(ctx, issuerSlug)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,8 +259,8 @@ func TestRotation(t *testing.T) {
 	if err != nil || after.Kid == before.Kid {
 		t.Fatalf("no rotation: %v", err)
 	}
-	f.client.Invalidate(first)
-	if _, err := f.client.AccessToken(ctx, issuerSlug); err != nil {
+	f.client.Invalidate(issuerSlug, first)
+	if _, err := f.client.Token(ctx, issuerSlug); err != nil {
 		t.Fatalf("token with the rotated key %s: %v", after.Kid, err)
 	}
 	if n := f.jwksFetches.Load(); n != 1 {

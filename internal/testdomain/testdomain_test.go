@@ -301,8 +301,24 @@ func TestJWKSCache(t *testing.T) {
 		_ = both.AddKey(k)
 	}
 	published.Store(both)
-	if _, err := d.token(rotated, "rotating", ""); err == nil {
+	now := time.Now()
+	assertion, err := clientAssertion(rotated, "rotating", d.TokenEndpoint, randomID(), now, now.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body, err := postToken(d.TokenEndpoint, assertion, "")
+	var e struct{ Error string }
+	_ = json.Unmarshal(body, &e)
+	if err != nil {
+		t.Fatalf("token endpoint: %v", err)
+	}
+	if status == http.StatusOK {
 		t.Fatal("a key published after the first fetch was used at once: the 60 s JWKS cache is gone, update this test and the package doc")
+	}
+	// Refused as an unknown key, not for anything else (the endpoint down,
+	// a scope): the client authentication itself failed.
+	if status != http.StatusUnauthorized || e.Error != "invalid_client" {
+		t.Fatalf("the new key before the JWKS cache expires: %d %s, want 401 invalid_client", status, body)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/pgtest"
 )
 
 // The operator's kit in deploy/: a Grafana dashboard and Prometheus
@@ -252,9 +253,17 @@ func alertExpressions(t *testing.T) map[string]string {
 // the alerting rules query, and every route pattern they select.
 func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 	ctx := operatorContext()
-	s := newStack(t, testDB.Fresh(t), keys.ES256)
+	url := testDB.Fresh(t)
+	proxy := pgtest.NewProxy(t, url)
+	s := newStack(t, proxy.URL(url), keys.ES256)
 	s.registerTestModule(t)
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	// A database outage: launches refused as unavailable, 5xx answers.
+	outage := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
+	proxy.Cut()
+	redeem(t, outage, nil)
+	s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", `{"module":"diary","task":"Task/1","user":"Patient/1"}`)
+	proxy.Restore()
 	redeem(t, link, nil)
 	redeem(t, link, nil) // refused: used
 	if status, _, body := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey, "application/json",
@@ -299,21 +308,26 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 				t.Errorf("%s queries %s, which the service does not export (query %q)", w, name, queries[w])
 			}
 		}
-		// A route renamed in routes.go would silently empty a query.
-		for _, m := range routeMatcher.FindAllStringSubmatch(queries[w], -1) {
-			for _, route := range strings.Split(m[1], "|") {
-				if !strings.Contains(string(body), `route="`+route+`"`) {
-					t.Errorf("%s selects route %s, which the service did not report (query %q)", w, route, queries[w])
+		// A label value renamed in the code (a route in routes.go, a
+		// refusal reason, a status class) would silently empty a query.
+		for _, m := range labelMatcher.FindAllStringSubmatch(queries[w], -1) {
+			label := m[1]
+			if label == "job" || label == "instance" || strings.Contains(m[2], "$") {
+				continue // set by Prometheus, or a Grafana variable
+			}
+			for _, value := range strings.Split(m[2], "|") {
+				if !strings.Contains(string(body), label+`="`+value+`"`) {
+					t.Errorf("%s selects %s=%q, which the service did not report (query %q)", w, label, value, queries[w])
 				}
 			}
 		}
 	}
 }
 
-// routeMatcher finds the route patterns a query selects: route="..." or
-// route=~"a|b" with plain patterns (no regular expression but | and the
-// dots of file names).
-var routeMatcher = regexp.MustCompile(`\broute=~?"([^"]+)"`)
+// labelMatcher finds the label values a query selects: label="..." or
+// label=~"a|b" with plain values (no regular expression but | and the dots
+// of file names).
+var labelMatcher = regexp.MustCompile(`\b([a-z_]+)=~?"([^"]+)"`)
 
 // exportedSeriesNames returns the name of every sample in a scrape in the
 // Prometheus text format: what PromQL sees, so a histogram shows as its

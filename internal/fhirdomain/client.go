@@ -10,9 +10,15 @@
 // kept a short while (Config.CacheTTL) and then revalidated with
 // If-None-Match; Tasks are always read anew.
 //
-// Errors are either ErrUnavailable (the domain could not answer: 503) or a
+// Authorize then decides, from the Resolution and what the domain holds
+// about the user (CareTeam, RelatedPerson), whether the user may start the
+// Task (TOP-KT-013 and the KT2 RelatedPerson rules).
+//
+// Errors are either ErrUnavailable (the domain could not answer: 503), a
 // *NotResolvableError with a Reason (the domain's data breaks a rule: 422
-// or 403); anything else is a bug or a configuration error.
+// or 403) or, from Authorize, a *RefusedError with a Refusal (this user
+// may not launch this Task: 403); anything else is a bug or a
+// configuration error.
 package fhirdomain
 
 import (
@@ -101,6 +107,10 @@ type Config struct {
 	// Observe, if set, is told of every cache outcome, with the resource
 	// type; for metrics. It must not block.
 	Observe func(resourceType string, outcome CacheOutcome)
+	// ReadyTasksOnly makes Authorize refuse Tasks that are requested,
+	// received or accepted (RefusedTaskStatus); by default those launch
+	// like ready and in-progress ones. See Authorize.
+	ReadyTasksOnly bool
 }
 
 // Client reads Koppeltaal domains' FHIR servers. It is safe for concurrent

@@ -1,0 +1,365 @@
+package fhirdomain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ehealth-nl/portal/internal/testdomain"
+	"github.com/ehealth-nl/portal/pkg/hti"
+)
+
+// The Task statuses of FHIR R4 (KT2_Task binds the same value set).
+var taskStatuses = []string{"draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
+	"in-progress", "on-hold", "failed", "completed", "entered-in-error"}
+
+// ownedTask is a KT2 Task for patient, owned by owner ("" for none), that
+// instantiates ad-1.
+func ownedTask(id, status, owner, patient string) obj {
+	t := obj{"resourceType": "Task", "id": id, "status": status, "intent": "order",
+		"for":       obj{"reference": patient},
+		"extension": []any{obj{"url": ExtInstantiates, "valueReference": obj{"reference": "ActivityDefinition/ad-1"}}}}
+	if owner != "" {
+		t["owner"] = obj{"reference": owner}
+	}
+	return t
+}
+
+// relatedPerson is a KT2 RelatedPerson of patient; active "" leaves
+// the element out.
+func relatedPerson(id, patient, active string) obj {
+	rp := obj{"resourceType": "RelatedPerson", "id": id, "patient": obj{"reference": patient},
+		"relationship": []any{obj{"coding": []any{obj{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FAMMEMB"}}}},
+		"name":         []any{obj{"family": "Naaste " + id}}}
+	if active != "" {
+		rp["active"] = active == "true"
+	}
+	return rp
+}
+
+// participant is a CareTeam participant; start and end "" are absent.
+func participant(member, start, end string) obj {
+	p := obj{"member": obj{"reference": member}}
+	period := obj{}
+	if start != "" {
+		period["start"] = start
+	}
+	if end != "" {
+		period["end"] = end
+	}
+	if len(period) > 0 {
+		p["period"] = period
+	}
+	return p
+}
+
+func careTeam(id, status, subject string, participants ...obj) obj {
+	ps := make([]any, len(participants))
+	for i, p := range participants {
+		ps[i] = p
+	}
+	return obj{"resourceType": "CareTeam", "id": id, "status": status, "name": "Team " + id,
+		"subject": obj{"reference": subject}, "participant": ps}
+}
+
+// authzFixtures are KT2-shaped: two patients, three practitioners, four
+// related persons (active, inactive, without active, of the other
+// patient), three CareTeams (p-1's, p-2's, an inactive one), one Task per
+// owner and rule, and every status for each kind of owner. The test clock
+// is 2026-01-01T12:00:00Z (fixture.client): pr-2's participation ended
+// the day before, pr-3's ends that day.
+func authzFixtures() []any {
+	rs := []any{
+		obj{"resourceType": "Patient", "id": "p-1", "name": []any{obj{"family": "Jansen"}}},
+		obj{"resourceType": "Patient", "id": "p-2", "name": []any{obj{"family": "Bakker"}}},
+		obj{"resourceType": "Practitioner", "id": "pr-1", "name": []any{obj{"family": "de Vries"}}},
+		obj{"resourceType": "Practitioner", "id": "pr-2", "name": []any{obj{"family": "Smit"}}},
+		obj{"resourceType": "Practitioner", "id": "pr-3", "name": []any{obj{"family": "Visser"}}},
+		relatedPerson("rp-1", "Patient/p-1", "true"),
+		relatedPerson("rp-off", "Patient/p-1", "false"),
+		relatedPerson("rp-3", "Patient/p-1", ""),
+		relatedPerson("rp-2", "Patient/p-2", "true"),
+		relatedPerson("rp-rev", "Patient/p-1", "true"),
+		careTeam("ct-1", "active", "Patient/p-1",
+			participant("Practitioner/pr-1", "", ""),
+			participant("Practitioner/pr-2", "2025-01-01", "2025-12-31"),
+			participant("Practitioner/pr-3", "2025-06-01T00:00:00+02:00", "2026-01-01"),
+			participant("RelatedPerson/rp-1", "", ""),
+			participant("RelatedPerson/rp-off", "", "")),
+		careTeam("ct-2", "active", "Patient/p-2", participant("RelatedPerson/rp-1", "", "")),
+		careTeam("ct-off", "inactive", "Patient/p-1",
+			participant("Practitioner/pr-1", "", ""), participant("RelatedPerson/rp-1", "", "")),
+		device("module-1", "active", "module-1"),
+		endpoint("ep-1", "active", ConnectionTypeHTI, "https://module.example/launch"),
+		activityDefinition("ad-1", "active", "Device/module-1", "ep-1"),
+		ownedTask("t-patient", "ready", "Patient/p-1", "Patient/p-1"),
+		ownedTask("t-patient-other", "ready", "Patient/p-1", "Patient/p-2"),
+		ownedTask("t-pr1", "ready", "Practitioner/pr-1", "Patient/p-1"),
+		ownedTask("t-ct1", "in-progress", "CareTeam/ct-1", "Patient/p-1"),
+		ownedTask("t-ct2", "ready", "CareTeam/ct-2", "Patient/p-1"),
+		ownedTask("t-ctoff", "ready", "CareTeam/ct-off", "Patient/p-1"),
+		ownedTask("t-ctnope", "ready", "CareTeam/nope", "Patient/p-1"),
+		ownedTask("t-rp1", "ready", "RelatedPerson/rp-1", "Patient/p-1"),
+		ownedTask("t-rpoff", "ready", "RelatedPerson/rp-off", "Patient/p-1"),
+		ownedTask("t-rp2", "ready", "RelatedPerson/rp-2", "Patient/p-1"),
+		ownedTask("t-rp3", "ready", "RelatedPerson/rp-3", "Patient/p-1"),
+		ownedTask("t-rprev", "ready", "RelatedPerson/rp-rev", "Patient/p-1"),
+		ownedTask("t-noowner", "ready", "", "Patient/p-1"),
+	}
+	for kind, owner := range statusOwners {
+		for _, s := range taskStatuses {
+			rs = append(rs, ownedTask("st-"+kind+"-"+s, s, owner, "Patient/p-1"))
+		}
+	}
+	return rs
+}
+
+// statusOwners are the owners of the status Tasks (st-<kind>-<status>).
+var statusOwners = map[string]string{
+	"patient": "Patient/p-1", "practitioner": "Practitioner/pr-1",
+	"careteam": "CareTeam/ct-1", "relatedperson": "RelatedPerson/rp-1",
+}
+
+func seedAuthz(t *testing.T) *fixture {
+	t.Helper()
+	tokens, client := newSmartTokens(t, "portal-test")
+	d := testdomain.Start(t, client)
+	tokens.endpoint = d.TokenEndpoint
+	f := &fixture{domain: d, tokens: tokens, proxy: newRecorder(t, d.FHIRBase), versions: map[string]string{}, stored: map[string]obj{}}
+	for _, r := range d.Seed(t, authzFixtures()...) {
+		meta, _ := r["meta"].(map[string]any)
+		f.versions[fmt.Sprint(r["resourceType"], "/", r["id"])] = fmt.Sprint(meta["versionId"])
+	}
+	return f
+}
+
+func ref(s string) hti.Reference {
+	typ, id, _ := strings.Cut(s, "/")
+	return hti.Reference{Type: typ, ID: id}
+}
+
+// authorize resolves taskID and authorises user for it, both against the
+// domain.
+func authorize(t *testing.T, c *Client, ctx context.Context, taskID, user string) (Authorization, error) {
+	t.Helper()
+	r, err := c.Resolve(context.Background(), issuer, taskID)
+	if err != nil {
+		t.Fatalf("resolve %s: %v", taskID, err)
+	}
+	return c.Authorize(ctx, issuer, r, ref(user))
+}
+
+// wantOutcome checks that err refuses by want ("" means allowed).
+func wantOutcome(t *testing.T, name string, a Authorization, err error, want Refusal) {
+	t.Helper()
+	got, refusal := RefusalOf(err)
+	switch {
+	case want == "" && err != nil:
+		t.Errorf("%s: refused: %v", name, err)
+	case want != "" && (!refusal || got != want):
+		t.Errorf("%s: %+v %v, want refusal %q", name, a, err, want)
+	case refusal && errors.Is(err, ErrUnavailable):
+		t.Errorf("%s: a refusal that is also unavailable: %v", name, err)
+	}
+}
+
+func TestAuthorize(t *testing.T) {
+	f := seedAuthz(t)
+	v := f.versions
+
+	t.Run("each role allowed and refused by each rule", func(t *testing.T) {
+		c, _, _ := f.client(t, nil)
+		for _, tc := range []struct {
+			rule, user, task string
+			want             Refusal               // "" for allowed
+			allowed          string                // the Authorization's Rule when allowed
+			versions         AuthorizationVersions // when allowed
+		}{
+			{rule: "patient: owner", user: "Patient/p-1", task: "t-patient", allowed: RuleOwner},
+			{rule: "patient: another's Task", user: "Patient/p-2", task: "t-patient", want: RefusedNotOwner},
+			{rule: "patient: a practitioner's Task", user: "Patient/p-1", task: "t-pr1", want: RefusedNotOwner},
+			{rule: "patient: no CareTeam rule for patients", user: "Patient/p-1", task: "t-ct1", want: RefusedNotOwner},
+			{rule: "patient: owns it, Task.for another patient", user: "Patient/p-1", task: "t-patient-other", want: RefusedTaskOtherPatient},
+
+			{rule: "practitioner: owner", user: "Practitioner/pr-1", task: "t-pr1", allowed: RuleOwner},
+			{rule: "practitioner: careteam participant", user: "Practitioner/pr-1", task: "t-ct1", allowed: "careteam:ct-1",
+				versions: AuthorizationVersions{CareTeam: v["CareTeam/ct-1"]}},
+			{rule: "practitioner: careteam participant, period ending today", user: "Practitioner/pr-3", task: "t-ct1", allowed: "careteam:ct-1",
+				versions: AuthorizationVersions{CareTeam: v["CareTeam/ct-1"]}},
+			{rule: "practitioner: careteam participant whose period ended", user: "Practitioner/pr-2", task: "t-ct1", want: RefusedCareTeamNotMember},
+			{rule: "practitioner: careteam without them", user: "Practitioner/pr-1", task: "t-ct2", want: RefusedCareTeamNotMember},
+			{rule: "practitioner: inactive careteam", user: "Practitioner/pr-1", task: "t-ctoff", want: RefusedCareTeamInactive},
+			{rule: "practitioner: missing careteam", user: "Practitioner/pr-1", task: "t-ctnope", want: RefusedCareTeamNotFound},
+			{rule: "practitioner: another practitioner's Task", user: "Practitioner/pr-2", task: "t-pr1", want: RefusedNotOwner},
+			{rule: "practitioner: a related person's Task", user: "Practitioner/pr-1", task: "t-rp1", want: RefusedNotOwner},
+			{rule: "practitioner: a Task without owner", user: "Practitioner/pr-1", task: "t-noowner", want: RefusedNotOwner},
+
+			{rule: "related person: owner", user: "RelatedPerson/rp-1", task: "t-rp1", allowed: RuleOwner,
+				versions: AuthorizationVersions{RelatedPerson: v["RelatedPerson/rp-1"]}},
+			{rule: "related person: owner, active absent", user: "RelatedPerson/rp-3", task: "t-rp3", allowed: RuleOwner,
+				versions: AuthorizationVersions{RelatedPerson: v["RelatedPerson/rp-3"]}},
+			{rule: "related person: careteam participant, subject their patient", user: "RelatedPerson/rp-1", task: "t-ct1", allowed: "careteam:ct-1",
+				versions: AuthorizationVersions{CareTeam: v["CareTeam/ct-1"], RelatedPerson: v["RelatedPerson/rp-1"]}},
+			{rule: "related person: inactive owner", user: "RelatedPerson/rp-off", task: "t-rpoff", want: RefusedRelatedPersonInactive},
+			{rule: "related person: inactive careteam participant", user: "RelatedPerson/rp-off", task: "t-ct1", want: RefusedRelatedPersonInactive},
+			{rule: "related person: of another patient than Task.for", user: "RelatedPerson/rp-2", task: "t-rp2", want: RefusedRelatedPersonOtherPatient},
+			{rule: "related person: careteam of another patient", user: "RelatedPerson/rp-1", task: "t-ct2", want: RefusedCareTeamOtherPatient},
+			{rule: "related person: careteam without them", user: "RelatedPerson/rp-3", task: "t-ct1", want: RefusedCareTeamNotMember},
+			{rule: "related person: inactive careteam", user: "RelatedPerson/rp-1", task: "t-ctoff", want: RefusedCareTeamInactive},
+			{rule: "related person: missing related person", user: "RelatedPerson/nope", task: "t-ct1", want: RefusedRelatedPersonNotFound},
+			{rule: "related person: a practitioner's Task", user: "RelatedPerson/rp-1", task: "t-pr1", want: RefusedNotOwner},
+			{rule: "related person: the patient's own Task", user: "RelatedPerson/rp-1", task: "t-patient", want: RefusedNotOwner},
+
+			{rule: "user type: Device", user: "Device/module-1", task: "t-patient", want: RefusedUserType},
+			{rule: "user type: Organization", user: "Organization/o-1", task: "t-pr1", want: RefusedUserType},
+			{rule: "user type: none", user: "", task: "t-patient", want: RefusedUserType},
+		} {
+			a, err := authorize(t, c, context.Background(), tc.task, tc.user)
+			wantOutcome(t, tc.rule, a, err, tc.want)
+			if err != nil || tc.want != "" {
+				continue
+			}
+			wantCT := ""
+			if id, ok := strings.CutPrefix(tc.allowed, RuleCareTeam); ok {
+				wantCT = "CareTeam/" + id
+			}
+			want := Authorization{User: tc.user, Task: "Task/" + tc.task, Patient: "Patient/p-1", Rule: tc.allowed, CareTeam: wantCT, Versions: tc.versions}
+			if a != want {
+				t.Errorf("%s:\n got %+v\nwant %+v", tc.rule, a, want)
+			}
+		}
+	})
+
+	t.Run("task status, for each kind of owner", func(t *testing.T) {
+		users := map[string]string{"patient": "Patient/p-1", "practitioner": "Practitioner/pr-1",
+			"careteam": "Practitioner/pr-1", "relatedperson": "RelatedPerson/rp-1"}
+		for _, readyOnly := range []bool{false, true} {
+			c, _, _ := f.client(t, func(cfg *Config) { cfg.ReadyTasksOnly = readyOnly })
+			for kind := range statusOwners {
+				for _, s := range taskStatuses {
+					var want Refusal
+					switch s {
+					case "ready", "in-progress":
+					case "requested", "received", "accepted":
+						if readyOnly {
+							want = RefusedTaskStatus
+						}
+					case "completed":
+						want = RefusedTaskCompleted
+					default:
+						want = RefusedTaskStatus
+					}
+					a, err := authorize(t, c, context.Background(), "st-"+kind+"-"+s, users[kind])
+					wantOutcome(t, fmt.Sprintf("%s %s (ReadyTasksOnly %v)", kind, s, readyOnly), a, err, want)
+				}
+			}
+		}
+	})
+
+	t.Run("participant periods are judged by the client's clock", func(t *testing.T) {
+		c, clk, _ := f.client(t, nil)
+		r, err := c.Resolve(context.Background(), issuer, "t-ct1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pr-3: from 2025-06-01T00:00:00+02:00 up to and including 2026-01-01.
+		for _, tc := range []struct {
+			now  time.Time
+			want Refusal
+		}{
+			{time.Date(2025, 5, 31, 21, 59, 59, 0, time.UTC), RefusedCareTeamNotMember},
+			{time.Date(2025, 5, 31, 22, 0, 0, 0, time.UTC), ""},
+			{time.Date(2026, 1, 1, 23, 59, 59, 0, time.UTC), ""},
+			{time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC), RefusedCareTeamNotMember},
+		} {
+			clk.mu.Lock()
+			clk.now = tc.now
+			clk.mu.Unlock()
+			a, err := c.Authorize(context.Background(), issuer, r, ref("Practitioner/pr-3"))
+			wantOutcome(t, "careteam period at "+tc.now.Format(time.RFC3339), a, err, tc.want)
+		}
+	})
+
+	t.Run("only the user and the owning CareTeam are read, with the request path's headers", func(t *testing.T) {
+		c, _, _ := f.client(t, nil)
+		if _, err := authorize(t, c, traced("authz-1"), "t-ct1", "RelatedPerson/rp-1"); err != nil {
+			t.Fatal(err)
+		}
+		reqs := f.proxy.with("authz-1")
+		if got := paths(reqs); len(reqs) != 2 || got["RelatedPerson/rp-1"] != 1 || got["CareTeam/ct-1"] != 1 {
+			t.Fatalf("requests: %v", got)
+		}
+		for _, q := range reqs {
+			h := q.Header
+			if h.Get("Accept") != "application/fhir+json" || h.Get("X-Correlation-Id") != "corr-authz-1" ||
+				h.Get("X-Trace-Id") != "trace-authz-1" || !strings.HasPrefix(h.Get("Authorization"), "Bearer ey") || q.Status != 200 {
+				t.Errorf("%s: %d %v", q.Path, q.Status, h)
+			}
+		}
+		for user, task := range map[string]string{"Patient/p-1": "t-patient", "Practitioner/pr-1": "t-pr1", "Device/module-1": "t-ct1", "Practitioner/pr-2": "t-rp1"} {
+			id := "authz-none-" + task
+			_, _ = authorize(t, c, traced(id), task, user)
+			if got := paths(f.proxy.with(id)); len(got) != 0 {
+				t.Errorf("%s for %s read %v; nothing needs reading", user, task, got)
+			}
+		}
+		f.proxy.mu.Lock()
+		defer f.proxy.mu.Unlock()
+		for _, q := range f.proxy.reqs {
+			if strings.HasPrefix(q.Path, "CareTeam?") || strings.HasPrefix(q.Path, "RelatedPerson?") {
+				t.Errorf("a search: %s", q.Path)
+			}
+		}
+	})
+
+	t.Run("revoking a related person counts from the next launch", func(t *testing.T) {
+		c, _, _ := f.client(t, nil)
+		a, err := authorize(t, c, context.Background(), "t-rprev", "RelatedPerson/rp-rev")
+		wantOutcome(t, "before", a, err, "")
+		f.domain.Seed(t, relatedPerson("rp-rev", "Patient/p-1", "false"))
+		a, err = authorize(t, c, context.Background(), "t-rprev", "RelatedPerson/rp-rev")
+		wantOutcome(t, "after active false", a, err, RefusedRelatedPersonInactive)
+	})
+}
+
+// TestAuthorizeUnavailable: a stopped domain is ErrUnavailable, never a
+// refusal, wherever Authorize has to read.
+func TestAuthorizeUnavailable(t *testing.T) {
+	tokens, client := newSmartTokens(t, "portal-test")
+	var c *Client
+	res := map[string]Resolution{}
+	t.Run("domain up", func(t *testing.T) {
+		d := testdomain.Start(t, client)
+		tokens.endpoint = d.TokenEndpoint
+		d.Seed(t, authzFixtures()...)
+		var err error
+		if c, err = New(Config{BaseURL: func(string) (string, bool) { return d.FHIRBase, true }, Tokens: tokens}); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"t-ct1", "t-rp1", "t-patient"} {
+			if res[id], err = c.Resolve(context.Background(), issuer, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}) // the domain stops with this subtest
+	if c == nil {
+		t.FailNow()
+	}
+	for _, tc := range []struct{ user, task string }{
+		{"Practitioner/pr-1", "t-ct1"},  // reads the CareTeam
+		{"RelatedPerson/rp-1", "t-rp1"}, // reads the RelatedPerson
+		{"RelatedPerson/rp-1", "t-ct1"},
+	} {
+		_, err := c.Authorize(context.Background(), issuer, res[tc.task], ref(tc.user))
+		if _, refusal := RefusalOf(err); !errors.Is(err, ErrUnavailable) || refusal {
+			t.Errorf("%s for %s on a stopped domain: %v", tc.user, tc.task, err)
+		}
+	}
+	// Nothing to read: the Task as resolved decides.
+	if _, err := c.Authorize(context.Background(), issuer, res["t-patient"], ref("Patient/p-1")); err != nil {
+		t.Errorf("a patient's own Task: %v", err)
+	}
+}

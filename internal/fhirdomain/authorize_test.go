@@ -10,6 +10,7 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/testdomain"
 	"github.com/ehealth-nl/portal/pkg/hti"
+	"github.com/samply/golang-fhir-models/fhir-models/fhir"
 )
 
 // The Task statuses of FHIR R4 (KT2_Task binds the same value set).
@@ -361,5 +362,53 @@ func TestAuthorizeUnavailable(t *testing.T) {
 	// Nothing to read: the Task as resolved decides.
 	if _, err := c.Authorize(context.Background(), issuer, res["t-patient"], ref("Patient/p-1")); err != nil {
 		t.Errorf("a patient's own Task: %v", err)
+	}
+}
+
+// TestCovers: the FHIR dateTime precisions a participant period may use,
+// each end included at its precision (the test domain validates periods,
+// so one it cannot hold is tested here).
+func TestCovers(t *testing.T) {
+	ams, err := time.LoadLocation("Europe/Amsterdam")
+	if err != nil {
+		ams = time.FixedZone("CET", 3600)
+	}
+	now := time.Date(2026, 3, 15, 10, 30, 0, 0, ams)
+	p := func(start, end string) *fhir.Period {
+		var per fhir.Period
+		if start != "" {
+			per.Start = &start
+		}
+		if end != "" {
+			per.End = &end
+		}
+		return &per
+	}
+	for _, tc := range []struct {
+		name    string
+		period  *fhir.Period
+		want    bool
+		wantErr bool
+	}{
+		{"no period", nil, true, false},
+		{"empty period", p("", ""), true, false},
+		{"end year", p("", "2026"), true, false},
+		{"end last year", p("", "2025"), false, false},
+		{"end month", p("", "2026-03"), true, false},
+		{"end last month", p("", "2026-02"), false, false},
+		{"end today, a date in the clock's zone", p("", "2026-03-15"), true, false},
+		{"end yesterday", p("", "2026-03-14"), false, false},
+		{"start tomorrow", p("2026-03-16", ""), false, false},
+		{"start today", p("2026-03-15", ""), true, false},
+		{"end at this instant", p("", "2026-03-15T09:30:00Z"), true, false},
+		{"end a moment ago", p("", "2026-03-15T10:29:59.999+01:00"), false, false},
+		{"start in a moment", p("2026-03-15T10:30:00.001+01:00", ""), false, false},
+		{"a time without zone", p("", "2026-03-15T10:30:00"), false, true},
+		{"not a date", p("yesterday", ""), false, true},
+	} {
+		got, err := covers(tc.period, now)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("%s: %v %v, want %v (error %v)", tc.name, got, err, tc.want, tc.wantErr)
+		}
 	}
 }

@@ -120,6 +120,7 @@ type Error struct {
 	Reason string
 }
 
+// Error says which field or element broke which rule.
 func (e *Error) Error() string { return "auditevent: " + e.Field + ": " + e.Reason }
 
 // Validate checks a launch against the rules the event must follow:

@@ -271,6 +271,9 @@ func TestValidate(t *testing.T) {
 		{"other type", "type", func(e event) { at(e, "type")["code"] = "110114" }},
 		{"other profile", "meta.profile", func(e event) { at(e, "meta")["profile"] = []any{"http://example.org/x"} }},
 		{"bad id", "id", func(e event) { e["id"] = "a_b" }},
+		{"member name in another case", "case", func(e event) { e["Outcome"] = e["outcome"]; delete(e, "outcome") }},
+		{"empty display", "empty", func(e event) { at(e, "type")["display"] = "" }},
+		{"null outcomeDesc", "null", func(e event) { e["outcomeDesc"] = nil }},
 		{"recorded without zone", "recorded", func(e event) { e["recorded"] = "2026-01-01T00:00:00" }},
 	} {
 		var e event

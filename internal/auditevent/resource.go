@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
 
@@ -94,6 +95,20 @@ func Validate(raw []byte) error {
 	if dec.More() {
 		return &Error{Field: "AuditEvent", Reason: "data after the resource"}
 	}
+	// encoding/json matches member names without regard to case and takes
+	// an empty string as an absent one; FHIR does neither. What was read
+	// must write back as the same JSON value.
+	var got, written any
+	back, err := marshal(e)
+	if err == nil {
+		err = json.Unmarshal(raw, &got)
+	}
+	if err == nil {
+		err = json.Unmarshal(back, &written)
+	}
+	if err != nil || !reflect.DeepEqual(got, written) {
+		return &Error{Field: "AuditEvent", Reason: "members differ from the elements' names (case), or are empty or null"}
+	}
 
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -135,7 +150,7 @@ func Validate(raw []byte) error {
 	if e.Action != "E" {
 		bad("action", "is %q, not E", e.Action)
 	}
-	if _, err := time.Parse(time.RFC3339Nano, e.Recorded); err != nil || !strings.Contains(e.Recorded, ":") {
+	if _, err := time.Parse(time.RFC3339Nano, e.Recorded); err != nil {
 		bad("recorded", "%q is not a FHIR instant", e.Recorded)
 	}
 	switch Outcome(e.Outcome) {

@@ -23,14 +23,14 @@ here. Each issuer has its own keys and its JWKS at /issuers/SLUG/jwks.json.`,
 		sub: []*command{
 			{name: "list", summary: "show every issuer", usage: "portal issuers list [--json]", env: append([]string{"PORTAL_PUBLIC_URL"}, databaseEnv...), run: issuersList},
 			{name: "add", summary: "add an issuer and create its first keys",
-				usage: "portal issuers add --slug SLUG --client-id ID --fhir-base-url URL [--profile koppeltaal|hti] [--alg ALG] [--rsa-bits N] [--rotation-period D] [--publish-lead D] [--retire-grace D]",
+				usage: "portal issuers add --slug SLUG --client-id ID --fhir-base-url URL [--profile koppeltaal|hti] [--device Device/ID] [--alg ALG] [--rsa-bits N] [--rotation-period D] [--publish-lead D] [--retire-grace D]",
 				help: `Unset settings take the default issuer's values from the environment. A
 koppeltaal issuer signs with RS512, RS384 or ES384 (what the Koppeltaal auth
 server accepts); an hti issuer, for plain HTI modules that verify tokens
 themselves, may use any algorithm.`,
 				env: serviceEnv, run: issuersAdd},
 			{name: "update", summary: "change an issuer's settings",
-				usage: "portal issuers update SLUG [--client-id ID] [--fhir-base-url URL] [--profile koppeltaal|hti] [--alg ALG] [--rsa-bits N] [--rotation-period D] [--publish-lead D] [--retire-grace D]",
+				usage: "portal issuers update SLUG [--client-id ID] [--fhir-base-url URL] [--profile koppeltaal|hti] [--device Device/ID] [--alg ALG] [--rsa-bits N] [--rotation-period D] [--publish-lead D] [--retire-grace D]",
 				help: `A new algorithm or key size applies from the next key on: the rotator replaces
 the current next key at once and the new one signs after the publish lead.`,
 				env: serviceEnv, run: issuersUpdate},
@@ -41,7 +41,7 @@ the current next key at once and the new one signs after the publish lead.`,
 // issuerFlags are the settable fields of an issuer; nil means "not given".
 type issuerFlags struct {
 	clientID, fhirBase, alg *string
-	profile                 *string
+	profile, device         *string
 	rsaBits                 *string
 	rotation, lead, grace   *string
 	fs                      *flag.FlagSet
@@ -54,6 +54,7 @@ func newIssuerFlags(name string) *issuerFlags {
 		clientID: fs.String("client-id", "", "Koppeltaal client_id: the JWT iss claim"),
 		fhirBase: fs.String("fhir-base-url", "", "FHIR base URL of the Koppeltaal domain: the form field iss"),
 		profile:  fs.String("profile", "", "koppeltaal (RS512, RS384, ES384) or hti (plain HTI modules: any algorithm)"),
+		device:   fs.String("device", "", "the portal's own Device/<id> in the Koppeltaal domain (koppeltaal issuers; empty: not in a domain)"),
 		alg:      fs.String("alg", "", "signing algorithm: RS512, RS384, ES384; for profile hti also PS256, PS384, PS512, ES256"),
 		rsaBits:  fs.String("rsa-bits", "", "RSA key size: 2048, 3072 or 4096"),
 		rotation: fs.String("rotation-period", "", "how long a key signs, e.g. 24h"),
@@ -78,6 +79,9 @@ func (f *issuerFlags) apply(is *keys.Issuer) error {
 			return usagef("--profile: %s", err)
 		}
 		is.Profile = p
+	}
+	if set["device"] {
+		is.Device = *f.device
 	}
 	if set["alg"] {
 		alg, err := keys.ParseAlgorithm(*f.alg)
@@ -109,7 +113,7 @@ func (f *issuerFlags) apply(is *keys.Issuer) error {
 
 // issuerFlagName maps an issuer field to its command-line flag.
 var issuerFlagName = map[string]string{
-	"slug": "--slug", "client_id": "--client-id", "fhir_base_url": "--fhir-base-url", "profile": "--profile", "alg": "--alg",
+	"slug": "--slug", "client_id": "--client-id", "fhir_base_url": "--fhir-base-url", "profile": "--profile", "device": "--device", "alg": "--alg",
 	"rsa_bits": "--rsa-bits", "rotation_period": "--rotation-period", "publish_lead": "--publish-lead", "retire_grace": "--retire-grace",
 }
 
@@ -148,6 +152,7 @@ func issuersList(ctx context.Context, c *cli, args []string) error {
 			ClientID       string `json:"client_id"`
 			FHIRBaseURL    string `json:"fhir_base_url"`
 			Profile        string `json:"profile"`
+			Device         string `json:"device,omitempty"`
 			Alg            string `json:"alg"`
 			RSABits        int    `json:"rsa_bits"`
 			RotationPeriod string `json:"rotation_period"`
@@ -158,16 +163,16 @@ func issuersList(ctx context.Context, c *cli, args []string) error {
 		}
 		views := []view{}
 		for _, is := range list {
-			views = append(views, view{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Profile), string(is.Alg), is.RSABits,
+			views = append(views, view{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Profile), is.Device, string(is.Alg), is.RSABits,
 				is.Policy.RotationPeriod.String(), is.Policy.PublishLead.String(), is.Policy.RetireGrace.String(),
 				is.IsDefault, strings.TrimRight(strings.TrimSpace(c.getenv("PORTAL_PUBLIC_URL")), "/") + "/issuers/" + is.Slug + "/jwks.json"})
 		}
 		return writeTerminalJSON(c.stdout, views)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLUG\tCLIENT_ID\tFHIR BASE URL\tPROFILE\tALG\tROTATION\tLEAD\tGRACE\tDEFAULT")
+	fmt.Fprintln(tw, "SLUG\tCLIENT_ID\tFHIR BASE URL\tPROFILE\tDEVICE\tALG\tROTATION\tLEAD\tGRACE\tDEFAULT")
 	for _, is := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", is.Slug, terminalSafe(is.ClientID), terminalSafe(is.FHIRBaseURL), is.Profile, is.Alg,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", is.Slug, terminalSafe(is.ClientID), terminalSafe(is.FHIRBaseURL), is.Profile, dash(is.Device), is.Alg,
 			is.Policy.RotationPeriod, is.Policy.PublishLead, is.Policy.RetireGrace, is.IsDefault)
 	}
 	return tw.Flush()

@@ -332,3 +332,27 @@ func connectTest(t testing.TB, url string) *pgxpool.Pool {
 	t.Cleanup(pool.Close)
 	return pool
 }
+
+// TestIssuers_DeviceJoinsADomain adds a domain issuer with its Device,
+// changes it, and refuses a Device on a plain HTI issuer, naming the flag.
+func TestIssuers_DeviceJoinsADomain(t *testing.T) {
+	env := baseEnv(t, testDB.Fresh(t))
+	mustRun(t, env, "migrate", "up")
+	mustRun(t, env, "issuers", "add", "--slug", "domain", "--client-id", "portal-domain", "--fhir-base-url", "https://fhir.example.org/fhir",
+		"--profile", "koppeltaal", "--alg", "ES384", "--device", "Device/portal-1")
+	if list := mustRun(t, env, "issuers", "list"); !strings.Contains(list, "Device/portal-1") {
+		t.Fatalf("issuers list:\n%s", list)
+	}
+	mustRun(t, env, "issuers", "update", "domain", "--device", "Device/portal-2")
+	if list := mustRun(t, env, "issuers", "list", "--json"); !strings.Contains(list, `"device": "Device/portal-2"`) {
+		t.Fatalf("issuers list --json:\n%s", list)
+	}
+	_, err := runCommand(t, env, "issuers", "add", "--slug", "plain", "--client-id", "portal-plain", "--fhir-base-url", "https://fhir.example.org/fhir",
+		"--profile", "hti", "--alg", "ES256", "--device", "Device/portal-3")
+	if err == nil || !strings.Contains(err.Error(), "--device") {
+		t.Fatalf("a Device on an hti issuer: %v", err)
+	}
+	if trail := mustRun(t, env, "admin-events", "list", "--target", "issuer:domain", "--json"); !strings.Contains(trail, `"device": "Device/portal-2"`) {
+		t.Fatalf("the Device change is not in the trail:\n%s", trail)
+	}
+}

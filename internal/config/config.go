@@ -103,6 +103,7 @@ func Variables() []Variable {
 		{"PORTAL_DEFAULT_ISSUER", "default", "slug of the default issuer, whose JWKS is /.well-known/jwks.json"},
 		{"PORTAL_CLIENT_ID", "(required; dev: portal-dev)", "Koppeltaal client_id of the default issuer: the JWT iss claim"},
 		{"PORTAL_FHIR_BASE_URL", "(required; dev: https://fhir.koppeltaal.example/fhir)", "FHIR base URL of the Koppeltaal domain: the form field iss; https (http only on loopback), no user info, query or fragment"},
+		{"PORTAL_DEVICE", "", "the portal's own Device/<id> in the default issuer's Koppeltaal domain (koppeltaal profile only); unset: the issuer is not in a domain"},
 		{"PORTAL_ISSUER_PROFILE", "koppeltaal", "default issuer's profile: koppeltaal (RS512, RS384 or ES384: what the Koppeltaal auth server accepts) or hti (plain HTI modules verifying tokens themselves: any algorithm)"},
 		{"PORTAL_KEK", "(required outside dev)", "key-encryption key: base64 of 32 random bytes (openssl rand -base64 32)"},
 		{"PORTAL_KEKS", "", "KEK ring instead of PORTAL_KEK: base64,base64 — the first seals, all open; ids are derived from the keys"},
@@ -298,6 +299,7 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 		ClientID:    p.str("PORTAL_CLIENT_ID", devDefault("portal-dev")),
 		FHIRBaseURL: p.str("PORTAL_FHIR_BASE_URL", devDefault("https://fhir.koppeltaal.example/fhir")),
 		Profile:     keys.Profile(p.str("PORTAL_ISSUER_PROFILE", string(keys.DefaultProfile))),
+		Device:      p.str("PORTAL_DEVICE", ""),
 		Alg:         keys.Algorithm(p.str("PORTAL_SIGNING_ALG", string(keys.DefaultAlgorithm))),
 		RSABits:     p.int("PORTAL_RSA_KEY_BITS", keys.DefaultRSABits),
 		Policy: keys.Policy{
@@ -334,6 +336,7 @@ var issuerFieldVar = map[string]string{
 	"client_id":       "PORTAL_CLIENT_ID",
 	"fhir_base_url":   "PORTAL_FHIR_BASE_URL",
 	"profile":         "PORTAL_ISSUER_PROFILE",
+	"device":          "PORTAL_DEVICE",
 	"alg":             "PORTAL_SIGNING_ALG",
 	"rsa_bits":        "PORTAL_RSA_KEY_BITS",
 	"rotation_period": "PORTAL_ROTATION_PERIOD",

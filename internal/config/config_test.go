@@ -269,3 +269,31 @@ func TestLoad_LoopbackPublicURLMayUseHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestLoad_DeviceJoinsTheDefaultIssuerToADomain: PORTAL_DEVICE is the
+// portal's own Device reference, and only a koppeltaal issuer takes one.
+func TestLoad_DeviceJoinsTheDefaultIssuerToADomain(t *testing.T) {
+	env := production()
+	env["PORTAL_DEVICE"] = "Device/portal-1"
+	c, err := Load(getenv(env))
+	if err != nil || c.DefaultIssuer.Device != "Device/portal-1" {
+		t.Fatalf("a Device: %v, %q", err, c.DefaultIssuer.Device)
+	}
+	for _, bad := range []map[string]string{
+		{"PORTAL_DEVICE": "Patient/1"},
+		{"PORTAL_DEVICE": "Device/a_b"},
+		{"PORTAL_DEVICE": "Device/portal-1", "PORTAL_ISSUER_PROFILE": "hti", "PORTAL_SIGNING_ALG": "ES256"},
+	} {
+		env := production()
+		for k, v := range bad {
+			env[k] = v
+		}
+		var ce *Error
+		if _, err := Load(getenv(env)); !errors.As(err, &ce) || ce.Var != "PORTAL_DEVICE" {
+			t.Errorf("%v: %v, want an error naming PORTAL_DEVICE", bad, err)
+		}
+	}
+	if c, err := Load(getenv(production())); err != nil || c.DefaultIssuer.Device != "" {
+		t.Fatalf("no Device: %v, %q", err, c.DefaultIssuer.Device)
+	}
+}

@@ -16,27 +16,31 @@ import (
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/postgres"
 	"github.com/ehealth-nl/portal/internal/weburl"
+	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
 // Issuer is a signing identity of the portal: the Koppeltaal client_id that
 // goes into the JWT iss claim, the FHIR base URL that goes into the form's iss
 // field, and how its keys are made and rotated.
 type Issuer struct {
-	Slug        string    // short name in URLs and commands, e.g. "default"
-	ClientID    string    // JWT iss: the Koppeltaal client_id (docs/ARCHITECTURE.md, "The launch token")
-	FHIRBaseURL string    // form field iss: the Koppeltaal FHIR base (docs/ARCHITECTURE.md, "Launch flow")
-	Profile     Profile   // koppeltaal, or hti for point-to-point modules
-	Alg         Algorithm // algorithm of new keys
-	RSABits     int       // modulus size of new RSA keys
-	Policy      Policy    // how its keys rotate
-	IsDefault   bool      // served at /.well-known/jwks.json
-	CreatedAt   time.Time // when the issuer was stored
-	UpdatedAt   time.Time // when its settings last changed
+	Slug        string  // short name in URLs and commands, e.g. "default"
+	ClientID    string  // JWT iss: the Koppeltaal client_id (docs/ARCHITECTURE.md, "The launch token")
+	FHIRBaseURL string  // form field iss: the Koppeltaal FHIR base (docs/ARCHITECTURE.md, "Launch flow")
+	Profile     Profile // koppeltaal, or hti for point-to-point modules
+	// Device is the portal's own Device/<id> in the issuer's Koppeltaal
+	// domain; empty for an issuer that is not in a domain.
+	Device    string
+	Alg       Algorithm // algorithm of new keys
+	RSABits   int       // modulus size of new RSA keys
+	Policy    Policy    // how its keys rotate
+	IsDefault bool      // served at /.well-known/jwks.json
+	CreatedAt time.Time // when the issuer was stored
+	UpdatedAt time.Time // when its settings last changed
 }
 
 // auditState is what the admin trail records of an issuer.
 func (is Issuer) auditState() map[string]any {
-	return map[string]any{"slug": is.Slug, "client_id": is.ClientID, "fhir_base_url": is.FHIRBaseURL, "profile": string(is.Profile),
+	return map[string]any{"slug": is.Slug, "client_id": is.ClientID, "fhir_base_url": is.FHIRBaseURL, "profile": string(is.Profile), "device": is.Device,
 		"alg": string(is.Alg), "rsa_bits": is.RSABits, "rotation_period": is.Policy.RotationPeriod.String(),
 		"publish_lead": is.Policy.PublishLead.String(), "retire_grace": is.Policy.RetireGrace.String(), "default": is.IsDefault}
 }
@@ -177,6 +181,16 @@ func (is Issuer) Validate(l TimingLimits) error {
 	if _, err := ParseProfile(string(is.Profile)); err != nil {
 		return &IssuerError{"profile", err.Error()}
 	}
+	if is.Device != "" {
+		// The portal's own Device in the domain: the AuditEvents' launcher
+		// and observer (TOP-KT-011). Only a koppeltaal issuer joins a domain.
+		if _, err := hti.ParseReference(is.Device, hti.TypeDevice); err != nil {
+			return &IssuerError{"device", err.Error()}
+		}
+		if is.Profile != ProfileKoppeltaal {
+			return &IssuerError{"device", fmt.Sprintf("only a koppeltaal issuer joins a Koppeltaal domain; issuer %q is profile %s", is.Slug, is.Profile)}
+		}
+	}
 	if _, err := ParseAlgorithm(string(is.Alg)); err != nil {
 		return &IssuerError{"alg", err.Error()}
 	}
@@ -246,7 +260,7 @@ var ErrIssuerNotFound = errors.New("issuer not found")
 var ErrIssuerExists = errors.New("issuer already exists")
 
 const issuerColumns = `slug, client_id, fhir_base_url, profile, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at`
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, coalesce(device, '')`
 
 func scanIssuer(row pgx.Row) (Issuer, error) {
 	var (
@@ -255,7 +269,7 @@ func scanIssuer(row pgx.Row) (Issuer, error) {
 		period, lead, grace int64
 	)
 	err := row.Scan(&is.Slug, &is.ClientID, &is.FHIRBaseURL, &profile, &alg, &is.RSABits,
-		&period, &lead, &grace, &is.IsDefault, &is.CreatedAt, &is.UpdatedAt)
+		&period, &lead, &grace, &is.IsDefault, &is.CreatedAt, &is.UpdatedAt, &is.Device)
 	if err != nil {
 		return Issuer{}, err
 	}
@@ -277,11 +291,12 @@ const sqlClearOtherDefault = `UPDATE issuers SET is_default = false, updated_at 
 
 const sqlUpsertDefaultIssuer = `
 INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9, $10)
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile, device)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $9, $10, $11)
 ON CONFLICT (slug) DO UPDATE SET
 	client_id = EXCLUDED.client_id,
 	profile = EXCLUDED.profile,
+	device = EXCLUDED.device,
 	fhir_base_url = EXCLUDED.fhir_base_url,
 	signing_alg = EXCLUDED.signing_alg,
 	rsa_key_bits = EXCLUDED.rsa_key_bits,
@@ -290,19 +305,19 @@ ON CONFLICT (slug) DO UPDATE SET
 	retire_grace_ms = EXCLUDED.retire_grace_ms,
 	is_default = true,
 	updated_at = CASE WHEN (issuers.client_id, issuers.fhir_base_url, issuers.signing_alg, issuers.rsa_key_bits,
-			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default, issuers.profile)
+			issuers.rotation_period_ms, issuers.publish_lead_ms, issuers.retire_grace_ms, issuers.is_default, issuers.profile, issuers.device)
 		IS DISTINCT FROM (EXCLUDED.client_id, EXCLUDED.fhir_base_url, EXCLUDED.signing_alg, EXCLUDED.rsa_key_bits,
-			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true, EXCLUDED.profile)
+			EXCLUDED.rotation_period_ms, EXCLUDED.publish_lead_ms, EXCLUDED.retire_grace_ms, true, EXCLUDED.profile, EXCLUDED.device)
 		THEN EXCLUDED.updated_at ELSE issuers.updated_at END`
 
 const sqlInsertIssuer = `
 INSERT INTO issuers (slug, client_id, fhir_base_url, signing_alg, rsa_key_bits,
-	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9, $10)`
+	rotation_period_ms, publish_lead_ms, retire_grace_ms, is_default, created_at, updated_at, profile, device)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9, $10, $11)`
 
 const sqlUpdateIssuer = `
 UPDATE issuers SET client_id = $2, fhir_base_url = $3, signing_alg = $4, rsa_key_bits = $5,
-	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9, profile = $10
+	rotation_period_ms = $6, publish_lead_ms = $7, retire_grace_ms = $8, updated_at = $9, profile = $10, device = $11
 WHERE slug = $1`
 
 const sqlSelectIssuer = `SELECT ` + issuerColumns + ` FROM issuers WHERE slug = $1`
@@ -312,7 +327,15 @@ const sqlSelectIssuers = `SELECT ` + issuerColumns + ` FROM issuers ORDER BY is_
 func issuerArgs(is Issuer, now time.Time) []any {
 	return []any{is.Slug, is.ClientID, is.FHIRBaseURL, string(is.Alg), is.RSABits,
 		is.Policy.RotationPeriod.Milliseconds(), is.Policy.PublishLead.Milliseconds(),
-		is.Policy.RetireGrace.Milliseconds(), now.UTC(), string(is.Profile)}
+		is.Policy.RetireGrace.Milliseconds(), now.UTC(), string(is.Profile), nullableDevice(is.Device)}
+}
+
+// nullableDevice stores an issuer without a Device as NULL.
+func nullableDevice(d string) *string {
+	if d == "" {
+		return nil
+	}
+	return &d
 }
 
 // UpsertDefaultIssuer creates or updates the default issuer from the

@@ -1,0 +1,3 @@
+BEGIN;
+ALTER TABLE issuers DROP COLUMN device;
+COMMIT;

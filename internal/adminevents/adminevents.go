@@ -10,7 +10,6 @@ package adminevents
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,14 +17,13 @@ import (
 	"os"
 	"os/user"
 	"regexp"
-	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ehealth-nl/portal/internal/pagecursor"
 	"github.com/ehealth-nl/portal/internal/postgres"
 )
 
@@ -191,7 +189,6 @@ var (
 	actorPattern  = regexp.MustCompile(`^(apikey|cli|serve):[^\x00-\x1f\x7f]{1,200}$`)
 	actionPattern = regexp.MustCompile(`^[a-z]+\.[a-z-]+$`)
 	targetPattern = regexp.MustCompile(`^[a-z]+:[^\x00-\x1f\x7f]{1,200}$`)
-	uuidPattern   = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 )
 
 // Validate checks a filter before it reaches the database.
@@ -217,28 +214,11 @@ func (f *Filter) Validate() error {
 		f.Limit = 50
 	}
 	if f.Cursor != "" {
-		if _, _, err := decodeCursor(f.Cursor); err != nil {
+		if _, _, err := pagecursor.Decode(f.Cursor); err != nil {
 			return &FilterError{"cursor", "is not a cursor this service returned"}
 		}
 	}
 	return nil
-}
-
-func encodeCursor(t time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
-}
-
-func decodeCursor(c string) (time.Time, string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return time.Time{}, "", err
-	}
-	micros, id, ok := strings.Cut(string(raw), "|")
-	n, err := strconv.ParseInt(micros, 10, 64)
-	if !ok || err != nil || !uuidPattern.MatchString(id) {
-		return time.Time{}, "", errors.New("bad cursor")
-	}
-	return time.UnixMicro(n).UTC(), id, nil
 }
 
 // Store reads the trail.
@@ -268,7 +248,7 @@ func (s *Store) List(ctx context.Context, f Filter) (Page, error) {
 		cursorID *string
 	)
 	if f.Cursor != "" {
-		t, id, _ := decodeCursor(f.Cursor)
+		t, id, _ := pagecursor.Decode(f.Cursor)
 		cursorAt, cursorID = &t, &id
 	}
 	rows, err := s.pool.Query(ctx, sqlListEvents, f.Actor, f.Action, f.Target, timeOrNil(f.From), timeOrNil(f.To), cursorAt, cursorID, f.Limit+1)
@@ -289,7 +269,7 @@ func (s *Store) List(ctx context.Context, f Filter) (Page, error) {
 	if len(events) > f.Limit {
 		page.Events = events[:f.Limit]
 		last := page.Events[f.Limit-1]
-		page.Next = encodeCursor(last.At, last.ID)
+		page.Next = pagecursor.Encode(last.At, last.ID)
 	}
 	if page.Events == nil {
 		page.Events = []Event{}

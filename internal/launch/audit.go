@@ -2,14 +2,10 @@ package launch
 
 import (
 	"context"
-	"encoding/base64"
-	"fmt"
-	"regexp"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ehealth-nl/portal/internal/keys"
+	"github.com/ehealth-nl/portal/internal/pagecursor"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -92,30 +88,11 @@ func (f *Filter) Validate() error {
 		v.add("limit", "must be between 1 and 500")
 	}
 	if f.Cursor != "" {
-		if _, _, err := decodeCursor(f.Cursor); err != nil {
+		if _, _, err := pagecursor.Decode(f.Cursor); err != nil {
 			v.add("cursor", "is not a cursor this service returned")
 		}
 	}
 	return v.orNil()
-}
-
-var uuidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-func encodeCursor(t time.Time, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(t.UnixMicro(), 10) + "|" + id))
-}
-
-func decodeCursor(c string) (time.Time, string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return time.Time{}, "", err
-	}
-	micros, id, ok := strings.Cut(string(raw), "|")
-	n, err := strconv.ParseInt(micros, 10, 64)
-	if !ok || err != nil || !uuidPattern.MatchString(id) {
-		return time.Time{}, "", fmt.Errorf("bad cursor")
-	}
-	return time.UnixMicro(n).UTC(), id, nil
 }
 
 // List returns a page of the audit trail, newest first.
@@ -128,7 +105,7 @@ func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
 		cursorID   *string
 	)
 	if f.Cursor != "" {
-		t, id, _ := decodeCursor(f.Cursor)
+		t, id, _ := pagecursor.Decode(f.Cursor)
 		cursorTime, cursorID = &t, &id
 	}
 	records, err := s.store.list(ctx, f, cursorTime, cursorID)
@@ -153,7 +130,7 @@ func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
 	if len(records) > f.Limit {
 		page.Records = records[:f.Limit]
 		last := page.Records[f.Limit-1]
-		page.Next = encodeCursor(last.CreatedAt, last.ID)
+		page.Next = pagecursor.Encode(last.CreatedAt, last.ID)
 	}
 	if page.Records == nil {
 		page.Records = []Record{}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -18,17 +17,8 @@ func (s *server) handleListAdminEvents(c echo.Context) error {
 	}
 	q := c.QueryParams()
 	f := adminevents.Filter{Actor: q.Get("actor"), Action: q.Get("action"), Target: q.Get("target"), Cursor: q.Get("cursor")}
-	for _, p := range []struct {
-		name string
-		dst  *time.Time
-	}{{"from", &f.From}, {"to", &f.To}} {
-		if v := q.Get(p.name); v != "" {
-			t, err := time.Parse(time.RFC3339, v)
-			if err != nil {
-				return &malformedError{Field: p.name, Reason: "must be an RFC 3339 time such as 2026-11-24T09:00:00Z"}
-			}
-			*p.dst = t
-		}
+	if err := timeRange(c, &f.From, &f.To); err != nil {
+		return err
 	}
 	limit, err := limitParam(c)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
@@ -77,6 +78,24 @@ func allowQuery(c echo.Context, names ...string) error {
 				known = strings.Join(names, ", ")
 			}
 			return &malformedError{Field: printableName(name), Reason: "is not a known query parameter (known: " + known + ")"}
+		}
+	}
+	return nil
+}
+
+// timeRange reads the from and to query parameters of a list: RFC 3339
+// times, either may be absent.
+func timeRange(c echo.Context, from, to *time.Time) error {
+	for _, p := range []struct {
+		name string
+		dst  *time.Time
+	}{{"from", from}, {"to", to}} {
+		if v := c.QueryParam(p.name); v != "" {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return &malformedError{Field: p.name, Reason: "must be an RFC 3339 time such as 2026-11-24T09:00:00Z"}
+			}
+			*p.dst = t
 		}
 	}
 	return nil

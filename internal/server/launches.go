@@ -75,17 +75,8 @@ func (s *server) handleListLaunches(c echo.Context) error {
 	q := c.QueryParams()
 	f := launch.Filter{Task: q.Get("task"), User: q.Get("user"), Patient: q.Get("patient"), Module: q.Get("module"),
 		Issuer: q.Get("issuer"), Cursor: q.Get("cursor")}
-	for _, p := range []struct {
-		name string
-		dst  *time.Time
-	}{{"from", &f.From}, {"to", &f.To}} {
-		if v := q.Get(p.name); v != "" {
-			t, err := time.Parse(time.RFC3339, v)
-			if err != nil {
-				return &malformedError{Field: p.name, Reason: "must be an RFC 3339 time such as 2026-11-24T09:00:00Z"}
-			}
-			*p.dst = t
-		}
+	if err := timeRange(c, &f.From, &f.To); err != nil {
+		return err
 	}
 	if v := q.Get("limit"); v != "" {
 		if err := echo.QueryParamsBinder(c).Int("limit", &f.Limit).BindError(); err != nil {

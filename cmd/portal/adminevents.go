@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"text/tabwriter"
-	"time"
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 )
@@ -33,8 +32,8 @@ func adminEventsList(ctx context.Context, c *cli, args []string) error {
 	fs.StringVar(&f.Actor, "actor", "", "only changes by this actor")
 	fs.StringVar(&f.Action, "action", "", "only this action, e.g. module.put")
 	fs.StringVar(&f.Target, "target", "", "only changes to this target, e.g. module:diary")
-	from := fs.String("from", "", "at or after (RFC 3339)")
-	to := fs.String("to", "", "before (RFC 3339)")
+	timeFlag(fs, "from", "at or after (RFC 3339)", &f.From)
+	timeFlag(fs, "to", "before (RFC 3339)", &f.To)
 	fs.IntVar(&f.Limit, "limit", 50, "events per page, 1-500")
 	fs.StringVar(&f.Cursor, "cursor", "", "the cursor printed after the previous page")
 	asJSON := fs.Bool("json", false, "print JSON, with the states before and after")
@@ -44,16 +43,6 @@ func adminEventsList(ctx context.Context, c *cli, args []string) error {
 	}
 	if len(rest) > 0 {
 		return wantArgs("admin-events list", rest, 0, "")
-	}
-	for _, p := range []struct {
-		name, value string
-		dst         *time.Time
-	}{{"--from", *from, &f.From}, {"--to", *to, &f.To}} {
-		if p.value != "" {
-			if *p.dst, err = time.Parse(time.RFC3339, p.value); err != nil {
-				return usagef("admin-events list: %s must be an RFC 3339 time such as 2026-11-24T09:00:00Z", p.name)
-			}
-		}
 	}
 	env, err := openDatabase(ctx, c)
 	if err != nil {

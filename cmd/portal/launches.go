@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"text/tabwriter"
-	"time"
 
 	"github.com/ehealth-nl/portal/internal/launch"
 )
@@ -32,8 +31,8 @@ func launchesList(ctx context.Context, c *cli, args []string) error {
 	fs.StringVar(&f.Patient, "patient", "", "only launches for this Patient/<id>")
 	fs.StringVar(&f.Module, "module", "", "only this module")
 	fs.StringVar(&f.Issuer, "issuer", "", "only this issuer")
-	from := fs.String("from", "", "created at or after (RFC 3339)")
-	to := fs.String("to", "", "created before (RFC 3339)")
+	timeFlag(fs, "from", "created at or after (RFC 3339)", &f.From)
+	timeFlag(fs, "to", "created before (RFC 3339)", &f.To)
 	fs.IntVar(&f.Limit, "limit", 50, "records per page, 1-500")
 	fs.StringVar(&f.Cursor, "cursor", "", "the cursor printed after the previous page")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -43,16 +42,6 @@ func launchesList(ctx context.Context, c *cli, args []string) error {
 	}
 	if len(rest) > 0 {
 		return wantArgs("launches list", rest, 0, "")
-	}
-	for _, p := range []struct {
-		name, value string
-		dst         *time.Time
-	}{{"--from", *from, &f.From}, {"--to", *to, &f.To}} {
-		if p.value != "" {
-			if *p.dst, err = time.Parse(time.RFC3339, p.value); err != nil {
-				return usagef("launches list: %s must be an RFC 3339 time such as 2026-11-24T09:00:00Z", p.name)
-			}
-		}
 	}
 	env, err := openDatabase(ctx, c)
 	if err != nil {

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/config"
@@ -173,6 +175,18 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 		positional = append(positional, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+}
+
+// timeFlag defines a flag that takes an RFC 3339 time into dst.
+func timeFlag(fs *flag.FlagSet, name, usage string, dst *time.Time) {
+	fs.Func(name, usage, func(v string) error {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return errors.New("must be an RFC 3339 time such as 2026-11-24T09:00:00Z")
+		}
+		*dst = t
+		return nil
+	})
 }
 
 // wantArgs checks the number of positional arguments.

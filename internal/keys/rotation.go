@@ -12,9 +12,8 @@ import (
 )
 
 // Rotator moves an issuer's keys through their lifecycle (docs/ARCHITECTURE.md,
-// "Key lifecycle"). Every
-// instance runs one on a timer and operators call it through commands; all
-// of them may act on one database at once. Each change takes a per-issuer
+// "Key lifecycle"). Every instance runs one on a timer and operators call
+// it through commands; all of them may act on one database at once. Each change takes a per-issuer
 // advisory lock, re-reads the keys inside the transaction and decides again,
 // so two rotators never rotate twice; new keys are generated before the
 // transaction opens, so the lock is never held during RSA generation.

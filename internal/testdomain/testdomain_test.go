@@ -1,7 +1,9 @@
 package testdomain
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -319,6 +321,42 @@ func TestJWKSCache(t *testing.T) {
 	// a scope): the client authentication itself failed.
 	if status != http.StatusUnauthorized || e.Error != "invalid_client" {
 		t.Fatalf("the new key before the JWKS cache expires: %d %s, want 401 invalid_client", status, body)
+	}
+}
+
+// TestLaunch: Launch, SeedResources and Close as a command uses them, and
+// a start cancelled by its context is an error.
+func TestLaunch(t *testing.T) {
+	d, err := Launch(context.Background(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.SeedResources(context.Background(), map[string]any{"resourceType": "Patient", "id": "p-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.SeedResources(context.Background(), map[string]any{"resourceType": "Patient", "id": "p-2", "bogus": true}); err == nil ||
+		!strings.Contains(err.Error(), "seed PUT") {
+		t.Fatalf("an invalid Patient: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("a second Close: %v", err)
+	}
+	select {
+	case <-d.done:
+	default:
+		t.Fatal("the process still runs after Close")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if d, err := Launch(ctx, Options{}); !errors.Is(err, context.Canceled) {
+		if d != nil {
+			_ = d.Close()
+		}
+		t.Fatalf("a cancelled start: %v", err)
 	}
 }
 

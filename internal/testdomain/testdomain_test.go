@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -324,6 +325,98 @@ func TestJWKSCache(t *testing.T) {
 	}
 }
 
+// TestFixtures seeds one resource of each builder (and each form of the
+// ones with options) into the validating server, and reads them back with
+// Read and Search.
+func TestFixtures(t *testing.T) {
+	d := Start(t)
+	d.Seed(t,
+		Patient("p-1"),
+		Practitioner("pr-1"),
+		RelatedPerson("rp-1", "Patient/p-1", "true"),
+		RelatedPerson("rp-off", "Patient/p-1", "false"),
+		RelatedPerson("rp-absent", "Patient/p-1", ""),
+		CareTeam("ct-1", "active", "Patient/p-1", "Practitioner/pr-1", "RelatedPerson/rp-1"),
+		CareTeamWith("ct-2", "inactive", "Patient/p-1",
+			Participant("Practitioner/pr-1", "2025-01-01", "2025-12-31"),
+			Participant("RelatedPerson/rp-1", "2025-06-01T00:00:00+02:00", ""),
+			Participant("RelatedPerson/rp-off", "", "2026-01-01")),
+		Device("module-1", "active", "module-1"),
+		Device("dev-noid", "inactive", ""),
+		Endpoint("ep-1", "active", "hti-smart-on-fhir", "https://module.example/launch"),
+		ActivityDefinition("ad-1", "active", "Device/module-1", "ep-1"),
+		ActivityDefinition("ad-bare", "draft", ""),
+		Task("t-ref", "ready", "order", "Patient/p-1", "CareTeam/ct-1", "ActivityDefinition/ad-1"),
+		Task("t-canon", "requested", "plan", "Patient/p-1", "Patient/p-1", "https://module.example/fhir/ActivityDefinition/ad-1|1.0"),
+		Task("t-none", "completed", "order", "", "", ""),
+	)
+
+	rp := d.Read(t, "RelatedPerson/rp-absent")
+	if _, ok := rp["active"]; ok || d.Read(t, "RelatedPerson/rp-off")["active"] != false {
+		t.Errorf("RelatedPerson active: absent %v, false %v", rp["active"], d.Read(t, "RelatedPerson/rp-off")["active"])
+	}
+	ext := func(r map[string]any) string {
+		b, _ := json.Marshal(r["extension"])
+		return string(b)
+	}
+	for ref, want := range map[string]string{
+		"Task/t-ref":                 `[{"url":"http://vzvz.nl/fhir/StructureDefinition/instantiates","valueReference":{"reference":"ActivityDefinition/ad-1"}}]`,
+		"Task/t-canon":               `[{"url":"http://vzvz.nl/fhir/StructureDefinition/instantiates","valueCanonical":"https://module.example/fhir/ActivityDefinition/ad-1|1.0"}]`,
+		"Task/t-none":                `null`,
+		"ActivityDefinition/ad-1":    `[{"url":"http://koppeltaal.nl/fhir/StructureDefinition/KT2EndpointExtension","valueReference":{"reference":"Endpoint/ep-1"}},{"url":"http://koppeltaal.nl/fhir/StructureDefinition/resource-origin","valueReference":{"reference":"Device/module-1"}}]`,
+		"ActivityDefinition/ad-bare": `null`,
+	} {
+		if got := ext(d.Read(t, ref)); got != want {
+			t.Errorf("%s extension:\n got %s\nwant %s", ref, got, want)
+		}
+	}
+	ct := d.Read(t, "CareTeam/ct-2")
+	if b, _ := json.Marshal(ct["participant"]); !strings.Contains(string(b), `"period":{"end":"2025-12-31","start":"2025-01-01"}`) {
+		t.Errorf("CareTeam periods: %s", b)
+	}
+
+	ids := func(rs []map[string]any) string {
+		var s []string
+		for _, r := range rs {
+			s = append(s, fmt.Sprint(r["id"]))
+		}
+		return strings.Join(s, " ")
+	}
+	for query, want := range map[string]string{
+		"Task?subject=Patient/p-1&_sort=_id": "t-canon t-ref",
+		"/Task?owner=CareTeam/ct-1":          "t-ref",
+		"Device?identifier=http://vzvz.nl/fhir/NamingSystem/koppeltaal-client-id|module-1":       "module-1",
+		"Endpoint?connection-type=hti-smart-on-fhir":                                             "ep-1",
+		"CareTeam?participant=RelatedPerson/rp-1&_sort=_id":                                      "ct-1 ct-2",
+		"ActivityDefinition?url=https://module.example/fhir/ActivityDefinition/ad-1&version=1.0": "ad-1",
+		"Patient?_id=nope": "",
+	} {
+		if got := ids(d.Search(t, query)); got != want {
+			t.Errorf("%s: %q, want %q", query, got, want)
+		}
+	}
+}
+
+// TestSearchAll: Search returns every match, past the server's default
+// page of 20, unless the query asks for a _count.
+func TestSearchAll(t *testing.T) {
+	d := Start(t)
+	var ps []any
+	for i := range 25 {
+		ps = append(ps, Patient(fmt.Sprintf("p-%02d", i)))
+	}
+	d.Seed(t, ps...)
+	if got := d.Search(t, "Patient?_sort=_id"); len(got) != 25 || got[0]["id"] != "p-00" || got[24]["id"] != "p-24" {
+		t.Fatalf("%d patients: %v", len(got), got)
+	}
+	if got := d.Search(t, "Patient"); len(got) != 25 {
+		t.Fatalf("no parameters: %d patients", len(got))
+	}
+	if got := d.Search(t, "Patient?_count=10"); len(got) != 10 {
+		t.Fatalf("_count=10: %d patients", len(got))
+	}
+}
+
 // TestLaunch: Launch, SeedResources and Close as a command uses them, and
 // a start cancelled by its context is an error.
 func TestLaunch(t *testing.T) {
@@ -331,7 +424,7 @@ func TestLaunch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.SeedResources(context.Background(), map[string]any{"resourceType": "Patient", "id": "p-1"}); err != nil {
+	if _, err := d.SeedResources(context.Background(), Patient("p-1")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.SeedResources(context.Background(), map[string]any{"resourceType": "Patient", "id": "p-2", "bogus": true}); err == nil ||

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -322,6 +323,61 @@ func TestJWKSCache(t *testing.T) {
 	// a scope): the client authentication itself failed.
 	if status != http.StatusUnauthorized || e.Error != "invalid_client" {
 		t.Fatalf("the new key before the JWKS cache expires: %d %s, want 401 invalid_client", status, body)
+	}
+}
+
+// TestTokenGrants: a client's granted token requests are logged with the
+// kid and alg of its assertion, a refused one is not, and the seeding
+// client's are told apart by client_id.
+func TestTokenGrants(t *testing.T) {
+	key, public, err := newKey("grant-key-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(public)
+	}))
+	t.Cleanup(jwks.Close)
+	const clientID = "granted"
+	d := Start(t, Client{ID: clientID, JWKSURL: jwks.URL})
+	d.Seed(t, Patient("p-1"))
+	if got := d.TokenGrants(clientID); len(got) != 0 {
+		t.Fatalf("before any request of the client: %+v", got)
+	}
+	if _, err := d.token(key, clientID, "system/*.read"); err != nil {
+		t.Fatal(err)
+	}
+	want := []Grant{{ClientID: clientID, Kid: "grant-key-1", Alg: "ES384"}}
+	if got := d.WaitTokenGrants(clientID, 1, 5*time.Second); !slices.Equal(got, want) {
+		t.Fatalf("after one grant: %+v, want %+v", got, want)
+	}
+
+	// Refused: signed for the wrong aud. Once its grant.error is logged,
+	// the grants are still the one.
+	logged := len(d.stderr.String())
+	now := time.Now()
+	bad, err := clientAssertion(key, clientID, d.FHIRBase, randomID(), now, now.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, body, err := postToken(d.TokenEndpoint, bad, ""); err != nil || status != http.StatusUnauthorized {
+		t.Fatalf("wrong aud: %d %s %v", status, body, err)
+	}
+	if logs, ok := d.waitLog(logged, `"event":"grant.error","client_id":"granted"`); !ok {
+		t.Fatalf("the refusal was not logged: %s", logs)
+	}
+	if got := d.TokenGrants(clientID); !slices.Equal(got, want) {
+		t.Fatalf("after a refused request: %+v, want %+v", got, want)
+	}
+	if got := d.WaitTokenGrants(clientID, 2, 200*time.Millisecond); !slices.Equal(got, want) {
+		t.Fatalf("waiting for a second grant that never comes: %+v, want %+v", got, want)
+	}
+	if got := d.TokenGrants(seederID); len(got) == 0 || got[0].Kid != "seeder" || got[0].Alg != "ES384" {
+		t.Fatalf("the seeding client's grants: %+v", got)
+	}
+	if got := d.TokenGrants("nobody"); got != nil {
+		t.Fatalf("an unknown client: %+v", got)
 	}
 }
 

@@ -20,50 +20,7 @@ var taskStatuses = []string{"draft", "requested", "received", "accepted", "rejec
 // ownedTask is a KT2 Task for patient, owned by owner ("" for none), that
 // instantiates ad-1.
 func ownedTask(id, status, owner, patient string) obj {
-	t := obj{"resourceType": "Task", "id": id, "status": status, "intent": "order",
-		"for":       obj{"reference": patient},
-		"extension": []any{obj{"url": ExtInstantiates, "valueReference": obj{"reference": "ActivityDefinition/ad-1"}}}}
-	if owner != "" {
-		t["owner"] = obj{"reference": owner}
-	}
-	return t
-}
-
-// relatedPerson is a KT2 RelatedPerson of patient; active "" leaves
-// the element out.
-func relatedPerson(id, patient, active string) obj {
-	rp := obj{"resourceType": "RelatedPerson", "id": id, "patient": obj{"reference": patient},
-		"relationship": []any{obj{"coding": []any{obj{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FAMMEMB"}}}},
-		"name":         []any{obj{"family": "Naaste " + id}}}
-	if active != "" {
-		rp["active"] = active == "true"
-	}
-	return rp
-}
-
-// participant is a CareTeam participant; start and end "" are absent.
-func participant(member, start, end string) obj {
-	p := obj{"member": obj{"reference": member}}
-	period := obj{}
-	if start != "" {
-		period["start"] = start
-	}
-	if end != "" {
-		period["end"] = end
-	}
-	if len(period) > 0 {
-		p["period"] = period
-	}
-	return p
-}
-
-func careTeam(id, status, subject string, participants ...obj) obj {
-	ps := make([]any, len(participants))
-	for i, p := range participants {
-		ps[i] = p
-	}
-	return obj{"resourceType": "CareTeam", "id": id, "status": status, "name": "Team " + id,
-		"subject": obj{"reference": subject}, "participant": ps}
+	return testdomain.Task(id, status, "order", patient, owner, "ActivityDefinition/ad-1")
 }
 
 // authzFixtures are KT2-shaped: two patients, three practitioners, four
@@ -74,28 +31,28 @@ func careTeam(id, status, subject string, participants ...obj) obj {
 // the day before, pr-3's ends that day.
 func authzFixtures() []any {
 	rs := []any{
-		obj{"resourceType": "Patient", "id": "p-1", "name": []any{obj{"family": "Jansen"}}},
-		obj{"resourceType": "Patient", "id": "p-2", "name": []any{obj{"family": "Bakker"}}},
-		obj{"resourceType": "Practitioner", "id": "pr-1", "name": []any{obj{"family": "de Vries"}}},
-		obj{"resourceType": "Practitioner", "id": "pr-2", "name": []any{obj{"family": "Smit"}}},
-		obj{"resourceType": "Practitioner", "id": "pr-3", "name": []any{obj{"family": "Visser"}}},
-		relatedPerson("rp-1", "Patient/p-1", "true"),
-		relatedPerson("rp-off", "Patient/p-1", "false"),
-		relatedPerson("rp-3", "Patient/p-1", ""),
-		relatedPerson("rp-2", "Patient/p-2", "true"),
-		relatedPerson("rp-rev", "Patient/p-1", "true"),
-		careTeam("ct-1", "active", "Patient/p-1",
-			participant("Practitioner/pr-1", "", ""),
-			participant("Practitioner/pr-2", "2025-01-01", "2025-12-31"),
-			participant("Practitioner/pr-3", "2025-06-01T00:00:00+02:00", "2026-01-01"),
-			participant("RelatedPerson/rp-1", "", ""),
-			participant("RelatedPerson/rp-off", "", "")),
-		careTeam("ct-2", "active", "Patient/p-2", participant("RelatedPerson/rp-1", "", "")),
-		careTeam("ct-off", "inactive", "Patient/p-1",
-			participant("Practitioner/pr-1", "", ""), participant("RelatedPerson/rp-1", "", "")),
-		device("module-1", "active", "module-1"),
-		endpoint("ep-1", "active", ConnectionTypeHTI, "https://module.example/launch"),
-		activityDefinition("ad-1", "active", "Device/module-1", "ep-1"),
+		testdomain.Patient("p-1"),
+		testdomain.Patient("p-2"),
+		testdomain.Practitioner("pr-1"),
+		testdomain.Practitioner("pr-2"),
+		testdomain.Practitioner("pr-3"),
+		testdomain.RelatedPerson("rp-1", "Patient/p-1", "true"),
+		testdomain.RelatedPerson("rp-off", "Patient/p-1", "false"),
+		testdomain.RelatedPerson("rp-3", "Patient/p-1", ""),
+		testdomain.RelatedPerson("rp-2", "Patient/p-2", "true"),
+		testdomain.RelatedPerson("rp-rev", "Patient/p-1", "true"),
+		testdomain.CareTeamWith("ct-1", "active", "Patient/p-1",
+			testdomain.Participant("Practitioner/pr-1", "", ""),
+			testdomain.Participant("Practitioner/pr-2", "2025-01-01", "2025-12-31"),
+			testdomain.Participant("Practitioner/pr-3", "2025-06-01T00:00:00+02:00", "2026-01-01"),
+			testdomain.Participant("RelatedPerson/rp-1", "", ""),
+			testdomain.Participant("RelatedPerson/rp-off", "", "")),
+		testdomain.CareTeamWith("ct-2", "active", "Patient/p-2", testdomain.Participant("RelatedPerson/rp-1", "", "")),
+		testdomain.CareTeamWith("ct-off", "inactive", "Patient/p-1",
+			testdomain.Participant("Practitioner/pr-1", "", ""), testdomain.Participant("RelatedPerson/rp-1", "", "")),
+		testdomain.Device("module-1", "active", "module-1"),
+		testdomain.Endpoint("ep-1", "active", ConnectionTypeHTI, "https://module.example/launch"),
+		testdomain.ActivityDefinition("ad-1", "active", "Device/module-1", "ep-1"),
 		ownedTask("t-patient", "ready", "Patient/p-1", "Patient/p-1"),
 		ownedTask("t-patient-other", "ready", "Patient/p-1", "Patient/p-2"),
 		ownedTask("t-pr1", "ready", "Practitioner/pr-1", "Patient/p-1"),
@@ -320,7 +277,7 @@ func TestAuthorize(t *testing.T) {
 		c, _, _ := f.client(t, nil)
 		a, err := authorize(t, c, context.Background(), "t-rprev", "RelatedPerson/rp-rev")
 		wantOutcome(t, "before", a, err, "")
-		f.domain.Seed(t, relatedPerson("rp-rev", "Patient/p-1", "false"))
+		f.domain.Seed(t, testdomain.RelatedPerson("rp-rev", "Patient/p-1", "false"))
 		a, err = authorize(t, c, context.Background(), "t-rprev", "RelatedPerson/rp-rev")
 		wantOutcome(t, "after active false", a, err, RefusedRelatedPersonInactive)
 	})

@@ -24,47 +24,29 @@ const (
 
 type obj = map[string]any
 
-func endpoint(id, status, code, address string) obj {
-	return obj{"resourceType": "Endpoint", "id": id, "status": status,
-		"connectionType": obj{"system": ConnectionTypeSystem, "code": code},
-		"payloadType":    []any{obj{"coding": []any{obj{"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "any"}}}},
-		"address":        address}
-}
-
-func device(id, status, clientID string) obj {
-	d := obj{"resourceType": "Device", "id": id, "status": status}
-	if clientID != "" {
-		d["identifier"] = []any{obj{"system": ClientIDSystem, "value": clientID}}
-	}
-	return d
-}
-
-// activityDefinition has an endpoint extension per endpoint and, unless
-// origin is "", a resource-origin.
-func activityDefinition(id, status, origin string, endpoints ...string) obj {
-	var ext []any
-	for _, e := range endpoints {
-		ext = append(ext, obj{"url": ExtEndpoint, "valueReference": obj{"reference": "Endpoint/" + e}})
-	}
-	if origin != "" {
-		ext = append(ext, obj{"url": ExtResourceOrigin, "valueReference": obj{"reference": origin}})
-	}
-	return obj{"resourceType": "ActivityDefinition", "id": id, "status": status,
-		"url": "https://module.example/fhir/ActivityDefinition/" + id, "version": "1.0", "extension": ext}
-}
-
-// task instantiates by valueCanonical when def has "://", by
-// valueReference otherwise, and not at all when def is "".
+// task is a KT2 Task for Patient/p-1, owned by Practitioner/pr-1, that
+// instantiates def (testdomain.Task: a valueCanonical when def has "://",
+// a valueReference otherwise, none when "").
 func task(id, def string) obj {
-	t := obj{"resourceType": "Task", "id": id, "status": "ready", "intent": "order",
-		"for": obj{"reference": "Patient/p-1"}, "owner": obj{"reference": "Practitioner/pr-1"}}
-	switch {
-	case strings.Contains(def, "://"):
-		t["extension"] = []any{obj{"url": ExtInstantiates, "valueCanonical": def}}
-	case def != "":
-		t["extension"] = []any{obj{"url": ExtInstantiates, "valueReference": obj{"reference": def}}}
+	return testdomain.Task(id, "ready", "order", "Patient/p-1", "Practitioner/pr-1", def)
+}
+
+// TestFixtureURLs: testdomain's fixtures repeat this package's KT2 URLs
+// (it cannot import them); a drift would show here first, by name.
+func TestFixtureURLs(t *testing.T) {
+	extURL := func(r obj, i int) any { return r["extension"].([]any)[i].(obj)["url"] }
+	ad := testdomain.ActivityDefinition("ad", "active", "Device/d", "ep")
+	for name, c := range map[string]struct{ got, want any }{
+		"ExtInstantiates":      {extURL(task("t", "ActivityDefinition/ad"), 0), ExtInstantiates},
+		"ExtEndpoint":          {extURL(ad, 0), ExtEndpoint},
+		"ExtResourceOrigin":    {extURL(ad, 1), ExtResourceOrigin},
+		"ConnectionTypeSystem": {testdomain.Endpoint("ep", "active", ConnectionTypeHTI, "https://x.example")["connectionType"].(obj)["system"], ConnectionTypeSystem},
+		"ClientIDSystem":       {testdomain.Device("d", "active", "c")["identifier"].([]any)[0].(obj)["system"], ClientIDSystem},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: testdomain uses %v, this package %v", name, c.got, c.want)
+		}
 	}
-	return t
 }
 
 type fixture struct {
@@ -89,25 +71,25 @@ func seedDomain(t *testing.T) *fixture {
 	big := task("task-big", "ActivityDefinition/ad-1")
 	big["description"] = strings.Repeat("a long description ", 200)
 	stored := d.Seed(t,
-		obj{"resourceType": "Patient", "id": "p-1", "name": []any{obj{"family": "Jansen"}}},
-		obj{"resourceType": "Practitioner", "id": "pr-1", "name": []any{obj{"family": "de Vries"}}},
-		device("module-1", "active", "module-1"),
-		device("dev-off", "inactive", "dev-off"),
-		device("dev-noid", "active", ""),
-		endpoint("ep-1", "active", ConnectionTypeHTI, "https://module.example/launch"),
-		endpoint("ep-off", "off", ConnectionTypeHTI, "https://module.example/old"),
-		endpoint("ep-http", "active", ConnectionTypeHTI, "http://module.example/launch"),
-		endpoint("ep-loop", "active", ConnectionTypeHTI, "http://127.0.0.1:8443/launch"),
-		endpoint("ep-rest", "active", "hl7-fhir-rest", "https://module.example/fhir"),
-		activityDefinition("ad-1", "active", "Device/module-1", "ep-off", "ep-1"),
-		activityDefinition("ad-retired", "retired", "Device/module-1", "ep-1"),
-		activityDefinition("ad-noep", "active", "Device/module-1", "ep-off", "ep-rest", "ep-missing"),
-		activityDefinition("ad-http", "active", "Device/module-1", "ep-http"),
-		activityDefinition("ad-loop", "active", "Device/module-1", "ep-loop"),
-		activityDefinition("ad-nodev", "active", "", "ep-1"),
-		activityDefinition("ad-devoff", "active", "Device/dev-off", "ep-1"),
-		activityDefinition("ad-devmissing", "active", "Device/nope", "ep-1"),
-		activityDefinition("ad-noid", "active", "Device/dev-noid", "ep-1"),
+		testdomain.Patient("p-1"),
+		testdomain.Practitioner("pr-1"),
+		testdomain.Device("module-1", "active", "module-1"),
+		testdomain.Device("dev-off", "inactive", "dev-off"),
+		testdomain.Device("dev-noid", "active", ""),
+		testdomain.Endpoint("ep-1", "active", ConnectionTypeHTI, "https://module.example/launch"),
+		testdomain.Endpoint("ep-off", "off", ConnectionTypeHTI, "https://module.example/old"),
+		testdomain.Endpoint("ep-http", "active", ConnectionTypeHTI, "http://module.example/launch"),
+		testdomain.Endpoint("ep-loop", "active", ConnectionTypeHTI, "http://127.0.0.1:8443/launch"),
+		testdomain.Endpoint("ep-rest", "active", "hl7-fhir-rest", "https://module.example/fhir"),
+		testdomain.ActivityDefinition("ad-1", "active", "Device/module-1", "ep-off", "ep-1"),
+		testdomain.ActivityDefinition("ad-retired", "retired", "Device/module-1", "ep-1"),
+		testdomain.ActivityDefinition("ad-noep", "active", "Device/module-1", "ep-off", "ep-rest", "ep-missing"),
+		testdomain.ActivityDefinition("ad-http", "active", "Device/module-1", "ep-http"),
+		testdomain.ActivityDefinition("ad-loop", "active", "Device/module-1", "ep-loop"),
+		testdomain.ActivityDefinition("ad-nodev", "active", "", "ep-1"),
+		testdomain.ActivityDefinition("ad-devoff", "active", "Device/dev-off", "ep-1"),
+		testdomain.ActivityDefinition("ad-devmissing", "active", "Device/nope", "ep-1"),
+		testdomain.ActivityDefinition("ad-noid", "active", "Device/dev-noid", "ep-1"),
 		task("task-canon", canonical+"|1.0"),
 		viaRef,
 		task("task-none", ""),
@@ -286,7 +268,7 @@ func TestResolve(t *testing.T) {
 			t.Fatalf("observed %v", o)
 		}
 		// A changed Device (a new version) replaces the kept one.
-		f.domain.Seed(t, device("module-1", "active", "module-1-renamed"))
+		f.domain.Seed(t, testdomain.Device("module-1", "active", "module-1-renamed"))
 		clk.advance(DefaultCacheTTL)
 		got, err := c.Resolve(traced("ttl-4"), issuer, "task-ref")
 		if err != nil || got.ClientID != "module-1-renamed" || got.Versions.Device == f.versions["Device/module-1"] {
@@ -295,7 +277,7 @@ func TestResolve(t *testing.T) {
 		if o := obs.take(); o["Device miss"] != 1 || o["Endpoint revalidated"] != 2 {
 			t.Fatalf("observed %v", o)
 		}
-		restored := f.domain.Seed(t, device("module-1", "active", "module-1"))[0]
+		restored := f.domain.Seed(t, testdomain.Device("module-1", "active", "module-1"))[0]
 		f.stored["Device/module-1"] = restored
 		f.versions["Device/module-1"] = fmt.Sprint(restored["meta"].(map[string]any)["versionId"])
 	})

@@ -4,7 +4,8 @@
 // token endpoint (oidc-provider, client_credentials with private_key_jwt).
 //
 // Usage: node server.mjs CONFIG.json
-//   CONFIG: {"port": 0, "clients": [{"client_id": "...", "jwks_uri": "..."}]}
+//   CONFIG: {"port": 0, "public_origin": "http://127.0.0.1:Q",
+//            "clients": [{"client_id": "...", "jwks_uri": "..."}]}
 //   (a client may give "jwks": {"keys": [...]} instead of "jwks_uri").
 //   Port 0 or absent: a free loopback port. TESTDOMAIN_CONFIG may hold the
 //   JSON instead of a file argument.
@@ -56,7 +57,9 @@ const router = new FhirRouter();
 // --- HTTP server first: the provider's issuer needs the port.
 const server = createServer();
 await new Promise((resolve) => server.listen(config.port ?? 0, '127.0.0.1', resolve));
-const origin = `http://127.0.0.1:${server.address().port}`;
+// public_origin: where clients reach this server (a proxy in front of it,
+// for tests that cut the domain off); the listening address by default.
+const origin = config.public_origin ?? `http://127.0.0.1:${server.address().port}`;
 const fhirBase = `${origin}/fhir`;
 const tokenEndpoint = `${origin}/oauth2/token`;
 const authAlgs = ['RS384', 'ES384', 'RS512'];

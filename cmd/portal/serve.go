@@ -12,11 +12,14 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/config"
+	"github.com/ehealth-nl/portal/internal/fhirdomain"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/metrics"
 	"github.com/ehealth-nl/portal/internal/postgres"
 	"github.com/ehealth-nl/portal/internal/server"
+	"github.com/ehealth-nl/portal/internal/smart"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
 
@@ -163,9 +166,14 @@ func serve(ctx context.Context, c *cli, args []string) error {
 	observed := metrics.New(keyring, env.pool, env.clock)
 	keyring.OnEvent(observed.KeyEventObserved)
 
+	domain, err := newDomainReader(cfg.Domain, keyring, observed, env.clock)
+	if err != nil {
+		return err
+	}
 	registry := launch.NewRegistry(env.pool, cfg.AllowHTTPModules)
 	launches := launch.NewService(env.pool, registry, keyring, launch.Config{
 		PublicURL: cfg.PublicURL, TokenLifetime: cfg.TokenLifetime, TicketLifetime: cfg.TicketLifetime, IATBackdate: cfg.IATBackdate,
+		Domain: domain,
 	}, env.clock, log)
 	deps := server.Deps{
 		Keyring:        keyring,
@@ -175,6 +183,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		APIKeys:        apikeys.NewStore(env.pool),
 		KeyAdmin:       keyAdmin{env.store, env.rotator},
 		AdminEvents:    adminevents.NewStore(env.pool),
+		Domain:         domain,
 		DefaultIssuer:  cfg.DefaultIssuer.Slug,
 		Logger:         log,
 		Clock:          env.clock,
@@ -251,4 +260,35 @@ func serve(ctx context.Context, c *cli, args []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newDomainReader builds the reader of the Koppeltaal domains of issuers
+// with a Device: a SMART backend-services client whose assertions the
+// issuer's own active key signs through the keyring, and a FHIR client that
+// uses its tokens (docs/ARCHITECTURE.md, "Launching from a Task"). Nothing
+// is contacted until a launch needs it.
+func newDomainReader(cfg config.DomainConfig, keyring *keys.Keyring, observed *metrics.Metrics, clock func() time.Time) (*fhirdomain.Client, error) {
+	tokens, err := smart.New(smart.Config{
+		Signers: keyring, Scope: cfg.Scope, Timeout: cfg.Timeout, Clock: clock,
+		Observe: func(e smart.Event) { observed.DomainToken(e.Issuer, string(e.Outcome)) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	ttl := cfg.CacheTTL
+	if ttl == 0 {
+		ttl = -1 // fhirdomain: negative turns the cache off
+	}
+	return fhirdomain.New(fhirdomain.Config{
+		BaseURL: func(issuer string) (string, bool) {
+			is, err := keyring.Issuer(issuer)
+			return is.FHIRBaseURL, err == nil
+		},
+		Tokens:         tokens,
+		Timeout:        cfg.Timeout,
+		CacheTTL:       ttl,
+		ReadyTasksOnly: cfg.ReadyTasksOnly,
+		Observe:        func(resource string, o fhirdomain.CacheOutcome) { observed.DomainCache(resource, string(o)) },
+		ObserveRequest: func(resource string, o fhirdomain.RequestOutcome) { observed.DomainRequest(resource, string(o)) },
+	})
 }

@@ -70,6 +70,19 @@ type Config struct {
 	// nothing else); empty means /metrics is served on ListenAddr
 	// (PORTAL_METRICS_ADDR=public).
 	MetricsAddr string
+
+	// Domain is how the portal reads the Koppeltaal domains of issuers
+	// with a Device (docs/ARCHITECTURE.md, "Launching from a Task").
+	Domain DomainConfig
+}
+
+// DomainConfig holds the settings of the SMART backend client and the FHIR
+// reads of Koppeltaal domains.
+type DomainConfig struct {
+	Timeout        time.Duration // bounds each request to a domain (token, each FHIR read)
+	CacheTTL       time.Duration // how long ActivityDefinitions, Endpoints and Devices are used unasked; 0 turns the cache off
+	Scope          string        // scope asked for with each access token; empty: the domain's default for the client
+	ReadyTasksOnly bool          // launch only ready and in-progress Tasks (not requested, received, accepted)
 }
 
 // Limits are the service-wide durations every issuer's policy must respect.
@@ -127,6 +140,10 @@ func Variables() []Variable {
 		{"PORTAL_FRAME_ANCESTORS", "'none'", "CSP frame-ancestors of the launch page: 'none', 'self' or https origins, space-separated"},
 		{"PORTAL_TRUSTED_PROXIES", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For gives the client address"},
 		{"PORTAL_METRICS_ADDR", ":9464", "address of the listener serving /metrics only; public serves /metrics on PORTAL_LISTEN_ADDR instead"},
+		{"PORTAL_DOMAIN_TIMEOUT", "5s", "bound of each request to a Koppeltaal domain (token endpoint, each FHIR read): 100ms to 60s"},
+		{"PORTAL_DOMAIN_CACHE_TTL", "30s", "how long ActivityDefinitions, Endpoints and Devices are used before the FHIR server is asked again (0s: every launch reads them): at most 10m"},
+		{"PORTAL_DOMAIN_SCOPE", "", "scope asked for with the domain's access tokens, e.g. system/*.read; empty: the domain grants the client's role"},
+		{"PORTAL_DOMAIN_READY_TASKS_ONLY", "false", "launch only ready and in-progress Tasks; by default requested, received and accepted ones launch too"},
 	}
 }
 
@@ -189,8 +206,23 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 		c.MetricsAddr = ""
 	}
 	c.IATBackdate = p.duration("PORTAL_TOKEN_IAT_BACKDATE", 5*time.Second)
+	c.Domain = DomainConfig{
+		Timeout:        p.duration("PORTAL_DOMAIN_TIMEOUT", 5*time.Second),
+		CacheTTL:       p.duration("PORTAL_DOMAIN_CACHE_TTL", 30*time.Second),
+		Scope:          p.str("PORTAL_DOMAIN_SCOPE", ""),
+		ReadyTasksOnly: p.bool("PORTAL_DOMAIN_READY_TASKS_ONLY", false),
+	}
 	if p.err != nil {
 		return Config{}, p.err
+	}
+	if c.Domain.Timeout < 100*time.Millisecond || c.Domain.Timeout > time.Minute {
+		return Config{}, &Error{"PORTAL_DOMAIN_TIMEOUT", fmt.Sprintf("%s must be from 100ms to 60s", c.Domain.Timeout)}
+	}
+	if c.Domain.CacheTTL < 0 || c.Domain.CacheTTL > 10*time.Minute {
+		return Config{}, &Error{"PORTAL_DOMAIN_CACHE_TTL", fmt.Sprintf("%s must be from 0s to 10m", c.Domain.CacheTTL)}
+	}
+	if c.Domain.Scope != "" && !validScope(c.Domain.Scope) {
+		return Config{}, &Error{"PORTAL_DOMAIN_SCOPE", "must be space-separated scope tokens of printable ASCII without quotes or backslashes (RFC 6749 §3.3)"}
 	}
 
 	if c.Demo && !c.Dev {
@@ -480,4 +512,20 @@ func (p *parser) duration(name string, def time.Duration) time.Duration {
 		p.err = &Error{name, fmt.Sprintf("%q must be a Go duration such as 90s, 15m or 24h", v)}
 	}
 	return d
+}
+
+// validScope is RFC 6749 §3.3: scope tokens of %x21 / %x23-5B / %x5D-7E,
+// separated by single spaces.
+func validScope(s string) bool {
+	for _, tok := range strings.Split(s, " ") {
+		if tok == "" {
+			return false
+		}
+		for _, c := range []byte(tok) {
+			if c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+				return false
+			}
+		}
+	}
+	return true
 }

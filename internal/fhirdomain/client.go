@@ -107,18 +107,35 @@ type Config struct {
 	// Observe, if set, is told of every cache outcome, with the resource
 	// type; for metrics. It must not block.
 	Observe func(resourceType string, outcome CacheOutcome)
+	// ObserveRequest, if set, is told of every request sent to the FHIR
+	// server, with the resource type read and how it ended
+	// (RequestOutcome); for metrics. It must not block.
+	ObserveRequest func(resourceType string, outcome RequestOutcome)
 	// ReadyTasksOnly makes Authorize refuse Tasks that are requested,
 	// received or accepted (RefusedTaskStatus); by default those launch
 	// like ready and in-progress ones. See Authorize.
 	ReadyTasksOnly bool
 }
 
+// RequestOutcome says how one request to the FHIR server ended.
+type RequestOutcome string
+
+// The request outcomes Config.ObserveRequest is told about.
+const (
+	RequestOK          RequestOutcome = "ok"           // 200
+	RequestNotModified RequestOutcome = "not_modified" // 304 to If-None-Match
+	RequestNotFound    RequestOutcome = "not_found"    // 404 or 410
+	RequestUnavailable RequestOutcome = "unavailable"  // no answer, 5xx, 401 twice, a bad answer: ErrUnavailable
+	RequestError       RequestOutcome = "error"        // any other status: a request the server did not expect
+)
+
 // Client reads Koppeltaal domains' FHIR servers. It is safe for concurrent
 // use.
 type Client struct {
-	cfg   Config
-	http  *http.Client
-	cache *cache
+	cfg    Config
+	http   *http.Client
+	cache  *cache
+	health health
 }
 
 // New checks cfg, fills in its defaults and returns a Client.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -26,6 +27,40 @@ type response struct {
 // with a fresh one (the token may have expired, or been revoked, since
 // Tokens handed it out). Config.Timeout bounds both tries together.
 func (c *Client) get(ctx context.Context, issuer, rel, etag string) (response, error) {
+	res, err := c.exchange(ctx, issuer, rel, etag)
+	c.health.record(issuer, err, c.cfg.Now())
+	if c.cfg.ObserveRequest != nil {
+		c.cfg.ObserveRequest(resourceTypeOf(rel), requestOutcome(res, err))
+	}
+	return res, err
+}
+
+// resourceTypeOf is the resource type a relative request is about:
+// "Task" for Task/t-1 and for ActivityDefinition?url=… alike.
+func resourceTypeOf(rel string) string {
+	if i := strings.IndexAny(rel, "/?"); i >= 0 {
+		return rel[:i]
+	}
+	return rel
+}
+
+// requestOutcome classifies what get returned for the metrics.
+func requestOutcome(res response, err error) RequestOutcome {
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		return RequestUnavailable
+	case err != nil:
+		return RequestError
+	case res.status == http.StatusNotModified:
+		return RequestNotModified
+	case res.status == http.StatusNotFound || res.status == http.StatusGone:
+		return RequestNotFound
+	}
+	return RequestOK
+}
+
+// exchange is get without the bookkeeping.
+func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (response, error) {
 	op := "GET " + rel
 	base, err := c.base(issuer)
 	if err != nil {

@@ -15,18 +15,18 @@ import (
 // trace id = jti) needs; it never holds a token or a ticket.
 type Record struct {
 	ID             string     `json:"id"`                         // the launch id (UUID)
-	Kind           string     `json:"kind"`                       // "ticket" (a launch link) or "token" (handed to the backend)
-	Status         string     `json:"status"`                     // pending, redeemed, expired or issued
+	Kind           string     `json:"kind"`                       // "ticket" (a launch link) or "token" (handed to the backend): what was asked for
+	Status         string     `json:"status"`                     // pending, redeemed, expired, issued or refused
 	Issuer         string     `json:"issuer"`                     // slug of the issuer that signed
 	ClientID       string     `json:"client_id,omitempty"`        // the token's iss, once signed
-	Module         string     `json:"module"`                     // slug of the module launched
-	Audience       string     `json:"audience"`                   // the token's aud: the module's Device
-	LaunchURL      string     `json:"launch_url"`                 // where the browser was sent
+	Module         string     `json:"module,omitempty"`           // slug of the registered module, or for a domain launch the module's Device
+	Audience       string     `json:"audience,omitempty"`         // the token's aud: the module's Device
+	LaunchURL      string     `json:"launch_url,omitempty"`       // where the browser was sent
 	Task           string     `json:"task"`                       // the token's resource
 	User           string     `json:"user"`                       // the token's sub: who launched
 	Patient        string     `json:"patient,omitempty"`          // the patient concerned (also when the user is that patient)
 	Definition     string     `json:"definition,omitempty"`       // the token's definition
-	Intent         string     `json:"intent"`                     // the token's intent
+	Intent         string     `json:"intent,omitempty"`           // the token's intent
 	IDPHint        string     `json:"idp_hint,omitempty"`         // the token's idp_hint
 	CreatedBy      string     `json:"created_by"`                 // name of the API key that asked
 	CreatedFrom    string     `json:"created_from,omitempty"`     // address the request came from
@@ -38,6 +38,21 @@ type Record struct {
 	JTI            string     `json:"jti,omitempty"`              // the token's jti: the AuditEvent trace id
 	Kid            string     `json:"kid,omitempty"`              // the key that signed the token
 	TokenExpiresAt *time.Time `json:"token_expires_at,omitempty"` // the token's exp
+	// Source is "registry" (a hand-registered module) or "domain" (resolved
+	// from the Task in the issuer's Koppeltaal domain).
+	Source string `json:"source"`
+	// Outcome is "accepted" (a link or a token) or "refused" (the domain
+	// did not allow it; nothing can be followed).
+	Outcome       string `json:"outcome"`
+	Refusal       string `json:"refusal,omitempty"`        // the rule that refused, e.g. careteam-not-member
+	RefusalDetail string `json:"refusal_detail,omitempty"` // what was found, as FHIR references
+	Endpoint      string `json:"endpoint,omitempty"`       // domain launch: the Endpoint/<id> launched
+	AuthorizedBy  string `json:"authorized_by,omitempty"`  // domain launch: owner, or careteam:<id>
+	// DomainVersions is the meta.versionId of each resource read from the
+	// domain, by resource type (Task, ActivityDefinition, Endpoint, Device,
+	// CareTeam, RelatedPerson).
+	DomainVersions map[string]string `json:"domain_versions,omitempty"`
+	RequestID      string            `json:"request_id,omitempty"` // X-Request-Id of the request that created it
 }
 
 // Filter selects audit records; empty fields do not filter.
@@ -47,6 +62,7 @@ type Filter struct {
 	Patient string    // only launches for this patient
 	Module  string    // only this module
 	Issuer  string    // only this issuer
+	Outcome string    // only accepted or only refused launches
 	From    time.Time // created at or after
 	To      time.Time // created before
 	Limit   int       // 1-500, default 50
@@ -73,7 +89,12 @@ func (f *Filter) Validate() error {
 	check("user", f.User, hti.UserTypes...)
 	check("patient", f.Patient, hti.TypePatient)
 	if f.Module != "" && !keys.ValidSlug(f.Module) {
-		v.add("module", slugReason)
+		if _, err := hti.ParseReference(f.Module, hti.TypeDevice); err != nil {
+			v.add("module", slugReason+", or a module's Device/<id> (for launches resolved from a domain)")
+		}
+	}
+	if f.Outcome != "" && f.Outcome != "accepted" && f.Outcome != "refused" {
+		v.add("outcome", "must be accepted or refused")
 	}
 	if f.Issuer != "" && !keys.ValidSlug(f.Issuer) {
 		v.add("issuer", slugReason)
@@ -116,6 +137,8 @@ func (s *Service) List(ctx context.Context, f Filter) (Page, error) {
 	for i := range records {
 		r := &records[i]
 		switch {
+		case r.Outcome == "refused":
+			r.Status = "refused"
 		case r.Kind == "token":
 			r.Status = "issued"
 		case r.RedeemedAt != nil:

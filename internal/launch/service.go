@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ehealth-nl/portal/internal/fhirdomain"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/pkg/hti"
 )
@@ -36,7 +37,8 @@ type Signers interface {
 	Refresh(ctx context.Context) error
 }
 
-// Config holds the service's timings and the public URL of launch links.
+// Config holds the service's timings, the public URL of launch links and
+// the reader of Koppeltaal domains.
 type Config struct {
 	PublicURL      string        // launch links are PublicURL + "/launch/" + ticket
 	TokenLifetime  time.Duration // exp - iat of every token, at most 300 s
@@ -44,6 +46,9 @@ type Config struct {
 	// IATBackdate is how far iat is set before the moment of signing, for
 	// verifiers whose clock is a little behind (they allow no skew).
 	IATBackdate time.Duration
+	// Domain reads the Koppeltaal domain of issuers that joined one (they
+	// have a Device); launches for such an issuer fail without it.
+	Domain Domain
 }
 
 // Service creates launches, redeems launch links and lists the audit trail.
@@ -67,6 +72,12 @@ type Caller struct {
 	Name    string   // the API key's name
 	Addr    string   // the client address of the request
 	Issuers []string // slugs of the issuers the key may launch for; empty means any
+	// RequestID is the request's X-Request-Id: kept in the launch record and
+	// sent to the domain with every read (TOP-KT-011 trace headers).
+	RequestID string
+	// CorrelationID is the X-Correlation-Id the caller sent, if any: the
+	// request that led to this one; sent on to the domain.
+	CorrelationID string
 }
 
 // Browser is who followed a launch link.
@@ -144,52 +155,114 @@ type spec struct {
 	definition string
 	intent     string
 	idpHint    string
+	// Launches resolved from a Koppeltaal domain (docs/ARCHITECTURE.md,
+	// "Launching from a Task"):
+	domain       bool              // the module, patient, definition and intent came from the domain
+	endpoint     string            // the Endpoint/<id> of the launch URL
+	authorizedBy string            // owner, or careteam:<id>
+	versions     map[string]string // meta.versionId by resource type
 }
 
-// resolve validates a request and looks up its module and issuer, which
-// must be one the caller's key may launch for.
-func (s *Service) resolve(ctx context.Context, req Request, by Caller) (spec, error) {
-	if err := req.Validate(); err != nil {
-		return spec{}, err
+// source is the launch record's source column.
+func (sp spec) source() string {
+	if sp.domain {
+		return "domain"
 	}
-	m, err := s.modules.Module(ctx, req.Module)
-	if errors.Is(err, ErrModuleNotFound) {
-		return spec{}, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("no module is registered as %q", req.Module)}}}
+	return "registry"
+}
+
+// resolve validates a request and builds its launch: from a registered
+// module for a plain HTI issuer, from the Task in the issuer's Koppeltaal
+// domain for an issuer with a Device. The issuer is the named module's,
+// else the one the request names, else the only one the caller's key may
+// launch for, else the default; the caller's key must allow it. A launch
+// the domain does not allow returns a refusal with what was resolved.
+func (s *Service) resolve(ctx context.Context, req Request, by Caller) (spec, *Refusal, error) {
+	if err := req.Validate(); err != nil {
+		return spec{}, nil, err
+	}
+	var named *Module
+	slug, field := req.Issuer, "issuer"
+	if req.Module != "" {
+		m, err := s.modules.Module(ctx, req.Module)
+		if errors.Is(err, ErrModuleNotFound) {
+			return spec{}, nil, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("no module is registered as %q", req.Module)}}}
+		}
+		if err != nil {
+			return spec{}, nil, err
+		}
+		// A module is registered in the Koppeltaal domain of one issuer (its
+		// client_id); a token for it under another issuer's name would mix
+		// two domains, so the request may only name the module's own issuer.
+		if req.Issuer != "" && req.Issuer != m.Issuer {
+			return spec{}, nil, &ValidationError{Fields: []FieldError{{"issuer", fmt.Sprintf("module %q is registered for issuer %q, not %q", m.Slug, m.Issuer, req.Issuer)}}}
+		}
+		named, slug, field = &m, m.Issuer, "module"
+	} else if slug == "" && len(by.Issuers) == 1 {
+		slug = by.Issuers[0]
+	}
+	is, err := s.signers.Issuer(slug)
+	if errors.Is(err, keys.ErrUnknownIssuer) {
+		reason := fmt.Sprintf("issuer %q is not known to this instance", slug)
+		if named != nil {
+			reason = fmt.Sprintf("module %q names issuer %q, which this instance does not know", named.Slug, slug)
+		}
+		return spec{}, nil, &ValidationError{Fields: []FieldError{{field, reason}}}
 	}
 	if err != nil {
-		return spec{}, err
+		return spec{}, nil, err
 	}
-	// A module is registered in the Koppeltaal domain of one issuer (its
-	// client_id); a token for it under another issuer's name would mix two
-	// domains, so the request may only name the module's own issuer.
-	issuer := m.Issuer
 	// A key limited to issuers launches only under their client_ids: one
 	// portal's backend must not mint tokens in another portal's domain.
-	if len(by.Issuers) > 0 && !slices.Contains(by.Issuers, issuer) {
-		return spec{}, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("this API key may launch only for issuers %s; module %q is registered for issuer %q",
-			quoteList(by.Issuers), m.Slug, issuer)}}}
-	}
-	if req.Issuer != "" && req.Issuer != m.Issuer {
-		return spec{}, &ValidationError{Fields: []FieldError{{"issuer", fmt.Sprintf("module %q is registered for issuer %q, not %q", m.Slug, m.Issuer, req.Issuer)}}}
-	}
-	if _, err := s.signers.Issuer(issuer); err != nil {
-		if errors.Is(err, keys.ErrUnknownIssuer) {
-			return spec{}, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("module %q names issuer %q, which this instance does not know", m.Slug, issuer)}}}
+	if len(by.Issuers) > 0 && !slices.Contains(by.Issuers, is.Slug) {
+		reason := fmt.Sprintf("this API key may launch only for issuers %s, not for issuer %q", quoteList(by.Issuers), is.Slug)
+		if named != nil {
+			reason = fmt.Sprintf("this API key may launch only for issuers %s; module %q is registered for issuer %q",
+				quoteList(by.Issuers), named.Slug, is.Slug)
 		}
-		return spec{}, err
+		return spec{}, nil, &ValidationError{Fields: []FieldError{{field, reason}}}
 	}
-	sp := spec{issuer: issuer, module: m, task: req.Task, user: req.User, patient: req.Patient,
+	if is.Device != "" {
+		return s.resolveDomain(ctx, req, is, named)
+	}
+	if err := req.validateRegistry(is.Slug); err != nil {
+		return spec{}, nil, err
+	}
+	if named.Issuer != is.Slug { // the default issuer, while the module is another's
+		return spec{}, nil, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("module %q is registered for issuer %q", named.Slug, named.Issuer)}}}
+	}
+	sp := spec{issuer: is.Slug, module: *named, task: req.Task, user: req.User, patient: req.Patient,
 		definition: req.Definition, intent: req.Intent, idpHint: req.IDPHint}
 	if sp.patient == "" {
 		sp.patient = req.User // a patient launching their own task
 	}
 	if sp.definition == "" {
-		sp.definition = m.DefaultDefinition
+		sp.definition = named.DefaultDefinition
 	}
 	if sp.intent == "" {
 		sp.intent = hti.DefaultIntent
 	}
-	return sp, nil
+	return sp, nil, nil
+}
+
+// prepare resolves a request as launch id, with the trace headers of the
+// domain reads set (TOP-KT-011: X-Request-Id and X-Correlation-Id from the
+// caller, X-Trace-Id the launch id), and writes the refused launch record
+// when the domain does not allow it.
+func (s *Service) prepare(ctx context.Context, id, kind string, req Request, by Caller, now time.Time) (spec, error) {
+	correlation := by.CorrelationID
+	if correlation == "" {
+		correlation = by.RequestID
+	}
+	ctx = fhirdomain.WithTrace(ctx, fhirdomain.Trace{RequestID: by.RequestID, CorrelationID: correlation, TraceID: id})
+	sp, refusal, err := s.resolve(ctx, req, by)
+	if err != nil || refusal == nil {
+		return sp, err
+	}
+	if err := s.store.insert(ctx, newLaunch{id: id, kind: kind, sp: sp, by: by, createdAt: now, refusal: refusal}); err != nil {
+		return spec{}, storageError("store refused launch", err)
+	}
+	return spec{}, &RefusedError{LaunchID: id, Refusal: *refusal}
 }
 
 // quoteList renders slugs as "a", "b" for messages.
@@ -285,15 +358,15 @@ func form(launchID string, sp spec, issuer keys.Issuer, token, jti, kid string) 
 // launch row is the audit record and is written in the same statement as
 // the ticket. No token exists yet: it is signed when the link is followed.
 func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, error) {
-	sp, err := s.resolve(ctx, req, by)
+	id := newLaunchID()
+	sp, err := s.prepare(ctx, id, "ticket", req, by, s.now().UTC())
 	if err != nil {
 		return Created{}, err
 	}
 	now := s.now().UTC()
-	id := newLaunchID()
 	ticket, hash := newTicket()
 	expires := now.Add(s.cfg.TicketLifetime)
-	err = s.store.insertTicket(ctx, newLaunch{id: id, sp: sp, by: by, createdAt: now, ticketHash: hash, expiresAt: expires})
+	err = s.store.insert(ctx, newLaunch{id: id, kind: "ticket", sp: sp, by: by, createdAt: now, ticketHash: hash, expiresAt: expires})
 	if err != nil {
 		return Created{}, storageError("store launch", err)
 	}
@@ -303,12 +376,12 @@ func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, 
 // IssueToken validates a request, signs its token at once and records the
 // launch, for portals that post the form themselves.
 func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (IssuedToken, error) {
-	sp, err := s.resolve(ctx, req, by)
+	id := newLaunchID()
+	sp, err := s.prepare(ctx, id, "token", req, by, s.now().UTC())
 	if err != nil {
 		return IssuedToken{}, err
 	}
 	now := s.now().UTC()
-	id := newLaunchID()
 	var (
 		token  string
 		claims hti.Claims
@@ -319,7 +392,7 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		if err != nil {
 			return IssuedToken{}, err
 		}
-		stored, err := s.store.insertSigned(ctx, newLaunch{id: id, sp: sp, by: by, createdAt: now,
+		stored, err := s.store.insertSigned(ctx, newLaunch{id: id, kind: "token", sp: sp, by: by, createdAt: now,
 			clientID: claims.Issuer, jti: claims.JTI, kid: signer.Kid, tokenExpiresAt: time.Unix(claims.ExpiresAt, 0).UTC()})
 		if err != nil {
 			// The token is never handed out without its audit record.

@@ -22,10 +22,11 @@ type Store struct {
 func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // newLaunch is a launch row as it is created: a ticket (ticketHash and
-// expiresAt set) or a token signed at once (jti, kid, clientID and
-// tokenExpiresAt set).
+// expiresAt set), a token signed at once (jti, kid, clientID and
+// tokenExpiresAt set), or a refusal (refusal set, nothing to follow).
 type newLaunch struct {
 	id             string
+	kind           string // ticket or token: what was asked for
 	sp             spec
 	by             Caller
 	createdAt      time.Time
@@ -34,41 +35,66 @@ type newLaunch struct {
 	clientID       string
 	jti, kid       string
 	tokenExpiresAt time.Time
+	refusal        *Refusal
 }
 
 const launchColumns = `id, kind, issuer, client_id, module, audience, launch_url, method, fields,
 	task, sub, patient, definition, intent, idp_hint, created_by, created_from, created_at,
-	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at`
+	ticket_hash, expires_at, redeemed_at, client_addr, user_agent, jti, kid, token_expires_at,
+	source, outcome, refusal, refusal_detail, endpoint, authorized_by, domain_versions, request_id`
 
-const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`
+const launchValues = `$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+	$21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34`
+
+const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `) VALUES (` + launchValues + `)`
 
 // sqlInsertSignedLaunch records a launch whose token is already signed,
 // only while the signing key ($25) is still usable in the database (as in
 // sqlClaimTicket): a revoked key's token is never handed out, even by an
 // instance that missed the revocation's notification.
 const sqlInsertSignedLaunch = `INSERT INTO launches (` + launchColumns + `)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26
+SELECT ` + launchValues + `
 WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
 	AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))`
 
-// insertTicket stores a launch with a one-time link, the ticket and its
-// audit record in one statement.
-func (st *Store) insertTicket(ctx context.Context, l newLaunch) error {
-	_, err := st.pool.Exec(ctx, sqlInsertLaunch, l.id, "ticket", l.sp.issuer, nil, l.sp.module.Slug, l.sp.module.Audience,
-		l.sp.module.LaunchURL, string(l.sp.module.Method), string(l.sp.module.Fields), l.sp.task, l.sp.user, nullable(l.sp.patient),
-		nullable(l.sp.definition), l.sp.intent, nullable(l.sp.idpHint), l.by.Name, nullable(l.by.Addr), l.createdAt,
-		l.ticketHash, l.expiresAt, nil, nil, nil, nil, nil, nil)
+// args are the values of launchColumns for l.
+func (l newLaunch) args() []any {
+	sp := l.sp
+	outcome, refusal, detail := "accepted", (*string)(nil), (*string)(nil)
+	if l.refusal != nil {
+		outcome, refusal, detail = "refused", &l.refusal.Rule, nullable(truncate(l.refusal.Detail, 1000))
+	}
+	var redeemedAt, tokenExpires, ticketExpires *time.Time
+	var clientAddr *string
+	if l.jti != "" { // signed at once: handed out at creation
+		redeemedAt, tokenExpires, clientAddr = &l.createdAt, &l.tokenExpiresAt, nullable(l.by.Addr)
+	}
+	if l.ticketHash != nil {
+		ticketExpires = &l.expiresAt
+	}
+	var versions any
+	if len(sp.versions) > 0 {
+		versions = sp.versions
+	}
+	return []any{l.id, l.kind, sp.issuer, nullable(l.clientID), nullable(sp.module.Slug), nullable(sp.module.Audience),
+		nullable(sp.module.LaunchURL), nullable(string(sp.module.Method)), nullable(string(sp.module.Fields)), sp.task, sp.user,
+		nullable(sp.patient), nullable(sp.definition), nullable(sp.intent), nullable(sp.idpHint), l.by.Name, nullable(l.by.Addr),
+		l.createdAt, l.ticketHash, ticketExpires, redeemedAt, clientAddr, nil, nullable(l.jti), nullable(l.kid), tokenExpires,
+		sp.source(), outcome, refusal, detail, nullable(sp.endpoint), nullable(sp.authorizedBy), versions,
+		nullable(truncate(l.by.RequestID, 128))}
+}
+
+// insert stores a launch with a one-time link, or a refused launch: the
+// ticket (if any) and its audit record in one statement.
+func (st *Store) insert(ctx context.Context, l newLaunch) error {
+	_, err := st.pool.Exec(ctx, sqlInsertLaunch, l.args()...)
 	return err
 }
 
 // insertSigned stores a launch whose token is signed, and reports false
 // (storing nothing) when its key is no longer usable in the database.
 func (st *Store) insertSigned(ctx context.Context, l newLaunch) (bool, error) {
-	tag, err := st.pool.Exec(ctx, sqlInsertSignedLaunch, l.id, "token", l.sp.issuer, l.clientID, l.sp.module.Slug, l.sp.module.Audience,
-		l.sp.module.LaunchURL, string(l.sp.module.Method), string(l.sp.module.Fields), l.sp.task, l.sp.user, nullable(l.sp.patient),
-		nullable(l.sp.definition), l.sp.intent, nullable(l.sp.idpHint), l.by.Name, nullable(l.by.Addr), l.createdAt,
-		nil, nil, l.createdAt, nullable(l.by.Addr), nil, l.jti, l.kid, l.tokenExpiresAt)
+	tag, err := st.pool.Exec(ctx, sqlInsertSignedLaunch, l.args()...)
 	if err != nil {
 		return false, err
 	}
@@ -98,17 +124,20 @@ UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti =
 	token_expires_at = $6, kid = signer.kid, client_id = signer.client_id
 FROM signer
 WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
-	AND ` + sqlModuleUnchanged + `
+	AND ` + sqlModuleCurrent + `
 RETURNING l.id, l.issuer, l.module, l.audience, l.launch_url, l.method, l.fields, l.task, l.sub, coalesce(l.patient, ''),
-	coalesce(l.definition, ''), l.intent, coalesce(l.idp_hint, ''), l.kid`
+	coalesce(l.definition, ''), l.intent, coalesce(l.idp_hint, ''), l.kid, l.source = 'domain'`
 
-// sqlModuleUnchanged holds when launch l's module is still registered as
-// it was when the launch was created.
-const sqlModuleUnchanged = `EXISTS (SELECT 1 FROM modules m WHERE m.slug = l.module AND m.issuer = l.issuer
-	AND m.launch_url = l.launch_url AND m.audience = l.audience AND m.method = l.method AND m.fields = l.fields)`
+// sqlModuleCurrent holds when launch l's module is still as it was when
+// the launch was created: a hand-registered module still registered with
+// the same issuer, launch URL, audience, method and fields. A launch
+// resolved from the domain was checked against the domain at creation and
+// does not depend on the registry.
+const sqlModuleCurrent = `(l.source = 'domain' OR EXISTS (SELECT 1 FROM modules m WHERE m.slug = l.module AND m.issuer = l.issuer
+	AND m.launch_url = l.launch_url AND m.audience = l.audience AND m.method = l.method AND m.fields = l.fields))`
 
 // sqlTicketState reads what a ticket's launch is in, without changing it.
-const sqlTicketState = `SELECT l.id, l.redeemed_at IS NOT NULL, l.expires_at, ` + sqlModuleUnchanged + `
+const sqlTicketState = `SELECT l.id, l.redeemed_at IS NOT NULL, l.expires_at, ` + sqlModuleCurrent + `
 FROM launches l WHERE l.ticket_hash = $1`
 
 // sqlUnclaimTicket gives a ticket back when its token was not sent: the
@@ -140,7 +169,7 @@ func (st *Store) claim(ctx context.Context, r claimRequest) (id string, sp spec,
 	err = st.pool.QueryRow(ctx, sqlClaimTicket, r.hash, r.now, nullable(r.browser.Addr), nullable(truncate(r.browser.UserAgent, 512)), r.jti,
 		r.tokenExpiresAt, issuers, kids, clientIDs).
 		Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
-			&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid)
+			&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid, &sp.domain)
 	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)
 	return id, sp, kid, err
 }
@@ -160,14 +189,16 @@ func (st *Store) ticketState(ctx context.Context, hash []byte) (id string, redee
 
 // The filters are fixed parameters compared only when set, so the query
 // text never depends on input.
-const sqlListLaunches = `SELECT id, kind, issuer, coalesce(client_id, ''), module, audience, launch_url, task, sub,
-	coalesce(patient, ''), coalesce(definition, ''), intent, coalesce(idp_hint, ''), created_by, coalesce(created_from, ''),
-	created_at, expires_at, redeemed_at, coalesce(client_addr, ''), coalesce(user_agent, ''), coalesce(jti, ''),
-	coalesce(kid, ''), token_expires_at
+const sqlListLaunches = `SELECT id, kind, issuer, coalesce(client_id, ''), coalesce(module, ''), coalesce(audience, ''),
+	coalesce(launch_url, ''), task, sub, coalesce(patient, ''), coalesce(definition, ''), coalesce(intent, ''),
+	coalesce(idp_hint, ''), created_by, coalesce(created_from, ''), created_at, expires_at, redeemed_at,
+	coalesce(client_addr, ''), coalesce(user_agent, ''), coalesce(jti, ''), coalesce(kid, ''), token_expires_at,
+	source, outcome, coalesce(refusal, ''), coalesce(refusal_detail, ''), coalesce(endpoint, ''), coalesce(authorized_by, ''),
+	domain_versions, coalesce(request_id, '')
 FROM launches
 WHERE ($1 = '' OR task = $1) AND ($2 = '' OR sub = $2) AND ($3 = '' OR patient = $3) AND ($4 = '' OR module = $4)
 	AND ($5 = '' OR issuer = $5) AND ($6::timestamptz IS NULL OR created_at >= $6) AND ($7::timestamptz IS NULL OR created_at < $7)
-	AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9::uuid))
+	AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9::uuid)) AND ($11 = '' OR outcome = $11)
 ORDER BY created_at DESC, id DESC
 LIMIT $10`
 
@@ -175,7 +206,7 @@ LIMIT $10`
 // first, after the cursor when one is given.
 func (st *Store) list(ctx context.Context, f Filter, cursorTime *time.Time, cursorID *string) ([]Record, error) {
 	rows, err := st.pool.Query(ctx, sqlListLaunches, f.Task, f.User, f.Patient, f.Module, f.Issuer,
-		nullableTime(f.From), nullableTime(f.To), cursorTime, cursorID, f.Limit+1)
+		nullableTime(f.From), nullableTime(f.To), cursorTime, cursorID, f.Limit+1, f.Outcome)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +214,8 @@ func (st *Store) list(ctx context.Context, f Filter, cursorTime *time.Time, curs
 		var r Record
 		err := row.Scan(&r.ID, &r.Kind, &r.Issuer, &r.ClientID, &r.Module, &r.Audience, &r.LaunchURL, &r.Task, &r.User,
 			&r.Patient, &r.Definition, &r.Intent, &r.IDPHint, &r.CreatedBy, &r.CreatedFrom, &r.CreatedAt, &r.ExpiresAt,
-			&r.RedeemedAt, &r.ClientAddr, &r.UserAgent, &r.JTI, &r.Kid, &r.TokenExpiresAt)
+			&r.RedeemedAt, &r.ClientAddr, &r.UserAgent, &r.JTI, &r.Kid, &r.TokenExpiresAt,
+			&r.Source, &r.Outcome, &r.Refusal, &r.RefusalDetail, &r.Endpoint, &r.AuthorizedBy, &r.DomainVersions, &r.RequestID)
 		r.CreatedAt = r.CreatedAt.UTC()
 		for _, t := range []*time.Time{r.ExpiresAt, r.RedeemedAt, r.TokenExpiresAt} {
 			if t != nil {

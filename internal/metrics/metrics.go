@@ -30,6 +30,9 @@ type Metrics struct {
 	keysRefused     *prometheus.CounterVec
 	refreshErrors   prometheus.Counter
 	refreshes       prometheus.Counter
+	domainTokens    *prometheus.CounterVec
+	domainRequests  *prometheus.CounterVec
+	domainCache     *prometheus.CounterVec
 }
 
 // KeyringStatus is what the key-age collector reads at scrape time. It
@@ -86,9 +89,21 @@ func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Met
 			Name: "portal_keyring_refreshes_total",
 			Help: "Keyring reloads from the database, after a notification or a poll.",
 		}),
+		domainTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_domain_token_requests_total",
+			Help: "Access tokens for a Koppeltaal domain, by issuer and outcome: fetches (success, refused, unavailable, error) and callers served from the cache (cache_hit) or by a fetch in flight (shared).",
+		}, []string{"issuer", "outcome"}),
+		domainRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_domain_fhir_requests_total",
+			Help: "Requests to a Koppeltaal domain's FHIR server, by resource type and outcome (ok, not_modified, not_found, unavailable, error).",
+		}, []string{"resource", "outcome"}),
+		domainCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_domain_cache_total",
+			Help: "Reads of ActivityDefinitions, Endpoints and Devices by how the cache answered: hit (no request), revalidated (the server confirmed it), miss.",
+		}, []string{"resource", "outcome"}),
 	}
 	m.registry.MustRegister(m.httpDuration, m.launchesCreated, m.launchesRedeem, m.launchesRefused, m.jwksRequests,
-		m.keyChanges, m.keyEvents, m.keysRefused, m.refreshErrors, m.refreshes,
+		m.keyChanges, m.keyEvents, m.keysRefused, m.refreshErrors, m.refreshes, m.domainTokens, m.domainRequests, m.domainCache,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if keyring != nil {
 		m.registry.MustRegister(&keyAgeCollector{keyring: keyring, now: clock})
@@ -141,6 +156,24 @@ func (m *Metrics) LaunchRedeemed() { m.launchesRedeem.Inc() }
 // "invalid", "unauthenticated", "ticket_used", "ticket_expired",
 // "ticket_unknown" or "unavailable".
 func (m *Metrics) LaunchRefused(reason string) { m.launchesRefused.WithLabelValues(reason).Inc() }
+
+// DomainToken counts an access-token outcome of the SMART client for an
+// issuer (internal/smart's Outcome values).
+func (m *Metrics) DomainToken(issuer, outcome string) {
+	m.domainTokens.WithLabelValues(issuer, outcome).Inc()
+}
+
+// DomainRequest counts a request to a domain's FHIR server by resource
+// type and outcome (internal/fhirdomain's RequestOutcome values).
+func (m *Metrics) DomainRequest(resource, outcome string) {
+	m.domainRequests.WithLabelValues(resource, outcome).Inc()
+}
+
+// DomainCache counts a cached read by resource type and outcome
+// (internal/fhirdomain's CacheOutcome values).
+func (m *Metrics) DomainCache(resource, outcome string) {
+	m.domainCache.WithLabelValues(resource, outcome).Inc()
+}
 
 // JWKSServed counts a JWKS answer by status.
 func (m *Metrics) JWKSServed(status int) {

@@ -59,5 +59,10 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 // the issuers its key may launch for.
 func caller(c echo.Context) launch.Caller {
 	key, _ := c.Get(apiKeyContextKey).(apikeys.Key)
-	return launch.Caller{Name: key.Name, Addr: c.RealIP(), Issuers: key.Issuers}
+	correlation := c.Request().Header.Get("X-Correlation-Id")
+	if !requestIDPattern.MatchString(correlation) {
+		correlation = ""
+	}
+	return launch.Caller{Name: key.Name, Addr: c.RealIP(), Issuers: key.Issuers,
+		RequestID: c.Response().Header().Get("X-Request-Id"), CorrelationID: correlation}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -28,11 +29,22 @@ func (s *server) handleCreateLaunch(c echo.Context) error {
 	}
 	created, err := s.Launches.Create(c.Request().Context(), req, caller(c))
 	if err != nil {
+		s.logRefusal(c, req, err)
 		return err
 	}
 	s.Metrics.LaunchCreated("ticket")
-	s.logger(c).Info("launch created", "launch_id", created.ID, "module", req.Module, "api_key", caller(c).Name)
+	s.logger(c).Info("launch created", "launch_id", created.ID, "module", req.Module, "task", req.Task, "api_key", caller(c).Name)
 	return c.JSON(http.StatusCreated, created)
+}
+
+// logRefusal logs a launch the Koppeltaal domain refused, with its rule
+// and FHIR references only (no token, no personal data).
+func (s *server) logRefusal(c echo.Context, req launch.Request, err error) {
+	var refused *launch.RefusedError
+	if errors.As(err, &refused) {
+		s.logger(c).Info("launch refused by the domain", "launch_id", refused.LaunchID, "stage", string(refused.Stage),
+			"refusal", refused.Rule, "task", req.Task, "user", req.User, "api_key", caller(c).Name)
+	}
 }
 
 // issuedTokenBody is the answer of POST /api/v1/launch-tokens.
@@ -55,10 +67,12 @@ func (s *server) handleIssueToken(c echo.Context) error {
 	}
 	issued, err := s.Launches.IssueToken(c.Request().Context(), req, caller(c))
 	if err != nil {
+		s.logRefusal(c, req, err)
 		return err
 	}
 	s.Metrics.LaunchCreated("token")
-	s.logger(c).Info("launch token issued", "launch_id", issued.ID, "module", req.Module, "jti", issued.JTI, "kid", issued.Form.Kid, "api_key", caller(c).Name)
+	s.logger(c).Info("launch token issued", "launch_id", issued.ID, "module", issued.Form.Module, "task", req.Task,
+		"jti", issued.JTI, "kid", issued.Form.Kid, "api_key", caller(c).Name)
 	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.JSON(http.StatusCreated, issuedTokenBody{
 		ID: issued.ID, Token: issued.Token, JTI: issued.JTI, ExpiresAt: issued.ExpiresAt,
@@ -69,12 +83,12 @@ func (s *server) handleIssueToken(c echo.Context) error {
 // handleListLaunches answers GET /api/v1/launches: the audit trail, newest
 // first, filtered by task, user, patient, module, issuer and time.
 func (s *server) handleListLaunches(c echo.Context) error {
-	if err := allowQuery(c, "task", "user", "patient", "module", "issuer", "from", "to", "limit", "cursor"); err != nil {
+	if err := allowQuery(c, "task", "user", "patient", "module", "issuer", "outcome", "from", "to", "limit", "cursor"); err != nil {
 		return err
 	}
 	q := c.QueryParams()
 	f := launch.Filter{Task: q.Get("task"), User: q.Get("user"), Patient: q.Get("patient"), Module: q.Get("module"),
-		Issuer: q.Get("issuer"), Cursor: q.Get("cursor")}
+		Issuer: q.Get("issuer"), Outcome: q.Get("outcome"), Cursor: q.Get("cursor")}
 	if err := timeRange(c, &f.From, &f.To); err != nil {
 		return err
 	}

@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"regexp"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 // Where observe leaves the request id, and logger keeps the request's logger.
@@ -121,11 +123,16 @@ var refusalReasons = map[string]string{
 	"ticket-used": "ticket_used", "ticket-expired": "ticket_expired", "ticket-unknown": "ticket_unknown",
 	"module-changed": "module_changed",
 	"unavailable":    "unavailable", "keys-unavailable": "unavailable",
+	"domain-unavailable": "domain_unavailable", "domain-client-refused": "domain_client_refused",
 }
 
 // refusalReason names why a launch was refused, for the metrics, from the
 // problem the error becomes.
 func refusalReason(err error) string {
+	var refused *launch.RefusedError
+	if errors.As(err, &refused) {
+		return "domain_" + strings.ReplaceAll(refused.Rule, "-", "_") // a fixed set of rules
+	}
 	if reason, ok := refusalReasons[problemKind(problemFor(err))]; ok {
 		return reason
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 
 	"github.com/ehealth-nl/portal/api"
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 )
@@ -439,7 +440,8 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	ctx := operatorContext()
 	url := testDB.Fresh(t)
 	proxy := pgtest.NewProxy(t, url)
-	s := newStack(t, proxy.URL(url), keys.ES256, func(_ testing.TB, _ *stack, d *Deps) { d.MetricsElsewhere = true })
+	var dom *domainStack
+	s := newStack(t, proxy.URL(url), keys.ES256, func(_ testing.TB, _ *stack, d *Deps) { d.MetricsElsewhere = true }, withDomain(&dom))
 	c := newContract(t, s)
 	const ctJSON = "application/json"
 	L, A := s.launchKey, s.adminKey
@@ -452,6 +454,7 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	tooLargeModule := `{"launch_url":"https://m.example.org/` + huge + `","audience":"Device/new"}`
 	tooLargeRotate := `{"issuer":"` + huge + `"}`
 	launchBody := `{"module":"diary","task":"Task/1","user":"Patient/1"}`
+	domainBody := `{"issuer":"kt","task":"Task/t-team","user":"Practitioner/pr-team"}`
 	unknownTicket := "/launch/" + strings.Repeat("Q", 43)
 
 	s.registerTestModule(t)
@@ -484,7 +487,13 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "launch too large", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: tooLargeLaunch, status: 413, problem: "body-too-large", invalid: true},
 		{name: "launch not JSON", method: "POST", path: "/api/v1/launches", key: L, ctype: "text/plain", body: launchBody, status: 415, problem: "unsupported-media-type", invalid: true},
 		{name: "launch dot task", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/..","user":"Patient/1"}`, status: 422, problem: "invalid-request", invalid: true},
-		{name: "launch practitioner without patient", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Practitioner/7"}`, status: 422, problem: "invalid-request", invalid: true},
+		// The patient is required for a plain HTI issuer only, which the
+		// document cannot tell from the body.
+		{name: "launch practitioner without patient", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Practitioner/7"}`, status: 422, problem: "invalid-request"},
+		{name: "launch domain", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: domainBody, status: 201},
+		{name: "launch domain refused", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"issuer":"kt","task":"Task/t-patient","user":"Patient/p-2"}`, status: 403, problem: "launch-refused"},
+		{name: "launch domain not launchable", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"issuer":"kt","task":"Task/t-http","user":"Patient/p-1"}`, status: 422, problem: "task-not-launchable"},
+		{name: "launch domain contradicted", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"issuer":"kt","task":"Task/t-patient","user":"Patient/p-1","intent":"plan"}`, status: 422, problem: "invalid-request"},
 		{name: "launch unknown module", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: `{"module":"nope","task":"Task/1","user":"Patient/1"}`, status: 422, problem: "invalid-request"},
 
 		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: launchBody, status: 201},
@@ -496,10 +505,16 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "token admin key", method: "POST", path: "/api/v1/launch-tokens", key: A, ctype: ctJSON, body: launchBody, status: 403, problem: "forbidden", invalid: true},
 		{name: "token too large", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: tooLargeLaunch, status: 413, problem: "body-too-large", invalid: true},
 		{name: "token not JSON", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: "text/plain", body: launchBody, status: 415, problem: "unsupported-media-type", invalid: true},
+		{name: "token domain", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: domainBody, status: 201},
+		{name: "token domain refused", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: `{"issuer":"kt","task":"Task/t-done","user":"Patient/p-1"}`, status: 403, problem: "launch-refused"},
+		{name: "token domain not launchable", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: `{"issuer":"kt","task":"Task/t-noinst","user":"Patient/p-1"}`, status: 422, problem: "task-not-launchable"},
 		{name: "token bad intent", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: `{"module":"diary","task":"Task/1","user":"Patient/1","intent":"wish"}`, status: 422, problem: "invalid-request", invalid: true},
 
 		{name: "audit", method: "GET", path: "/api/v1/launches", key: A, status: 200},
 		{name: "audit filtered", method: "GET", path: "/api/v1/launches?task=Task/1&user=Patient/1&patient=Patient/1&module=diary&issuer=default&from=2020-01-01T00:00:00Z&limit=2", key: A, status: 200},
+		{name: "audit refused", method: "GET", path: "/api/v1/launches?issuer=kt&outcome=refused&module=Device/mod-1", key: A, status: 200},
+		{name: "audit domain", method: "GET", path: "/api/v1/launches?issuer=kt&outcome=accepted", key: A, status: 200},
+		{name: "audit bad outcome", method: "GET", path: "/api/v1/launches?outcome=maybe", key: A, status: 422, problem: "invalid-request", invalid: true},
 		{name: "audit unknown parameter", method: "GET", path: "/api/v1/launches?colour=red", key: A, status: 400, problem: "malformed-request"},
 		{name: "audit bad time", method: "GET", path: "/api/v1/launches?from=yesterday", key: A, status: 400, problem: "malformed-request", invalid: true},
 		{name: "audit no key", method: "GET", path: "/api/v1/launches", status: 401, problem: "unauthenticated", invalid: true},
@@ -644,6 +659,46 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	_ = s.keyring.Refresh(ctx)
 	c.run("keyless", []contractCase{
 		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: launchBody, status: 503, problem: "keys-unavailable"},
+	})
+	// The domain issuer's key too: it cannot ask its domain for a token.
+	if _, err := s.pool.Exec(ctx, `UPDATE signing_keys SET sealed_private = sealed_private || '\x00'::bytea WHERE issuer = 'kt' AND state = 'active'`); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.keyring.Refresh(ctx)
+	c.run("keyless domain", []contractCase{
+		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "keys-unavailable"},
+	})
+	if _, err := s.pool.Exec(ctx, `UPDATE signing_keys SET sealed_private = substring(sealed_private from 1 for length(sealed_private) - 1) WHERE state = 'active'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The Koppeltaal domain silent, then not knowing the portal's client.
+	dom.proxy.BlackHole()
+	c.run("domain outage", []contractCase{
+		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "domain-unavailable"},
+		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "domain-unavailable"},
+		{name: "readyz", method: "GET", path: "/readyz", status: 200},
+	})
+	if err := dom.proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	is, err := s.keyring.Issuer(domainIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is.ClientID = "portal-unregistered"
+	if err := keys.NewStore(s.pool).UpdateIssuer(adminevents.WithActor(ctx, "cli:test@localhost"), is, s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.run("domain refuses the client", []contractCase{
+		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "domain-client-refused"},
+		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "domain-client-refused"},
 	})
 
 	proxy.Cut()

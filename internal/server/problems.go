@@ -13,6 +13,7 @@ import (
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/postgres"
+	"github.com/ehealth-nl/portal/internal/smart"
 )
 
 // problemTypePrefix starts every problem type URI; the README lists them.
@@ -25,6 +26,11 @@ type Problem struct {
 	Status int          `json:"status"`           // the HTTP status
 	Detail string       `json:"detail,omitempty"` // what happened in this case
 	Errors []FieldError `json:"errors,omitempty"` // the invalid fields, for request errors
+	// Refusal is the rule of the Koppeltaal domain that refused a launch
+	// (launch-refused, task-not-launchable), e.g. careteam-not-member.
+	Refusal string `json:"refusal,omitempty"`
+	// LaunchID is the refused launch's record in the audit trail.
+	LaunchID string `json:"launch_id,omitempty"`
 }
 
 // FieldError names one invalid request field and says what is wrong with it.
@@ -47,6 +53,7 @@ func problemFor(err error) *Problem {
 		malformed *malformedError
 		invalid   *launch.ValidationError
 		filter    *adminevents.FilterError
+		refused   *launch.RefusedError
 	)
 	switch {
 	case errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge:
@@ -84,6 +91,23 @@ func problemFor(err error) *Problem {
 		p := newProblem(http.StatusForbidden, "forbidden", "Wrong scope", "This API key's scope does not allow this request.")
 		p.Errors = []FieldError{{Field: "Authorization", Reason: "the key's scope does not allow this request"}}
 		return p
+	case errors.As(err, &refused):
+		// Refusal details name FHIR references only (pseudonymous ids), as
+		// the launch record does.
+		var p *Problem
+		if refused.Stage == launch.StageAuthorization {
+			p = newProblem(http.StatusForbidden, "launch-refused", "Launch refused",
+				"The Koppeltaal domain does not let this user start this Task: "+refused.Rule+".")
+		} else {
+			p = newProblem(http.StatusUnprocessableEntity, "task-not-launchable", "Task not launchable",
+				"The Task does not lead to a module that can be launched: "+refused.Rule+".")
+		}
+		p.Errors = []FieldError{{Field: refused.Field(), Reason: refused.Rule + ": " + refused.Detail}}
+		p.Refusal, p.LaunchID = refused.Rule, refused.LaunchID
+		return p
+	case errors.Is(err, smart.ErrRefused):
+		return newProblem(http.StatusServiceUnavailable, "domain-client-refused", "Koppeltaal domain refused the portal",
+			"The domain's token endpoint refused this portal's client authentication; nothing was changed. An operator must check the registration in Domain Management.")
 	case errors.Is(err, launch.ErrTicketUsed):
 		return newProblem(http.StatusGone, "ticket-used", "Launch link already used", "A launch link works once; start the module again from the portal.")
 	case errors.Is(err, launch.ErrTicketExpired):
@@ -100,6 +124,11 @@ func problemFor(err error) *Problem {
 		return newProblem(http.StatusNotFound, "unknown-module", "Unknown module", "No module has that slug.")
 	case errors.Is(err, keys.ErrNotLoaded), errors.Is(err, keys.ErrNoActiveKey):
 		return newProblem(http.StatusServiceUnavailable, "keys-unavailable", "Signing keys unavailable", "This instance has not loaded an active signing key yet; try again shortly.")
+	case errors.Is(err, launch.ErrDomainUnavailable):
+		// After the keys: an issuer that cannot sign cannot authenticate to
+		// its domain either, and that is the cause to report.
+		return newProblem(http.StatusServiceUnavailable, "domain-unavailable", "Koppeltaal domain unavailable",
+			"The domain's FHIR server or token endpoint did not answer in time or answered wrongly; nothing was changed. Retry shortly.")
 	case errors.Is(err, keys.ErrNextKeyTooYoung), errors.Is(err, keys.ErrNoNextKey), errors.Is(err, keys.ErrRotationTooSoon):
 		return newProblem(http.StatusConflict, "rotation-refused", "Rotation refused", err.Error())
 	case errors.As(err, &he):

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/fhirdomain"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/metrics"
@@ -68,6 +69,12 @@ type AdminEvents interface {
 	List(ctx context.Context, f adminevents.Filter) (adminevents.Page, error)
 }
 
+// DomainHealth tells how this instance last found each issuer's
+// Koppeltaal domain; *fhirdomain.Client is one.
+type DomainHealth interface {
+	Health() map[string]fhirdomain.Health
+}
+
 // Demo configures the demo portal and module; nil turns them off.
 type Demo struct {
 	Module   string        // slug of the demo module
@@ -83,6 +90,7 @@ type Deps struct {
 	APIKeys       Authenticator    // authenticates bearer keys
 	KeyAdmin      KeyAdmin         // key listing and forced rotation
 	AdminEvents   AdminEvents      // who changed issuers, keys, modules and API keys
+	Domain        DomainHealth     // reported by /readyz; nil when no issuer is in a domain
 	DefaultIssuer string           // slug of the issuer of /.well-known/jwks.json
 	Logger        *slog.Logger     // where request logs go
 	Clock         func() time.Time // time.Now unless a test moves time

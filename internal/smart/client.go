@@ -9,7 +9,9 @@
 // key through the keyring, and posts a client_credentials grant. Tokens are
 // cached per issuer in memory until shortly before they expire, fetched
 // once however many callers need one at the same moment, and dropped when
-// the FHIR server answers 401. Access tokens and assertions are never
+// the FHIR server answers 401 or the issuer's active key changes (a
+// rotation or a revocation: the next token is asked for with the new
+// key). Access tokens and assertions are never
 // logged, stored outside memory, or put in an error.
 //
 // A FHIR reader that sends its own requests needs only Token and
@@ -125,9 +127,11 @@ type Client struct {
 
 // cachedToken is an issuer's access token and when to stop using it.
 type cachedToken struct {
-	value     string
-	clientID  string // the client_id and FHIR base it was issued for: a
-	fhirBase  string // changed issuer setting makes it unusable
+	value    string
+	clientID string // the client_id and FHIR base it was issued for: a
+	fhirBase string // changed issuer setting makes it unusable
+	kid      string // the key whose assertion got it: a rotation or a
+	// revocation makes the next call authenticate with the new key
 	refreshAt time.Time
 }
 
@@ -177,7 +181,7 @@ func (c *Client) Token(ctx context.Context, issuer string) (string, error) {
 	}
 	slug := s.Issuer.Slug
 	c.mu.Lock()
-	if t, ok := c.tokens[slug]; ok && t.clientID == s.Issuer.ClientID && t.fhirBase == s.Issuer.FHIRBaseURL && c.now().Before(t.refreshAt) {
+	if t, ok := c.tokens[slug]; ok && t.clientID == s.Issuer.ClientID && t.fhirBase == s.Issuer.FHIRBaseURL && t.kid == s.Kid && c.now().Before(t.refreshAt) {
 		c.mu.Unlock()
 		c.emit(slug, OutcomeCacheHit)
 		return t.value, nil
@@ -259,7 +263,7 @@ func (c *Client) requestToken(ctx context.Context, s *keys.Signer) (cachedToken,
 		c.forgetDiscovery(fhirBase)
 		return cachedToken{}, err
 	}
-	tok.clientID, tok.fhirBase = s.Issuer.ClientID, fhirBase
+	tok.clientID, tok.fhirBase, tok.kid = s.Issuer.ClientID, fhirBase, s.Kid
 	return tok, nil
 }
 

@@ -53,6 +53,13 @@ type Options struct {
 	// Log, when set, also gets the server's log (its stderr) as it is
 	// written; the Domain keeps its own copy either way (TokenGrants).
 	Log io.Writer
+	// Port is the loopback port to listen on; 0 picks a free one.
+	Port int
+	// PublicOrigin, when set, is the origin (http://host:port) clients
+	// reach the domain at, e.g. a fault-injecting proxy in front of Port:
+	// the FHIR base, the token endpoint (as discovered, and as the
+	// assertions' aud) and the access tokens' issuer are all under it.
+	PublicOrigin string
 }
 
 // Domain is a running test domain.
@@ -88,7 +95,14 @@ const seederID = "testdomain-seeder"
 // testdomain/node_modules is missing.
 func Start(t testing.TB, clients ...Client) *Domain {
 	t.Helper()
-	d, err := Launch(context.Background(), Options{Clients: clients})
+	return StartWith(t, Options{Clients: clients})
+}
+
+// StartWith is Start with all of Launch's options (Log is the test's own
+// copy: it is logged when the test fails).
+func StartWith(t testing.TB, opts Options) *Domain {
+	t.Helper()
+	d, err := Launch(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,8 +145,10 @@ func Launch(ctx context.Context, cfg Options) (*Domain, error) {
 		JWKS    jwk.Set `json:"jwks,omitempty"`
 	}
 	conf := struct {
-		Clients []clientConfig `json:"clients"`
-	}{}
+		Port         int            `json:"port,omitempty"`
+		PublicOrigin string         `json:"public_origin,omitempty"`
+		Clients      []clientConfig `json:"clients"`
+	}{Port: cfg.Port, PublicOrigin: cfg.PublicOrigin}
 	for _, c := range cfg.Clients {
 		conf.Clients = append(conf.Clients, clientConfig{ID: c.ID, JWKSURL: c.JWKSURL})
 	}

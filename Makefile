@@ -1,13 +1,18 @@
 # The two commands of the README: `make run` starts the service with a demo,
 # `make test` runs every check. Both find or start PostgreSQL themselves
 # (scripts/postgres.sh) when DATABASE_URL is not set.
-.PHONY: run test build bench soak
+.PHONY: run test build bench soak demo-domain
 
 run:
 	@scripts/run.sh
 
 test:
 	@scripts/test.sh
+
+# make run against a Koppeltaal domain in a box (needs Node.js 20): the demo
+# launches Tasks read from its FHIR server.
+demo-domain:
+	@scripts/demo-domain.sh
 
 build:
 	CGO_ENABLED=0 go build -trimpath -o bin/portal ./cmd/portal

@@ -64,8 +64,15 @@ func setUpDemo(ctx context.Context, env *environment, registry *launch.Registry)
 	if err != nil {
 		return nil, err
 	}
-	env.log.Info("demo enabled", "portal", cfg.PublicURL+"/", "module", m.LaunchURL)
-	return &server.Demo{Module: demoModuleSlug, Verifier: verifier}, nil
+	demo := &server.Demo{Module: demoModuleSlug, Verifier: verifier}
+	if cfg.DefaultIssuer.Device != "" {
+		// The default issuer is in a Koppeltaal domain (make demo-domain):
+		// the demo launches the Tasks cmd/testdomain seeds there.
+		demo.Tasks = map[string]string{"patient": "Task/demo-task-patient", "practitioner": "Task/demo-task-team",
+			"related-person": "Task/demo-task-team"}
+	}
+	env.log.Info("demo enabled", "portal", cfg.PublicURL+"/", "module", m.LaunchURL, "domain", cfg.DefaultIssuer.FHIRBaseURL)
+	return demo, nil
 }
 
 func serveCommand() *command {

@@ -64,6 +64,9 @@ func (s *server) handleDemoLaunch(c echo.Context) error {
 	for _, r := range demoRoles {
 		if r.Key == c.FormValue("role") {
 			req.User = r.User
+			if task, ok := s.Demo.Tasks[r.Key]; ok {
+				req.Task = task // from the domain, which must agree on module and patient
+			}
 		}
 	}
 	if req.User == "" {
@@ -72,7 +75,8 @@ func (s *server) handleDemoLaunch(c echo.Context) error {
 	if req.User != demoPatient {
 		req.Patient = demoPatient
 	}
-	created, err := s.Launches.Create(c.Request().Context(), req, launch.Caller{Name: "demo-portal", Addr: c.RealIP()})
+	created, err := s.Launches.Create(c.Request().Context(), req, launch.Caller{Name: "demo-portal", Addr: c.RealIP(),
+		RequestID: c.Response().Header().Get("X-Request-Id")})
 	if err != nil {
 		s.logger(c).Error("demo launch failed", "err", err)
 		status := problemFor(err).Status

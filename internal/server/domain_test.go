@@ -93,6 +93,13 @@ func domainLaunchConfig(publicURL string, reader *fhirdomain.Client) launch.Conf
 // checks the assertion's times), and the FHIR reads with its tokens.
 func newDomainReader(t testing.TB, keyring *keys.Keyring, m *metrics.Metrics) *fhirdomain.Client {
 	t.Helper()
+	return newDomainReaderTTL(t, keyring, m, 0)
+}
+
+// newDomainReaderTTL is newDomainReader with a cache TTL (0: the default;
+// negative: no cache).
+func newDomainReaderTTL(t testing.TB, keyring *keys.Keyring, m *metrics.Metrics, ttl time.Duration) *fhirdomain.Client {
+	t.Helper()
 	tokens, err := smart.New(smart.Config{Signers: keyring, Timeout: domainTimeout,
 		Observe: func(e smart.Event) { m.DomainToken(e.Issuer, string(e.Outcome)) }})
 	if err != nil {
@@ -103,7 +110,7 @@ func newDomainReader(t testing.TB, keyring *keys.Keyring, m *metrics.Metrics) *f
 			is, err := keyring.Issuer(issuer)
 			return is.FHIRBaseURL, err == nil
 		},
-		Tokens: tokens, Timeout: domainTimeout,
+		Tokens: tokens, Timeout: domainTimeout, CacheTTL: ttl,
 		Observe:        func(r string, o fhirdomain.CacheOutcome) { m.DomainCache(r, string(o)) },
 		ObserveRequest: func(r string, o fhirdomain.RequestOutcome) { m.DomainRequest(r, string(o)) },
 	})
@@ -619,4 +626,34 @@ func (s *stack) secondInstance(t testing.TB) *stack {
 	t.Cleanup(srv.Close)
 	b.http = srv
 	return &b
+}
+
+// BenchmarkDomainLaunch measures POST /api/v1/launch-tokens for a Task in
+// the test domain (a practitioner through a CareTeam: Task, CareTeam and
+// the module's three resources), with the ActivityDefinition, Endpoint and
+// Device cache warm and with it off (every launch reads all five).
+func BenchmarkDomainLaunch(b *testing.B) {
+	var dom *domainStack
+	s := newStack(b, testDB.Fresh(b), keys.ES256, withDomain(&dom))
+	cold := newDomainReaderTTL(b, s.keyring, metrics.New(nil, nil, time.Now), -1)
+	for _, bc := range []struct {
+		name   string
+		reader *fhirdomain.Client
+	}{{"warm cache", dom.reader}, {"no cache", cold}} {
+		s.launches = launch.NewService(s.pool, s.registry, s.keyring, domainLaunchConfig(s.http.URL, bc.reader), s.clock.Now, slog.New(slog.DiscardHandler))
+		handler, err := NewServer(Deps{Keyring: s.keyring, Database: s.pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
+			KeyAdmin: testKeyAdmin{keys.NewStore(s.pool), s.rotator}, AdminEvents: adminevents.NewStore(s.pool), DefaultIssuer: "default",
+			Logger: slog.New(slog.DiscardHandler), Clock: s.clock.Now, PublicURL: s.http.URL, JWKSMaxAge: 60 * time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.http.Config.Handler = handler
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if st, body := s.domainLaunch(b, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-team", "user": "Practitioner/pr-team"}); st != http.StatusCreated {
+					b.Fatalf("%d %s", st, body)
+				}
+			}
+		})
+	}
 }

@@ -79,6 +79,10 @@ type DomainHealth interface {
 type Demo struct {
 	Module   string        // slug of the demo module
 	Verifier TokenVerifier // checks tokens as the demo module, against this service's JWKS over HTTP
+	// Tasks, when set, is the Task each demo role launches (by role key:
+	// patient, practitioner, related-person) in the default issuer's
+	// Koppeltaal domain; the module and patient then come from the domain.
+	Tasks map[string]string
 }
 
 // Deps are the dependencies of the HTTP server.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 )
@@ -255,8 +256,31 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 	ctx := operatorContext()
 	url := testDB.Fresh(t)
 	proxy := pgtest.NewProxy(t, url)
-	s := newStack(t, proxy.URL(url), keys.ES256)
+	var dom *domainStack
+	s := newStack(t, proxy.URL(url), keys.ES256, withDomain(&dom))
 	s.registerTestModule(t)
+	// Launches from Tasks: one that works, one the domain refuses, one
+	// while the domain is silent, one while it refuses the portal's client.
+	for _, user := range []string{"Patient/p-1", "Patient/p-2"} {
+		s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-patient", "user": user})
+	}
+	dom.proxy.BlackHole()
+	s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-patient", "user": "Patient/p-1"})
+	if err := dom.proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	is, err := s.keyring.Issuer(domainIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is.ClientID = "portal-unregistered"
+	if err := keys.NewStore(s.pool).UpdateIssuer(adminevents.WithActor(ctx, "cli:test@localhost"), is, s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-patient", "user": "Patient/p-1"})
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
 	// A database outage: launches refused as unavailable, 5xx answers.
 	outage := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})

@@ -7,7 +7,7 @@
 // directory, so it must run inside the repository, with node and
 // testdomain/node_modules (`npm ci` in testdomain/).
 //
-//	go run ./cmd/testdomain -client-id portal -jwks-url http://127.0.0.1:8080/.well-known/jwks.json \
+//	go run ./cmd/testdomain -client-id portal -jwks-url http://127.0.0.1:8080/issuers/default/jwks.json \
 //		-module-launch-url http://127.0.0.1:8080/demo/module/launch -env-file .demo-domain.env
 package main
 

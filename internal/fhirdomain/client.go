@@ -89,7 +89,8 @@ type Config struct {
 	BaseURL func(issuer string) (string, bool)
 	// Tokens gives the access tokens.
 	Tokens Tokens
-	// HTTPClient sends the requests; nil means a client of its own.
+	// HTTPClient sends the requests; nil means a client of its own that
+	// follows no redirects.
 	HTTPClient *http.Client
 	// Timeout bounds each request, a retry included (DefaultTimeout).
 	Timeout time.Duration
@@ -160,7 +161,10 @@ func New(cfg Config) (*Client, error) {
 	}
 	hc := cfg.HTTPClient
 	if hc == nil {
-		hc = &http.Client{}
+		// Redirects are not followed: the Bearer token must not go to a
+		// host the issuer's FHIR base does not name. A 3xx is an answer
+		// that is not FHIR (ErrUnavailable).
+		hc = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	return &Client{cfg: cfg, http: hc, cache: newCache(cfg.CacheEntries)}, nil
 }

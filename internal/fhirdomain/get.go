@@ -95,7 +95,7 @@ func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (respon
 		return res, nil
 	case s == http.StatusNotFound || s == http.StatusGone:
 		return res, nil
-	case s == http.StatusForbidden || s == http.StatusTooManyRequests || s >= 500:
+	case s == http.StatusForbidden || s == http.StatusTooManyRequests || s >= 500 || (s >= 300 && s < 400):
 		return response{}, unavailable(op, fmt.Errorf("status %d: %s", s, outcomeText(res.body)))
 	default:
 		// A 400 for a read or a search we built is our bug, not an outage.

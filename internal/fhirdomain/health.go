@@ -4,6 +4,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/ehealth-nl/portal/internal/keys"
 )
 
 // Reachability is what the last request to an issuer's domain showed.
@@ -24,8 +26,10 @@ type Health struct {
 	// Since is when the domain entered this state.
 	Since time.Time `json:"since"`
 	// Error is the last failure while Unreachable; it names requests and
-	// statuses, never a token.
-	Error string `json:"error,omitempty"`
+	// statuses, never a token. The readiness probe, which needs no
+	// authentication, does not serve it; the failed request's log line
+	// holds it.
+	Error string `json:"-"`
 }
 
 // health keeps the Health of each issuer's domain, from the requests
@@ -39,8 +43,11 @@ type health struct {
 func (h *health) record(issuer string, err error, now time.Time) {
 	state, msg := Reachable, ""
 	if err != nil {
-		if !errors.Is(err, ErrUnavailable) {
-			return // our own mistake, or a cancelled request: says nothing about the domain
+		if !errors.Is(err, ErrUnavailable) || errors.Is(err, keys.ErrNoActiveKey) || errors.Is(err, keys.ErrNotLoaded) ||
+			errors.Is(err, keys.ErrUnknownIssuer) {
+			// Our own mistake, a cancelled request, or an issuer that cannot
+			// sign its client assertion: says nothing about the domain.
+			return
 		}
 		state, msg = Unreachable, err.Error()
 	}

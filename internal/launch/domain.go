@@ -99,7 +99,13 @@ func (s *Service) resolveDomain(ctx context.Context, req Request, is keys.Issuer
 		return spec{}, nil, err
 	}
 	sp.patient, sp.definition, sp.intent, sp.endpoint = res.Patient, res.Definition, res.Intent, res.Endpoint
-	sp.module = Module{Slug: res.Aud, Issuer: is.Slug, LaunchURL: res.LaunchURL, Audience: res.Aud, Method: MethodPost, Fields: FieldsKoppeltaal}
+	// The Endpoint's address meets the rule of a registered module's launch
+	// URL (docs/ARCHITECTURE.md, "The launch form"): the token goes there.
+	launchURL, err := checkLaunchURL(res.LaunchURL, false)
+	if err != nil {
+		return sp, &Refusal{Stage: StageResolution, Rule: "endpoint-address", Detail: fmt.Sprintf("%s: address %v", res.Endpoint, err)}, nil
+	}
+	sp.module = Module{Slug: res.Aud, Issuer: is.Slug, LaunchURL: launchURL, Audience: res.Aud, Method: MethodPost, Fields: FieldsKoppeltaal}
 	sp.versions = versions(map[string]string{hti.TypeTask: res.Versions.Task, hti.TypeActivityDefinition: res.Versions.ActivityDefinition,
 		"Endpoint": res.Versions.Endpoint, hti.TypeDevice: res.Versions.Device})
 

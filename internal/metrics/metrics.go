@@ -154,7 +154,9 @@ func (m *Metrics) LaunchRedeemed() { m.launchesRedeem.Inc() }
 
 // LaunchRefused counts a refused launch request or link by reason, such as
 // "invalid", "unauthenticated", "ticket_used", "ticket_expired",
-// "ticket_unknown" or "unavailable".
+// "ticket_unknown", "unavailable", "domain_unavailable",
+// "domain_client_refused", or "domain_<rule>" for a refusal of a
+// Koppeltaal domain's rule (e.g. domain_careteam_not_member).
 func (m *Metrics) LaunchRefused(reason string) { m.launchesRefused.WithLabelValues(reason).Inc() }
 
 // DomainToken counts an access-token outcome of the SMART client for an

@@ -79,6 +79,11 @@ func (c *Client) cachedGet(ctx context.Context, issuer, resourceType, rel string
 	shared := context.WithoutCancel(ctx)
 	res, outcome, waited, err := c.cache.flight.do(ctx, key, func() (response, CacheOutcome, error) {
 		old, had := c.cache.lookup(key)
+		if had && c.cfg.Now().Before(old.expires) {
+			// Another flight for this key stored it between this caller's
+			// lookup and its joining: no request.
+			return response{status: http.StatusOK, etag: old.etag, body: old.body}, CacheHit, nil
+		}
 		etag := ""
 		if had {
 			etag = old.etag

@@ -73,7 +73,7 @@ func (l newLaunch) args() []any {
 		ticketExpires = &l.expiresAt
 	}
 	var versions any
-	if len(sp.versions) > 0 {
+	if sp.versions != nil { // {} for a domain whose server gives no versionIds
 		versions = sp.versions
 	}
 	return []any{l.id, l.kind, sp.issuer, nullable(l.clientID), nullable(sp.module.Slug), nullable(sp.module.Audience),

@@ -102,7 +102,11 @@ func problemFor(err error) *Problem {
 			p = newProblem(http.StatusUnprocessableEntity, "task-not-launchable", "Task not launchable",
 				"The Task does not lead to a module that can be launched: "+refused.Rule+".")
 		}
-		p.Errors = []FieldError{{Field: refused.Field(), Reason: refused.Rule + ": " + refused.Detail}}
+		detail := refused.Detail
+		if len(detail) > 300 {
+			detail = strings.ToValidUTF8(detail[:300], "") + "…"
+		}
+		p.Errors = []FieldError{{Field: refused.Field(), Reason: refused.Rule + ": " + detail}}
 		p.Refusal, p.LaunchID = refused.Rule, refused.LaunchID
 		return p
 	case errors.Is(err, smart.ErrRefused):

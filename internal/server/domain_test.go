@@ -661,3 +661,45 @@ func BenchmarkDomainLaunch(b *testing.B) {
 		})
 	}
 }
+
+// TestDomainLaunch_IssuerSelection: a key limited to the domain issuer
+// launches from a Task without naming it; a key limited to another issuer
+// asking for the domain issuer is a 422 naming issuer, before any domain
+// read, with nothing written.
+func TestDomainLaunch_IssuerSelection(t *testing.T) {
+	var dom *domainStack
+	s := newStack(t, testDB.Fresh(t), keys.ES256, withDomain(&dom))
+	ctx := adminevents.WithActor(operatorContext(), "cli:test@localhost")
+	_, onlyKT, err := s.apikeys.Create(ctx, "kt-backend", "launch", s.clock.Now(), domainIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, onlyDefault, err := s.apikeys.Create(ctx, "default-backend", "launch", s.clock.Now(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"task":"Task/t-patient","user":"Patient/p-1"}`
+	if status, _, b := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", onlyKT, "application/json", body); status != http.StatusCreated {
+		t.Fatalf("key limited to kt, no issuer named: %d %s", status, b)
+	}
+	before := countRows(t, s, "launches")
+	grants := len(dom.box.TokenGrants(domainClientID))
+	status, _, b := s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", onlyDefault, "application/json",
+		`{"issuer":"kt","task":"Task/t-patient","user":"Patient/p-1"}`)
+	p := problemOf(t, b)
+	if status != http.StatusUnprocessableEntity || len(p.Errors) != 1 || p.Errors[0].Field != "issuer" {
+		t.Fatalf("key limited to default asking for kt: %d %s", status, b)
+	}
+	// Without an issuer, that key's only issuer is the plain default one,
+	// which needs a module.
+	status, _, b = s.apiCall(t, http.MethodPost, "/api/v1/launch-tokens", onlyDefault, "application/json", body)
+	if p := problemOf(t, b); status != http.StatusUnprocessableEntity || p.Errors[0].Field != "module" {
+		t.Fatalf("key limited to default, no module: %d %s", status, b)
+	}
+	if after := countRows(t, s, "launches"); after != before {
+		t.Errorf("%d rows written", after-before)
+	}
+	if n := len(dom.box.TokenGrants(domainClientID)); n != grants {
+		t.Errorf("the domain was asked for a token for a refused key")
+	}
+}

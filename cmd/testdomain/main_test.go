@@ -3,16 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,9 +16,6 @@ import (
 	"github.com/ehealth-nl/portal/internal/fhirdomain"
 	"github.com/ehealth-nl/portal/internal/testdomain"
 	"github.com/ehealth-nl/portal/pkg/hti"
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
-	"github.com/lestrrat-go/jwx/v2/jwt"
 )
 
 const launchURL = "http://127.0.0.1:8080/demo/module/launch"
@@ -100,9 +90,9 @@ func TestRunFlags(t *testing.T) {
 // accept the demo's Tasks for the users the demo means, and refuse the
 // completed one.
 func TestScenario(t *testing.T) {
-	tokens, client := newTokens(t, "portal-demo")
-	d := testdomain.Start(t, client)
-	tokens.endpoint = d.TokenEndpoint
+	client := testdomain.NewBackendClient(t, "portal-demo")
+	d := testdomain.Start(t, client.Client)
+	tokens := &tokens{client: client, domain: d}
 	d.Seed(t, scenario("portal-demo", launchURL)...)
 	c, err := fhirdomain.New(fhirdomain.Config{BaseURL: func(string) (string, bool) { return d.FHIRBase, true }, Tokens: tokens})
 	if err != nil {
@@ -136,78 +126,14 @@ func TestScenario(t *testing.T) {
 	}
 }
 
-// tokens is a SMART backend-services client of the domain (fhirdomain's
-// Tokens): an ES384 key on a loopback JWKS server, a fresh private_key_jwt
-// assertion per token.
+// tokens gives fhirdomain the access tokens of a test's own backend client.
 type tokens struct {
-	clientID, endpoint string
-	key                jwk.Key
-}
-
-func newTokens(t *testing.T, clientID string) (*tokens, testdomain.Client) {
-	t.Helper()
-	raw, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := jwk.FromRaw(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := errors.Join(key.Set(jwk.KeyIDKey, "demo-1"), key.Set(jwk.AlgorithmKey, jwa.ES384)); err != nil {
-		t.Fatal(err)
-	}
-	pub, err := key.PublicKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := jwk.NewSet()
-	if err := set.AddKey(pub); err != nil {
-		t.Fatal(err)
-	}
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(set)
-	}))
-	t.Cleanup(jwks.Close)
-	return &tokens{clientID: clientID, key: key}, testdomain.Client{ID: clientID, JWKSURL: jwks.URL}
+	client *testdomain.BackendClient
+	domain *testdomain.Domain
 }
 
 func (s *tokens) Token(ctx context.Context, _ string) (string, error) {
-	now := time.Now()
-	claims, err := jwt.NewBuilder().Issuer(s.clientID).Subject(s.clientID).Audience([]string{s.endpoint}).
-		JwtID(fmt.Sprint(now.UnixNano())).IssuedAt(now).Expiration(now.Add(time.Minute)).Build()
-	if err != nil {
-		return "", err
-	}
-	claims.Options().Enable(jwt.FlattenAudience) // the domain wants aud as one string
-	assertion, err := jwt.Sign(claims, jwt.WithKey(jwa.ES384, s.key))
-	if err != nil {
-		return "", err
-	}
-	form := url.Values{
-		"grant_type":            {"client_credentials"},
-		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
-		"client_assertion":      {string(assertion)},
-		"scope":                 {"system/*.read"},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	var tr struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil || resp.StatusCode != http.StatusOK || tr.AccessToken == "" {
-		return "", fmt.Errorf("token endpoint: %d %v", resp.StatusCode, err)
-	}
-	return tr.AccessToken, nil
+	return s.client.Token(ctx, s.domain, "system/*.read")
 }
 
 func (s *tokens) Invalidate(string, string) {}

@@ -85,7 +85,7 @@ func seedAuthz(t *testing.T) *fixture {
 	t.Helper()
 	tokens, client := newSmartTokens(t, "portal-test")
 	d := testdomain.Start(t, client)
-	tokens.endpoint = d.TokenEndpoint
+	tokens.domain = d
 	f := &fixture{domain: d, tokens: tokens, proxy: newRecorder(t, d.FHIRBase), versions: map[string]string{}, stored: map[string]obj{}}
 	for _, r := range d.Seed(t, authzFixtures()...) {
 		meta, _ := r["meta"].(map[string]any)
@@ -291,7 +291,7 @@ func TestAuthorizeUnavailable(t *testing.T) {
 	res := map[string]Resolution{}
 	t.Run("domain up", func(t *testing.T) {
 		d := testdomain.Start(t, client)
-		tokens.endpoint = d.TokenEndpoint
+		tokens.domain = d
 		d.Seed(t, authzFixtures()...)
 		var err error
 		if c, err = New(Config{BaseURL: func(string) (string, bool) { return d.FHIRBase, true }, Tokens: tokens}); err != nil {

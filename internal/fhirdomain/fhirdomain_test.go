@@ -63,7 +63,7 @@ func seedDomain(t *testing.T) *fixture {
 	t.Helper()
 	tokens, client := newSmartTokens(t, "portal-test")
 	d := testdomain.Start(t, client)
-	tokens.endpoint = d.TokenEndpoint
+	tokens.domain = d
 	viaRef := task("task-ref", "ActivityDefinition/ad-1")
 	viaRef["intent"], viaRef["status"], viaRef["owner"] = "plan", "requested", obj{"reference": "Patient/p-1"}
 	noPatient := task("task-nopatient", "ActivityDefinition/ad-1")
@@ -364,7 +364,7 @@ func TestUnavailable(t *testing.T) {
 	var base string
 	t.Run("domain up", func(t *testing.T) {
 		d := testdomain.Start(t, client)
-		tokens.endpoint = d.TokenEndpoint
+		tokens.domain = d
 		d.Seed(t, task("task-1", "ActivityDefinition/ad-1"))
 		base = d.FHIRBase
 		if _, err := tokens.Token(context.Background(), issuer); err != nil {

@@ -2,13 +2,6 @@ package fhirdomain
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -19,20 +12,16 @@ import (
 	"time"
 
 	"github.com/ehealth-nl/portal/internal/testdomain"
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
-	"github.com/lestrrat-go/jwx/v2/jwt"
 )
 
-// smartTokens is a real SMART backend-services client for the tests: an
-// ES384 key published on a loopback JWKS server, private_key_jwt
-// assertions built with jwx, client_credentials at the domain's token
-// endpoint. It keeps one token per issuer until Invalidate. poison, when
-// set, is handed out once before the first real token (to draw a 401).
+// smartTokens is a real SMART backend-services client for the tests
+// (testdomain's BackendClient: an ES384 key published on a loopback JWKS
+// server, client_credentials at the domain's token endpoint). It keeps one
+// token per issuer until Invalidate. poison, when set, is handed out once
+// before the first real token (to draw a 401).
 type smartTokens struct {
-	clientID string
-	key      jwk.Key
-	endpoint string
+	client *testdomain.BackendClient
+	domain *testdomain.Domain
 
 	mu          sync.Mutex
 	token       string
@@ -44,28 +33,8 @@ type smartTokens struct {
 
 func newSmartTokens(t *testing.T, clientID string) (*smartTokens, testdomain.Client) {
 	t.Helper()
-	raw, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := jwk.FromRaw(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = key.Set(jwk.KeyIDKey, "k1")
-	_ = key.Set(jwk.AlgorithmKey, jwa.ES384)
-	pub, err := key.PublicKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	set := jwk.NewSet()
-	_ = set.AddKey(pub)
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(set)
-	}))
-	t.Cleanup(jwks.Close)
-	return &smartTokens{clientID: clientID, key: key}, testdomain.Client{ID: clientID, JWKSURL: jwks.URL}
+	c := testdomain.NewBackendClient(t, clientID)
+	return &smartTokens{client: c}, c.Client
 }
 
 func (s *smartTokens) Token(ctx context.Context, _ string) (string, error) {
@@ -106,46 +75,9 @@ func (s *smartTokens) counts() (int, []string) {
 	return s.calls, append([]string(nil), s.invalidated...)
 }
 
-// fetch gets a token with a fresh client assertion (aud: the token
-// endpoint as one string, 60 s lifetime).
+// fetch gets a token with a fresh client assertion.
 func (s *smartTokens) fetch(ctx context.Context) (string, error) {
-	now := time.Now()
-	jti := make([]byte, 16)
-	_, _ = rand.Read(jti)
-	claims, err := jwt.NewBuilder().Issuer(s.clientID).Subject(s.clientID).Audience([]string{s.endpoint}).
-		JwtID(hex.EncodeToString(jti)).IssuedAt(now).Expiration(now.Add(time.Minute)).Build()
-	if err != nil {
-		return "", err
-	}
-	claims.Options().Enable(jwt.FlattenAudience)
-	assertion, err := jwt.Sign(claims, jwt.WithKey(jwa.ES384, s.key))
-	if err != nil {
-		return "", err
-	}
-	form := url.Values{
-		"grant_type":            {"client_credentials"},
-		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
-		"client_assertion":      {string(assertion)},
-		"scope":                 {"system/*.read"},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var tr struct {
-		AccessToken string `json:"access_token"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &tr) != nil || tr.AccessToken == "" {
-		return "", fmt.Errorf("token endpoint: %d %s", resp.StatusCode, body)
-	}
-	return tr.AccessToken, nil
+	return s.client.Token(ctx, s.domain, "system/*.read")
 }
 
 // recorded is one request that passed the recording proxy.

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 )
@@ -269,17 +268,7 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 	if err := dom.proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	is, err := s.keyring.Issuer(domainIssuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is.ClientID = "portal-unregistered"
-	if err := keys.NewStore(s.pool).UpdateIssuer(adminevents.WithActor(ctx, "cli:test@localhost"), is, s.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.keyring.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unregisterDomainClient(t, s)
 	s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-patient", "user": "Patient/p-1"})
 	link := s.createLaunch(t, map[string]string{"module": "diary", "task": "Task/1", "user": "Patient/1"})
 	// A database outage: launches refused as unavailable, 5xx answers.

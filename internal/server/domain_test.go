@@ -476,19 +476,7 @@ func TestDomainLaunch_DomainDownOrSlow(t *testing.T) {
 func TestDomainLaunch_TokenEndpointRefusesTheAssertion(t *testing.T) {
 	var dom *domainStack
 	s := newStack(t, testDB.Fresh(t), keys.ES256, withDomain(&dom))
-	ctx := adminevents.WithActor(operatorContext(), "cli:test@localhost")
-	store := keys.NewStore(s.pool)
-	is, err := s.keyring.Issuer(domainIssuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is.ClientID = "portal-unregistered"
-	if err := store.UpdateIssuer(ctx, is, s.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.keyring.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unregisterDomainClient(t, s)
 	before := countRows(t, s, "launches")
 	status, h, body := s.apiCall(t, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json",
 		`{"issuer":"kt","task":"Task/t-patient","user":"Patient/p-1"}`)
@@ -558,6 +546,24 @@ func TestDomainLaunch_KeyRotationBetweenLaunches(t *testing.T) {
 	grants := dom.box.WaitTokenGrants(domainClientID, 2, 5*time.Second)
 	if len(grants) != 2 || grants[0].Kid != first.Kid || grants[1].Kid != second.Kid || grants[1].Alg != "ES384" {
 		t.Fatalf("grants %+v, want one with %s then one with %s", grants, first.Kid, second.Kid)
+	}
+}
+
+// unregisterDomainClient gives the domain issuer a client_id the test
+// domain does not know, so that its token endpoint refuses the assertions.
+func unregisterDomainClient(t testing.TB, s *stack) {
+	t.Helper()
+	ctx := adminevents.WithActor(operatorContext(), "cli:test@localhost")
+	is, err := s.keyring.Issuer(domainIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is.ClientID = "portal-unregistered"
+	if err := keys.NewStore(s.pool).UpdateIssuer(ctx, is, s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.keyring.Refresh(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -22,7 +22,6 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 
 	"github.com/ehealth-nl/portal/api"
-	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
 )
@@ -685,17 +684,7 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 	if err := dom.proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	is, err := s.keyring.Issuer(domainIssuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	is.ClientID = "portal-unregistered"
-	if err := keys.NewStore(s.pool).UpdateIssuer(adminevents.WithActor(ctx, "cli:test@localhost"), is, s.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.keyring.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unregisterDomainClient(t, s)
 	c.run("domain refuses the client", []contractCase{
 		{name: "launch", method: "POST", path: "/api/v1/launches", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "domain-client-refused"},
 		{name: "token", method: "POST", path: "/api/v1/launch-tokens", key: L, ctype: ctJSON, body: domainBody, status: 503, problem: "domain-client-refused"},

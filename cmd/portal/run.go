@@ -73,6 +73,7 @@ Run "portal COMMAND --help" for the variables a command reads.`,
 			apikeysCommand(),
 			launchesCommand(),
 			adminEventsCommand(),
+			auditEventsCommand(),
 			tokenCommand(),
 		},
 	}

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/auditoutbox"
 	"github.com/ehealth-nl/portal/internal/config"
 	"github.com/ehealth-nl/portal/internal/fhirdomain"
 	"github.com/ehealth-nl/portal/internal/keys"
@@ -177,10 +179,14 @@ func serve(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	reporter, err := newAuditWorker(env, domain, observed)
+	if err != nil {
+		return err
+	}
 	registry := launch.NewRegistry(env.pool, cfg.AllowHTTPModules)
 	launches := launch.NewService(env.pool, registry, keyring, launch.Config{
 		PublicURL: cfg.PublicURL, TokenLifetime: cfg.TokenLifetime, TicketLifetime: cfg.TicketLifetime, IATBackdate: cfg.IATBackdate,
-		Domain: domain,
+		Domain: domain, Site: cfg.Audit.Site, Reported: reporter.Wake,
 	}, env.clock, log)
 	deps := server.Deps{
 		Keyring:        keyring,
@@ -190,6 +196,7 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		APIKeys:        apikeys.NewStore(env.pool),
 		KeyAdmin:       keyAdmin{env.store, env.rotator},
 		AdminEvents:    adminevents.NewStore(env.pool),
+		AuditEvents:    auditoutbox.NewStore(env.pool),
 		Domain:         domain,
 		DefaultIssuer:  cfg.DefaultIssuer.Slug,
 		Logger:         log,
@@ -238,9 +245,10 @@ func serve(ctx context.Context, c *cli, args []string) error {
 
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
-	background.Add(2)
+	background.Add(3)
 	go func() { defer background.Done(); keyring.Follow(bgCtx, cfg.KeyringRefresh, observed.KeyringRefreshed) }()
 	go func() { defer background.Done(); env.rotator.Run(bgCtx, cfg.RotationCheckInterval, observed.KeyChange) }()
+	go func() { defer background.Done(); reporter.Run(bgCtx) }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -297,5 +305,21 @@ func newDomainReader(cfg config.DomainConfig, keyring *keys.Keyring, observed *m
 		ReadyTasksOnly: cfg.ReadyTasksOnly,
 		Observe:        func(resource string, o fhirdomain.CacheOutcome) { observed.DomainCache(resource, string(o)) },
 		ObserveRequest: func(resource string, o fhirdomain.RequestOutcome) { observed.DomainRequest(resource, string(o)) },
+	})
+}
+
+// newAuditWorker builds this instance's AuditEvent delivery worker
+// (docs/ARCHITECTURE.md, "Reporting launches"): it sends the outbox's
+// events with the domain reader's SMART client, as this host and process.
+func newAuditWorker(env *environment, domain *fhirdomain.Client, observed *metrics.Metrics) (*auditoutbox.Worker, error) {
+	host, _ := os.Hostname()
+	cfg := env.cfg.Audit
+	return auditoutbox.NewWorker(env.pool, auditoutbox.Config{
+		Sender: domain, Instance: fmt.Sprintf("serve:%s:%d", host, os.Getpid()),
+		Poll: cfg.Poll, RetryMax: cfg.RetryMax, Retention: cfg.Retention, Clock: env.clock, Log: env.log,
+		Observe: observed.AuditDelivery,
+		ObserveStats: func(s auditoutbox.Stats) {
+			observed.AuditOutbox(s.Pending, s.Failed, s.OldestPending)
+		},
 	})
 }

@@ -165,21 +165,30 @@ func (l *Launch) Validate() error {
 	ref("Task", l.Task, hti.TypeTask)
 	id("TaskVersion", l.TaskVersion, false)
 	user := ref("User", l.User, hti.UserTypes...)
+	// A refused or failed launch may have stopped before the patient, the
+	// module or its Endpoint was known; a started one knows all three.
+	started := l.Outcome == OutcomeSuccess
 	if l.Patient != "" {
 		patient := ref("Patient", l.Patient, hti.TypePatient)
 		if user.Type == hti.TypePatient && patient.ID != "" && patient != user {
 			bad("Patient", "%s is not the launching patient %s: a patient launches only their own tasks", l.Patient, l.User)
 		}
-	} else if user.Type != "" && user.Type != hti.TypePatient {
+	} else if started && user.Type != "" && user.Type != hti.TypePatient {
 		bad("Patient", "is required when a %s launches", user.Type)
 	}
-	module := ref("Module", l.Module, hti.TypeDevice)
 	portal := ref("Portal", l.Portal, hti.TypeDevice)
-	if module.ID != "" && module == portal {
-		bad("Module", "is the portal's own Device %s", l.Portal)
+	if l.Module != "" || started {
+		module := ref("Module", l.Module, hti.TypeDevice)
+		if module.ID != "" && module == portal {
+			bad("Module", "is the portal's own Device %s", l.Portal)
+		}
 	}
-	if u, err := url.Parse(l.EndpointAddress); err != nil || !u.IsAbs() || u.Host == "" {
-		bad("EndpointAddress", "%q is not an absolute URL", l.EndpointAddress)
+	if l.EndpointAddress != "" || started {
+		if u, err := url.Parse(l.EndpointAddress); err != nil || !u.IsAbs() || u.Host == "" {
+			bad("EndpointAddress", "%q is not an absolute URL", l.EndpointAddress)
+		} else if l.Module == "" {
+			bad("EndpointAddress", "is the address of a module, and Module is empty")
+		}
 	}
 	if l.Site == "" {
 		bad("Site", "is required")
@@ -220,9 +229,19 @@ func (l *Launch) ID() (string, error) {
 	if err := l.Validate(); err != nil {
 		return "", err
 	}
-	kind, _ := l.Outcome.kind()
+	return EventID(l.LaunchID, l.Outcome, l.RequestID)
+}
+
+// EventID is Launch.ID from its three parts, for a launch whose other
+// fields are not at hand (an outbox listing): the event id of the launch
+// launchID that ended with outcome o in the request requestID.
+func EventID(launchID string, o Outcome, requestID string) (string, error) {
+	kind, ok := o.kind()
+	if !ok || !validID(launchID) || (requestID != "" && !validID(requestID)) {
+		return "", &Error{Field: "LaunchID", Reason: fmt.Sprintf("no event id for launch %q, outcome %q, request %q", launchID, o, requestID)}
+	}
 	// Every part is a FHIR id or empty, so none holds the separator.
-	return uuidV5(namespace, "launch/"+l.LaunchID+"/"+kind+"/"+l.RequestID)
+	return uuidV5(namespace, "launch/"+launchID+"/"+kind+"/"+requestID)
 }
 
 // Build returns the AuditEvent of a launch as FHIR JSON (TOP-KT-011,
@@ -242,20 +261,24 @@ func Build(l Launch) ([]byte, error) {
 		Recorded:     formatInstant(l.Recorded),
 		Outcome:      string(l.Outcome),
 		OutcomeDesc:  l.OutcomeDesc,
-		Agent: []agent{
-			{
-				Type:      codeableConcept{Coding: []coding{{System: SystemDICOM, Code: "110151", Display: "Application Launcher"}}},
-				Who:       reference{Reference: l.Portal, Type: hti.TypeDevice},
-				Requestor: true,
-			},
-			{
-				Type:      codeableConcept{Coding: []coding{{System: SystemDICOM, Code: "110152", Display: "Destination Role ID"}}},
-				Who:       reference{Reference: l.Module, Type: hti.TypeDevice},
-				Requestor: false,
-				Network:   &network{Address: l.EndpointAddress, Type: networkURI},
-			},
-		},
+		Agent: []agent{{
+			Type:      codeableConcept{Coding: []coding{{System: SystemDICOM, Code: "110151", Display: "Application Launcher"}}},
+			Who:       reference{Reference: l.Portal, Type: hti.TypeDevice},
+			Requestor: true,
+		}},
 		Source: source{Site: l.Site, Observer: reference{Reference: l.Portal, Type: hti.TypeDevice}},
+	}
+	// The module is the destination once known (a refusal may come before).
+	if l.Module != "" {
+		dest := agent{
+			Type:      codeableConcept{Coding: []coding{{System: SystemDICOM, Code: "110152", Display: "Destination Role ID"}}},
+			Who:       reference{Reference: l.Module, Type: hti.TypeDevice},
+			Requestor: false,
+		}
+		if l.EndpointAddress != "" {
+			dest.Network = &network{Address: l.EndpointAddress, Type: networkURI}
+		}
+		e.Agent = append(e.Agent, dest)
 	}
 	for _, x := range []struct{ url, value string }{
 		{ExtensionTraceID, l.JTI},
@@ -283,7 +306,7 @@ func Build(l Launch) ([]byte, error) {
 	// is one Patient entity.
 	user, _ := hti.ParseReference(l.User, hti.UserTypes...)
 	e.Entity = append(e.Entity, personEntity(user))
-	if user.Type != hti.TypePatient {
+	if user.Type != hti.TypePatient && l.Patient != "" {
 		patient, _ := hti.ParseReference(l.Patient, hti.TypePatient)
 		e.Entity = append(e.Entity, personEntity(patient))
 	}

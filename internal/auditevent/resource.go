@@ -169,28 +169,32 @@ func Validate(raw []byte) error {
 		bad("outcome", "%q is not 0, 4 or 8", e.Outcome)
 	}
 
-	validateAgents(e, bad)
-	validateEntities(e.Entity, bad)
+	started := Outcome(e.Outcome) == OutcomeSuccess
+	validateAgents(e, started, bad)
+	validateEntities(e.Entity, started, bad)
 	return errors.Join(errs...)
 }
 
-// validateAgents checks the two agents and the source: the portal launches
-// and observes, the module is the destination, both Devices.
-func validateAgents(e auditEvent, bad func(field, format string, args ...any)) {
+// validateAgents checks the agents and the source: the portal launches and
+// observes, the module is the destination, both Devices. A refused or
+// failed launch (started false) may name no destination: it can stop
+// before the module is known; a destination it names has its address when
+// known.
+func validateAgents(e auditEvent, started bool, bad func(field, format string, args ...any)) {
 	device := func(field string, r reference) {
 		if _, err := hti.ParseReference(r.Reference, hti.TypeDevice); err != nil || r.Type != hti.TypeDevice {
 			bad(field, "%+v is not a Device reference: agents and the observer are Devices (KT2AuditEvent)", r)
 		}
 	}
-	if len(e.Agent) != 2 {
+	if len(e.Agent) != 2 && (started || len(e.Agent) != 1) {
 		bad("agent", "has %d agents, want the launcher and the destination", len(e.Agent))
 		return
 	}
-	launcher, destination := e.Agent[0], e.Agent[1]
+	launcher := e.Agent[0]
 	for i, want := range []struct {
 		code, display string
 		requestor     bool
-	}{{"110151", "Application Launcher", true}, {"110152", "Destination Role ID", false}} {
+	}{{"110151", "Application Launcher", true}, {"110152", "Destination Role ID", false}}[:len(e.Agent)] {
 		a := e.Agent[i]
 		field := fmt.Sprintf("agent[%d]", i)
 		if len(a.Type.Coding) != 1 || a.Type.Coding[0] != (coding{System: SystemDICOM, Code: want.code, Display: want.display}) {
@@ -204,11 +208,14 @@ func validateAgents(e auditEvent, bad func(field, format string, args ...any)) {
 	if launcher.Network != nil {
 		bad("agent[0].network", "is the destination's, not the launcher's")
 	}
-	if n := destination.Network; n == nil || n.Address == "" || n.Type != networkURI {
-		bad("agent[1].network", "%+v is not the module's Endpoint.address with type 5 (URI)", n)
-	}
-	if launcher.Who == destination.Who {
-		bad("agent[1].who", "is the launcher %s", launcher.Who.Reference)
+	if len(e.Agent) == 2 {
+		destination := e.Agent[1]
+		if n := destination.Network; (n == nil && started) || (n != nil && (n.Address == "" || n.Type != networkURI)) {
+			bad("agent[1].network", "%+v is not the module's Endpoint.address with type 5 (URI)", n)
+		}
+		if launcher.Who == destination.Who {
+			bad("agent[1].who", "is the launcher %s", launcher.Who.Reference)
+		}
 	}
 	if strings.TrimSpace(e.Source.Site) == "" {
 		bad("source.site", "is required: the portal's domain name")
@@ -221,8 +228,10 @@ func validateAgents(e auditEvent, bad func(field, format string, args ...any)) {
 
 // validateEntities checks the entities: the Task first, then the user and
 // the patient with their object roles (1 Patient, 6 RelatedPerson, 15
-// Practitioner; TOP-KT-011), exactly one Patient and nobody twice.
-func validateEntities(entities []entity, bad func(field, format string, args ...any)) {
+// Practitioner; TOP-KT-011), exactly one Patient and nobody twice. A
+// refused or failed launch (started false) may name no patient: the Task
+// may have none.
+func validateEntities(entities []entity, started bool, bad func(field, format string, args ...any)) {
 	if len(entities) < 2 || len(entities) > 3 {
 		bad("entity", "has %d entities, want the Task, the user and the patient (one when the user is the patient)", len(entities))
 		return
@@ -257,7 +266,7 @@ func validateEntities(entities []entity, bad func(field, format string, args ...
 			patients++
 		}
 	}
-	if patients != 1 {
+	if patients > 1 || (patients == 0 && (started || len(entities) == 3)) {
 		bad("entity", "names %d patients, want one", patients)
 	}
 }

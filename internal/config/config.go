@@ -74,6 +74,18 @@ type Config struct {
 	// Domain is how the portal reads the Koppeltaal domains of issuers
 	// with a Device (docs/ARCHITECTURE.md, "Launching from a Task").
 	Domain DomainConfig
+	// Audit is how launches are reported to the domains as AuditEvents
+	// (docs/ARCHITECTURE.md, "Reporting launches").
+	Audit AuditConfig
+}
+
+// AuditConfig holds the settings of the AuditEvent outbox and its
+// delivery worker.
+type AuditConfig struct {
+	Site      string        // AuditEvent.source.site: the portal's domain name
+	Retention time.Duration // how long delivered events stay in the outbox
+	RetryMax  time.Duration // the longest wait between two attempts of one event
+	Poll      time.Duration // how often each instance looks for due events unwoken
 }
 
 // DomainConfig holds the settings of the SMART backend client and the FHIR
@@ -144,6 +156,10 @@ func Variables() []Variable {
 		{"PORTAL_DOMAIN_CACHE_TTL", "30s", "how long ActivityDefinitions, Endpoints and Devices are used before the FHIR server is asked again (0s: every launch reads them): at most 10m"},
 		{"PORTAL_DOMAIN_SCOPE", "", "scope asked for with the domain's access tokens, e.g. system/*.read; empty: the domain grants the client's role"},
 		{"PORTAL_DOMAIN_READY_TASKS_ONLY", "false", "launch only ready and in-progress Tasks; by default requested, received and accepted ones launch too"},
+		{"PORTAL_AUDIT_SITE", "(the host of PORTAL_PUBLIC_URL)", "source.site of the AuditEvents that report launches to a Koppeltaal domain: the portal's domain name"},
+		{"PORTAL_AUDIT_RETENTION", "720h", "how long delivered AuditEvents stay in the outbox (pending and failed ones stay until delivered or retried): 1h to 8760h"},
+		{"PORTAL_AUDIT_RETRY_MAX", "5m", "longest wait between two delivery attempts of one AuditEvent (the backoff doubles from 1s up to it, with jitter): 1s to 1h"},
+		{"PORTAL_AUDIT_POLL", "2s", "how often each instance looks for AuditEvents due for delivery when no launch woke it: 100ms to 1m"},
 	}
 }
 
@@ -225,6 +241,29 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 		return Config{}, &Error{"PORTAL_DOMAIN_SCOPE", "must be space-separated scope tokens of printable ASCII without quotes or backslashes (RFC 6749 §3.3)"}
 	}
 
+	c.Audit = AuditConfig{
+		Retention: p.duration("PORTAL_AUDIT_RETENTION", 720*time.Hour),
+		RetryMax:  p.duration("PORTAL_AUDIT_RETRY_MAX", 5*time.Minute),
+		Poll:      p.duration("PORTAL_AUDIT_POLL", 2*time.Second),
+	}
+	if p.err != nil {
+		return Config{}, p.err
+	}
+	for _, r := range []struct {
+		name     string
+		v        time.Duration
+		min, max time.Duration
+		text     string
+	}{
+		{"PORTAL_AUDIT_RETENTION", c.Audit.Retention, time.Hour, 8760 * time.Hour, "1h to 8760h"},
+		{"PORTAL_AUDIT_RETRY_MAX", c.Audit.RetryMax, time.Second, time.Hour, "1s to 1h"},
+		{"PORTAL_AUDIT_POLL", c.Audit.Poll, 100 * time.Millisecond, time.Minute, "100ms to 1m"},
+	} {
+		if r.v < r.min || r.v > r.max {
+			return Config{}, &Error{r.name, fmt.Sprintf("%s must be from %s", r.v, r.text)}
+		}
+	}
+
 	if c.Demo && !c.Dev {
 		return Config{}, &Error{"PORTAL_DEMO", "needs PORTAL_DEV=true: the demo's launch route is unauthenticated and would sign with production keys"}
 	}
@@ -254,6 +293,15 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 	c.PublicURL = strings.TrimRight(p.str("PORTAL_PUBLIC_URL", devDefault("http://localhost:"+port)), "/")
 	if err := checkPublicURL(c.PublicURL, c.Dev); err != nil {
 		return Config{}, &Error{"PORTAL_PUBLIC_URL", err.Error()}
+	}
+	c.Audit.Site = p.str("PORTAL_AUDIT_SITE", "")
+	if c.Audit.Site == "" {
+		if u, err := url.Parse(c.PublicURL); err == nil {
+			c.Audit.Site = u.Hostname()
+		}
+	}
+	if !validSite(c.Audit.Site) {
+		return Config{}, &Error{"PORTAL_AUDIT_SITE", fmt.Sprintf("%q must be a host name: 1-255 letters, digits, '-', '.' or ':'", c.Audit.Site)}
 	}
 
 	if err := c.loadKEKs(getenv, needKEK); err != nil {
@@ -525,6 +573,20 @@ func validScope(s string) bool {
 			if c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// validSite reports whether s can be AuditEvent.source.site: a host name
+// (or address), nothing a log or an event should not hold.
+func validSite(s string) bool {
+	if len(s) < 1 || len(s) > 255 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == ':') {
+			return false
 		}
 	}
 	return true

@@ -1,8 +1,9 @@
 // Package faults makes failures happen on purpose, for tests and the soak:
-// a TCP proxy that can cut a service off from its database (connections
-// reset) or black-hole it (bytes stop flowing, connections stay open, as
-// behind a partition that drops packets), and let it through again, while
-// the real server keeps running for everyone else.
+// a TCP proxy that can cut a service off from its database or its domain
+// (connections reset) or black-hole it (bytes stop flowing, connections
+// stay open, as behind a partition that drops packets), and let it through
+// again, while the real server keeps running for everyone else; and an
+// HTTP proxy that spoils writes (a changed body, a lost answer).
 package faults
 
 import (

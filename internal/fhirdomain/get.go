@@ -72,7 +72,7 @@ func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (respon
 	if err != nil {
 		return response{}, unavailable(op+": access token", err)
 	}
-	res, err := c.send(ctx, base+"/"+rel, token, etag)
+	res, err := c.send(ctx, http.MethodGet, base+"/"+rel, token, etag, nil)
 	if err != nil {
 		return response{}, unavailable(op, err)
 	}
@@ -81,7 +81,7 @@ func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (respon
 		if token, err = c.cfg.Tokens.Token(ctx, issuer); err != nil {
 			return response{}, unavailable(op+": fresh access token after 401", err)
 		}
-		if res, err = c.send(ctx, base+"/"+rel, token, etag); err != nil {
+		if res, err = c.send(ctx, http.MethodGet, base+"/"+rel, token, etag, nil); err != nil {
 			return response{}, unavailable(op+" (with a fresh token)", err)
 		}
 		if res.status == http.StatusUnauthorized {
@@ -103,11 +103,19 @@ func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (respon
 	}
 }
 
-// send makes one request and reads at most MaxBodyBytes of the answer.
-func (c *Client) send(ctx context.Context, target, token, etag string) (response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+// send makes one request (a GET, or a write with a FHIR JSON body) and
+// reads at most MaxBodyBytes of the answer.
+func (c *Client) send(ctx context.Context, method, target, token, etag string, body []byte) (response, error) {
+	var reader io.Reader
+	if body != nil {
+		reader = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, reader)
 	if err != nil {
 		return response{}, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/fhir+json")
 	}
 	req.Header.Set("Accept", "application/fhir+json")
 	req.Header.Set("Authorization", "Bearer "+token)
@@ -129,15 +137,15 @@ func (c *Client) send(ctx context.Context, target, token, etag string) (response
 	if resp.ContentLength > limit {
 		return response{}, fmt.Errorf("%w: Content-Length %d, limit %d bytes", ErrTooLarge, resp.ContentLength, limit)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	respBody, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return response{}, fmt.Errorf("reading the body: %w", err)
 	}
-	if int64(len(body)) > limit {
+	if int64(len(respBody)) > limit {
 		return response{}, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
 	}
-	res := response{status: resp.StatusCode, etag: resp.Header.Get("ETag"), body: body}
-	if res.status == http.StatusOK {
+	res := response{status: resp.StatusCode, etag: resp.Header.Get("ETag"), body: respBody}
+	if res.status == http.StatusOK && method == http.MethodGet {
 		mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 		if err != nil || (mt != "application/fhir+json" && mt != "application/json") {
 			return response{}, fmt.Errorf("status 200 with Content-Type %q, not FHIR JSON", resp.Header.Get("Content-Type"))
@@ -180,8 +188,9 @@ func outcomeText(body []byte) string {
 	var oo struct {
 		ResourceType string `json:"resourceType"`
 		Issue        []struct {
-			Code        string `json:"code"`
-			Diagnostics string `json:"diagnostics"`
+			Code        string   `json:"code"`
+			Diagnostics string   `json:"diagnostics"`
+			Expression  []string `json:"expression"`
 			Details     struct {
 				Text string `json:"text"`
 			} `json:"details"`
@@ -189,7 +198,11 @@ func outcomeText(body []byte) string {
 	}
 	if json.Unmarshal(body, &oo) == nil && oo.ResourceType == "OperationOutcome" && len(oo.Issue) > 0 {
 		i := oo.Issue[0]
-		return strings.TrimSpace(i.Code + " " + i.Details.Text + " " + i.Diagnostics)
+		text := strings.Join(strings.Fields(i.Code+" "+i.Details.Text+" "+i.Diagnostics), " ")
+		if len(i.Expression) > 0 {
+			text += " (" + strings.Join(i.Expression, ", ") + ")"
+		}
+		return text
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) > 200 {

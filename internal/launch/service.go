@@ -49,6 +49,12 @@ type Config struct {
 	// Domain reads the Koppeltaal domain of issuers that joined one (they
 	// have a Device); launches for such an issuer fail without it.
 	Domain Domain
+	// Site is the source.site of the AuditEvents of domain launches: the
+	// portal's domain name (TOP-KT-011).
+	Site string
+	// Reported, if set, is called after a launch's AuditEvent was written
+	// to the outbox, to wake the delivery worker. It must not block.
+	Reported func()
 }
 
 // Service creates launches, redeems launch links and lists the audit trail.
@@ -84,6 +90,9 @@ type Caller struct {
 type Browser struct {
 	Addr      string // the client address of the request
 	UserAgent string // the browser's User-Agent header
+	// RequestID is the request's X-Request-Id: the request-id of a domain
+	// launch's AuditEvent (TOP-KT-011).
+	RequestID string
 }
 
 // Created is the answer to a launch request: a one-time link.
@@ -259,10 +268,18 @@ func (s *Service) prepare(ctx context.Context, id, kind string, req Request, by 
 	if err != nil || refusal == nil {
 		return sp, err
 	}
-	if err := s.store.insert(ctx, newLaunch{id: id, kind: kind, sp: sp, by: by, createdAt: now, refusal: refusal}); err != nil {
+	if err := s.store.insert(ctx, newLaunch{id: id, kind: kind, sp: sp, by: by, createdAt: now, refusal: refusal, site: s.cfg.Site}); err != nil {
 		return spec{}, storageError("store refused launch", err)
 	}
+	s.reported()
 	return spec{}, &RefusedError{LaunchID: id, Refusal: *refusal}
+}
+
+// reported wakes the AuditEvent delivery, if any (Config.Reported).
+func (s *Service) reported() {
+	if s.cfg.Reported != nil {
+		s.cfg.Reported()
+	}
 }
 
 // quoteList renders slugs as "a", "b" for messages.
@@ -392,7 +409,7 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		if err != nil {
 			return IssuedToken{}, err
 		}
-		stored, err := s.store.insertSigned(ctx, newLaunch{id: id, kind: "token", sp: sp, by: by, createdAt: now,
+		stored, err := s.store.insertSigned(ctx, newLaunch{id: id, kind: "token", sp: sp, by: by, createdAt: now, site: s.cfg.Site,
 			clientID: claims.Issuer, jti: claims.JTI, kid: signer.Kid, tokenExpiresAt: time.Unix(claims.ExpiresAt, 0).UTC()})
 		if err != nil {
 			// The token is never handed out without its audit record.
@@ -406,6 +423,9 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		if attempt > 0 || !s.reloadKeys(ctx) {
 			return IssuedToken{}, fmt.Errorf("issue token: key %s of issuer %q is no longer usable: %w", signer.Kid, sp.issuer, keys.ErrNoActiveKey)
 		}
+	}
+	if sp.domain {
+		s.reported()
 	}
 	exp := time.Unix(claims.ExpiresAt, 0).UTC()
 	return IssuedToken{ID: id, Token: token, JTI: claims.JTI, ExpiresAt: exp, Form: form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid)}, nil
@@ -431,7 +451,7 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 	for attempt := 0; ; attempt++ {
 		signers = s.signers.ActiveSigners()
 		var err error
-		id, sp, kid, err = s.store.claim(ctx, claimRequest{hash: hash, now: now, browser: b, jti: jti,
+		id, sp, kid, err = s.store.claim(ctx, claimRequest{hash: hash, now: now, site: s.cfg.Site, browser: b, jti: jti,
 			tokenExpiresAt: s.issuedAt(now).Add(s.cfg.TokenLifetime), signers: signers})
 		if errors.Is(err, pgx.ErrNoRows) {
 			id, err := s.ticketState(ctx, hash, now)
@@ -470,6 +490,9 @@ func (s *Service) Redeem(ctx context.Context, ticket string, b Browser) (Form, e
 			s.log.Warn("could not give back a launch link after signing failed; it may show as used", "launch_id", id, "err", uerr)
 		}
 		return Form{LaunchID: id}, err
+	}
+	if sp.domain {
+		s.reported()
 	}
 	return form(id, sp, signer.Issuer, token, claims.JTI, signer.Kid), nil
 }

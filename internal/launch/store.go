@@ -2,6 +2,8 @@ package launch
 
 import (
 	"context"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,8 +25,12 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // newLaunch is a launch row as it is created: a ticket (ticketHash and
 // expiresAt set), a token signed at once (jti, kid, clientID and
-// tokenExpiresAt set), or a refusal (refusal set, nothing to follow).
+// tokenExpiresAt set), or a refusal (refusal set, nothing to follow). A
+// token or a refusal of a domain launch writes its AuditEvent row to the
+// outbox in the same statement (sqlReportNewLaunch), with site as its
+// source.site.
 type newLaunch struct {
+	site           string
 	id             string
 	kind           string // ticket or token: what was asked for
 	sp             spec
@@ -48,14 +54,67 @@ const launchValues = `$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $1
 
 const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `) VALUES (` + launchValues + `)`
 
+// fhirIDPattern is the FHIR id rule (1-64 letters, digits, '-' or '.') in
+// SQL: the request ids an AuditEvent names must follow it (TOP-KT-011).
+const fhirIDPattern = `'^[A-Za-z0-9.-]{1,64}$'`
+
+// sqlReportNewLaunch writes the AuditEvent row (table audit_events, the
+// outbox of docs/ARCHITECTURE.md, "Reporting launches") of the launch the
+// CTE new_launch created, when it is a domain launch: outcome $35, request
+// id $36, correlation id $37, site $38, the issuer's Device as the portal.
+// An issuer that lost its Device meanwhile has no portal to name: the
+// NOT NULL of portal_device then refuses the whole statement, launch
+// included, rather than lose the event.
+const sqlReportNewLaunch = `INSERT INTO audit_events (launch_id, outcome, recorded_at, request_id, correlation_id,
+	portal_device, site, created_at, next_attempt_at)
+SELECT n.id, $35, n.created_at, $36, $37, i.device, $38, n.created_at, n.created_at
+FROM new_launch n JOIN issuers i ON i.slug = n.issuer WHERE n.source = 'domain'`
+
+// sqlInsertReportedLaunch records a refused launch and its AuditEvent row
+// in one statement.
+const sqlInsertReportedLaunch = `WITH new_launch AS (
+	INSERT INTO launches (` + launchColumns + `) VALUES (` + launchValues + `) RETURNING id, issuer, source, created_at),
+event AS (` + sqlReportNewLaunch + `)
+SELECT count(*) FROM new_launch`
+
 // sqlInsertSignedLaunch records a launch whose token is already signed,
-// only while the signing key ($25) is still usable in the database (as in
-// sqlClaimTicket): a revoked key's token is never handed out, even by an
-// instance that missed the revocation's notification.
-const sqlInsertSignedLaunch = `INSERT INTO launches (` + launchColumns + `)
-SELECT ` + launchValues + `
-WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
-	AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))`
+// and its AuditEvent row, only while the signing key ($25) is still usable
+// in the database (as in sqlClaimTicket): a revoked key's token is never
+// handed out, even by an instance that missed the revocation's
+// notification. It returns how many launches it stored: 0 or 1.
+const sqlInsertSignedLaunch = `WITH new_launch AS (
+	INSERT INTO launches (` + launchColumns + `)
+	SELECT ` + launchValues + `
+	WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
+		AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))
+	RETURNING id, issuer, source, created_at),
+event AS (` + sqlReportNewLaunch + `)
+SELECT count(*) FROM new_launch`
+
+// eventOutcome is the AuditEvent.outcome of a launch that started (0) or
+// was refused: 4 when the user may not launch the Task (an expected
+// refusal), 8 when the Task leads to no module that can be launched (the
+// domain's data is not as a launch needs it: an unexpected failure).
+func eventOutcome(r *Refusal) string {
+	switch {
+	case r == nil:
+		return "0"
+	case r.Stage == StageAuthorization:
+		return "4"
+	}
+	return "8"
+}
+
+// fhirID is s when it is a FHIR id, else NULL: an id that is not one is
+// not named in the AuditEvent (it would make the event invalid).
+func fhirID(s string) *string {
+	if !fhirIDRegexp.MatchString(s) {
+		return nil
+	}
+	return &s
+}
+
+var fhirIDRegexp = regexp.MustCompile(strings.Trim(fhirIDPattern, "'"))
 
 // args are the values of launchColumns for l.
 func (l newLaunch) args() []any {
@@ -84,21 +143,33 @@ func (l newLaunch) args() []any {
 		nullable(truncate(l.by.RequestID, 128))}
 }
 
-// insert stores a launch with a one-time link, or a refused launch: the
-// ticket (if any) and its audit record in one statement.
+// reportArgs are args followed by the AuditEvent row's values
+// (sqlReportNewLaunch).
+func (l newLaunch) reportArgs() []any {
+	return append(l.args(), eventOutcome(l.refusal), fhirID(l.by.RequestID), fhirID(l.by.CorrelationID), l.site)
+}
+
+// insert stores a launch with a one-time link, or a refused launch and its
+// AuditEvent row: the ticket (if any) and its audit record in one
+// statement. A link's AuditEvent is written when it is followed.
 func (st *Store) insert(ctx context.Context, l newLaunch) error {
+	if l.refusal != nil {
+		_, err := st.pool.Exec(ctx, sqlInsertReportedLaunch, l.reportArgs()...)
+		return err
+	}
 	_, err := st.pool.Exec(ctx, sqlInsertLaunch, l.args()...)
 	return err
 }
 
-// insertSigned stores a launch whose token is signed, and reports false
-// (storing nothing) when its key is no longer usable in the database.
+// insertSigned stores a launch whose token is signed, with its AuditEvent
+// row, and reports false (storing nothing) when its key is no longer
+// usable in the database.
 func (st *Store) insertSigned(ctx context.Context, l newLaunch) (bool, error) {
-	tag, err := st.pool.Exec(ctx, sqlInsertSignedLaunch, l.args()...)
-	if err != nil {
+	var stored int
+	if err := st.pool.QueryRow(ctx, sqlInsertSignedLaunch, l.reportArgs()...).Scan(&stored); err != nil {
 		return false, err
 	}
-	return tag.RowsAffected() == 1, nil
+	return stored == 1, nil
 }
 
 // sqlClaimTicket marks a ticket redeemed and returns its launch, in one
@@ -115,18 +186,31 @@ func (st *Store) insertSigned(ctx context.Context, l newLaunch) (bool, error) {
 // re-pointed since does not receive the pending links made for it
 // (docs/ARCHITECTURE.md, Decisions). When any of this fails, no row
 // matches and nothing changes.
+//
+// A domain launch's AuditEvent row is written by the same statement
+// (docs/ARCHITECTURE.md, "Reporting launches"): request id $10 (the
+// redeeming request's), correlation id the request that made the link,
+// site $11.
 const sqlClaimTicket = `WITH signer AS (
 	SELECT s.issuer, s.kid, s.client_id
 	FROM unnest($7::text[], $8::text[], $9::text[]) AS s(issuer, kid, client_id)
 	JOIN signing_keys k ON k.kid = s.kid AND k.issuer = s.issuer
-		AND (k.state = 'active' OR (k.state = 'retired' AND k.expires_at > $6)))
-UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
-	token_expires_at = $6, kid = signer.kid, client_id = signer.client_id
-FROM signer
-WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
-	AND ` + sqlModuleCurrent + `
-RETURNING l.id, l.issuer, l.module, l.audience, l.launch_url, l.method, l.fields, l.task, l.sub, coalesce(l.patient, ''),
-	coalesce(l.definition, ''), l.intent, coalesce(l.idp_hint, ''), l.kid, l.source = 'domain'`
+		AND (k.state = 'active' OR (k.state = 'retired' AND k.expires_at > $6))),
+claimed AS (
+	UPDATE launches l SET redeemed_at = $2, client_addr = $3, user_agent = $4, jti = $5,
+		token_expires_at = $6, kid = signer.kid, client_id = signer.client_id
+	FROM signer
+	WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
+		AND ` + sqlModuleCurrent + `
+	RETURNING l.*),
+event AS (
+	INSERT INTO audit_events (launch_id, outcome, recorded_at, request_id, correlation_id, portal_device, site,
+		created_at, next_attempt_at)
+	SELECT c.id, '0', $2, $10, CASE WHEN c.request_id ~ ` + fhirIDPattern + ` THEN c.request_id END, i.device, $11, $2, $2
+	FROM claimed c JOIN issuers i ON i.slug = c.issuer WHERE c.source = 'domain')
+SELECT id, issuer, module, audience, launch_url, method, fields, task, sub, coalesce(patient, ''),
+	coalesce(definition, ''), intent, coalesce(idp_hint, ''), kid, source = 'domain'
+FROM claimed`
 
 // sqlModuleCurrent holds when launch l's module is still as it was when
 // the launch was created: a hand-registered module still registered with
@@ -142,15 +226,23 @@ FROM launches l WHERE l.ticket_hash = $1`
 
 // sqlUnclaimTicket gives a ticket back when its token was not sent: the
 // signing failed, or the claim's answer was lost (it may or may not have
-// committed; the jti made here tells).
-const sqlUnclaimTicket = `UPDATE launches SET redeemed_at = NULL, client_addr = NULL, user_agent = NULL, jti = NULL,
-	token_expires_at = NULL, kid = NULL, client_id = NULL WHERE ticket_hash = $1 AND jti = $2`
+// committed; the jti made here tells). The AuditEvent row the claim wrote
+// goes with it: no module was started. (Should a worker have delivered it
+// in the moment between, the domain holds an event of a start whose token
+// never left; docs/ARCHITECTURE.md, "Reporting launches".)
+const sqlUnclaimTicket = `WITH unclaimed AS (
+	UPDATE launches SET redeemed_at = NULL, client_addr = NULL, user_agent = NULL, jti = NULL,
+		token_expires_at = NULL, kid = NULL, client_id = NULL WHERE ticket_hash = $1 AND jti = $2
+	RETURNING id)
+DELETE FROM audit_events a USING unclaimed u WHERE a.launch_id = u.id`
 
 // claimRequest is what a redemption claims a ticket with: who follows it,
-// the jti of the token about to be signed, and this instance's signers.
+// the jti of the token about to be signed, this instance's signers, and
+// the source.site of the AuditEvent.
 type claimRequest struct {
 	hash           []byte
 	now            time.Time
+	site           string
 	browser        Browser
 	jti            string
 	tokenExpiresAt time.Time
@@ -167,7 +259,7 @@ func (st *Store) claim(ctx context.Context, r claimRequest) (id string, sp spec,
 	}
 	var method, fields string
 	err = st.pool.QueryRow(ctx, sqlClaimTicket, r.hash, r.now, nullable(r.browser.Addr), nullable(truncate(r.browser.UserAgent, 512)), r.jti,
-		r.tokenExpiresAt, issuers, kids, clientIDs).
+		r.tokenExpiresAt, issuers, kids, clientIDs, fhirID(r.browser.RequestID), r.site).
 		Scan(&id, &sp.issuer, &sp.module.Slug, &sp.module.Audience, &sp.module.LaunchURL, &method, &fields,
 			&sp.task, &sp.user, &sp.patient, &sp.definition, &sp.intent, &sp.idpHint, &kid, &sp.domain)
 	sp.module.Method, sp.module.Fields = Method(method), FieldSet(fields)

@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,6 +34,8 @@ type Metrics struct {
 	domainTokens    *prometheus.CounterVec
 	domainRequests  *prometheus.CounterVec
 	domainCache     *prometheus.CounterVec
+	auditDeliveries *prometheus.CounterVec
+	audit           *auditCollector
 }
 
 // KeyringStatus is what the key-age collector reads at scrape time. It
@@ -101,7 +104,16 @@ func New(keyring KeyringStatus, pool *pgxpool.Pool, clock func() time.Time) *Met
 			Name: "portal_domain_cache_total",
 			Help: "Reads of ActivityDefinitions, Endpoints and Devices by how the cache answered: hit (no request), revalidated (the server confirmed it), miss.",
 		}, []string{"resource", "outcome"}),
+		auditDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "portal_audit_event_deliveries_total",
+			Help: "Attempts of this instance to deliver an AuditEvent to a Koppeltaal domain, by outcome: delivered, retry (not this time; due again after a backoff) or failed (refused as invalid: for good).",
+		}, []string{"outcome"}),
+		audit: &auditCollector{now: clock},
 	}
+	if m.audit.now == nil {
+		m.audit.now = time.Now
+	}
+	m.registry.MustRegister(m.audit, m.auditDeliveries)
 	m.registry.MustRegister(m.httpDuration, m.launchesCreated, m.launchesRedeem, m.launchesRefused, m.jwksRequests,
 		m.keyChanges, m.keyEvents, m.keysRefused, m.refreshErrors, m.refreshes, m.domainTokens, m.domainRequests, m.domainCache,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -315,4 +327,61 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolWaitsDesc, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolWaitDesc, prometheus.CounterValue, s.AcquireDuration().Seconds())
 	ch <- prometheus.MustNewConstMetric(poolFailedDesc, prometheus.CounterValue, float64(s.CanceledAcquireCount()))
+}
+
+// AuditDelivery counts one attempt to deliver an AuditEvent, by outcome
+// (delivered, retry, failed).
+func (m *Metrics) AuditDelivery(outcome string) { m.auditDeliveries.WithLabelValues(outcome).Inc() }
+
+// AuditOutbox records the state of the AuditEvent outbox as a delivery
+// worker last read it: pending and failed events, and when the oldest
+// pending one was written (zero: none pending).
+func (m *Metrics) AuditOutbox(pending, failed int, oldestPending time.Time) {
+	m.audit.mu.Lock()
+	defer m.audit.mu.Unlock()
+	m.audit.known, m.audit.pending, m.audit.failed, m.audit.oldest = true, pending, failed, oldestPending
+}
+
+// auditCollector reports the outbox as last read; the age of the oldest
+// pending event is taken at scrape time, so it grows while nothing is
+// delivered (or the outbox cannot be read). Nothing is reported before the
+// first reading.
+type auditCollector struct {
+	now             func() time.Time
+	mu              sync.Mutex
+	known           bool
+	pending, failed int
+	oldest          time.Time
+}
+
+var (
+	auditPendingDesc = prometheus.NewDesc("portal_audit_events_pending",
+		"AuditEvents in the outbox not yet delivered to the Koppeltaal domain (outbox depth).", nil, nil)
+	auditFailedDesc = prometheus.NewDesc("portal_audit_events_failed",
+		"AuditEvents the domain refused as invalid, waiting for an operator (portal audit-events retry).", nil, nil)
+	auditOldestDesc = prometheus.NewDesc("portal_audit_events_oldest_pending_age_seconds",
+		"Age of the oldest AuditEvent not yet delivered; 0 when none is pending.", nil, nil)
+)
+
+// Describe sends the descriptions of the outbox metrics.
+func (c *auditCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- auditPendingDesc
+	ch <- auditFailedDesc
+	ch <- auditOldestDesc
+}
+
+// Collect reports the outbox as last read.
+func (c *auditCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.known {
+		return
+	}
+	age := 0.0
+	if !c.oldest.IsZero() {
+		age = max(0, c.now().Sub(c.oldest).Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(auditPendingDesc, prometheus.GaugeValue, float64(c.pending))
+	ch <- prometheus.MustNewConstMetric(auditFailedDesc, prometheus.GaugeValue, float64(c.failed))
+	ch <- prometheus.MustNewConstMetric(auditOldestDesc, prometheus.GaugeValue, age)
 }

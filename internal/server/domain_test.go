@@ -32,6 +32,7 @@ const (
 	domainDevice   = "Device/portal-kt"
 	domainTimeout  = time.Second
 	moduleAddress  = "https://module.example.org/kt/launch"
+	testSite       = "portal.test.example"
 )
 
 // domainStack is what withDomain adds to a stack: the running test domain,
@@ -85,7 +86,7 @@ func withDomain(out **domainStack) stackOption {
 
 func domainLaunchConfig(publicURL string, reader *fhirdomain.Client) launch.Config {
 	return launch.Config{PublicURL: publicURL, TokenLifetime: 300 * time.Second, TicketLifetime: 120 * time.Second,
-		IATBackdate: 5 * time.Second, Domain: reader}
+		IATBackdate: 5 * time.Second, Domain: reader, Site: testSite}
 }
 
 // newDomainReader is the domain reader as serve builds it: the SMART

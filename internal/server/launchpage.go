@@ -68,7 +68,8 @@ func (s *server) handleRedeemLink(c echo.Context) error {
 		s.logger(c).Warn("launch link post refused as cross-site", "reason", why)
 		return s.renderMessage(c, http.StatusForbidden, pageCrossSite)
 	}
-	form, err := s.Launches.Redeem(req.Context(), c.Param("ticket"), launch.Browser{Addr: c.RealIP(), UserAgent: req.UserAgent()})
+	form, err := s.Launches.Redeem(req.Context(), c.Param("ticket"), launch.Browser{Addr: c.RealIP(), UserAgent: req.UserAgent(),
+		RequestID: c.Response().Header().Get("X-Request-Id")})
 	if err != nil {
 		return s.launchRefused(c, err, form.LaunchID)
 	}

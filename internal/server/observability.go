@@ -25,10 +25,13 @@ const (
 	loggerContextKey    = "portal.logger"
 )
 
-// requestIDPattern is what an incoming X-Request-Id must look like to be
-// kept; anything else (too long, control characters) is replaced, so a
-// client cannot inject into the logs.
-var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:/+=-]{1,128}$`)
+// requestIDPattern is what an incoming X-Request-Id (or X-Correlation-Id)
+// must look like to be kept: a FHIR id, 1-64 letters, digits, '-' or '.',
+// because it is sent on to the domain and becomes the valueId of the
+// launch's AuditEvent (TOP-KT-011). Anything else (too long, control
+// characters, '_') is replaced, so a client can neither inject into the
+// logs nor make an event the domain must refuse.
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9.-]{1,64}$`)
 
 // newRequestID returns 128 random bits in hex. A request id correlates log
 // lines; it is no secret, so the fast generator of math/rand/v2 serves.

@@ -573,6 +573,13 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "events launch key", method: "GET", path: "/api/v1/admin-events", key: L, status: 403, problem: "forbidden", invalid: true},
 		{name: "events bad actor", method: "GET", path: "/api/v1/admin-events?actor=someone", key: A, status: 422, problem: "invalid-request", invalid: true},
 
+		{name: "audit events", method: "GET", path: "/api/v1/audit-events", key: A, status: 200},
+		{name: "audit events filtered", method: "GET", path: "/api/v1/audit-events?state=failed&launch=8d7c3a52-6b1e-4f0e-9a0b-0c1d2e3f4a5b&limit=5", key: A, status: 200},
+		{name: "audit events unknown parameter", method: "GET", path: "/api/v1/audit-events?kind=x", key: A, status: 400, problem: "malformed-request"},
+		{name: "audit events no key", method: "GET", path: "/api/v1/audit-events", status: 401, problem: "unauthenticated", invalid: true},
+		{name: "audit events launch key", method: "GET", path: "/api/v1/audit-events", key: L, status: 403, problem: "forbidden", invalid: true},
+		{name: "audit events bad state", method: "GET", path: "/api/v1/audit-events?state=lost", key: A, status: 422, problem: "invalid-request", invalid: true},
+
 		{name: "contract", method: "GET", path: "/api/v1/openapi.yaml", status: 200},
 		{name: "contract unknown parameter", method: "GET", path: "/api/v1/openapi.yaml?v=2", status: 400, problem: "malformed-request"},
 
@@ -626,6 +633,7 @@ func TestOpenAPI_EveryOperationConforms(t *testing.T) {
 		{name: "keys", method: "GET", path: "/api/v1/keys", key: A},
 		{name: "rotate", method: "POST", path: "/api/v1/keys/rotate", key: A},
 		{name: "events", method: "GET", path: "/api/v1/admin-events", key: A},
+		{name: "audit events", method: "GET", path: "/api/v1/audit-events", key: A},
 	}
 	withOutcome := func(cases []contractCase, status int, kind string) []contractCase {
 		out := slices.Clone(cases)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/auditoutbox"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/postgres"
@@ -53,6 +54,7 @@ func problemFor(err error) *Problem {
 		malformed *malformedError
 		invalid   *launch.ValidationError
 		filter    *adminevents.FilterError
+		outbox    *auditoutbox.ValidationError
 		refused   *launch.RefusedError
 	)
 	switch {
@@ -74,6 +76,12 @@ func problemFor(err error) *Problem {
 	case errors.As(err, &filter):
 		p := newProblem(http.StatusUnprocessableEntity, "invalid-request", "Invalid request", "Some fields are invalid; see errors.")
 		p.Errors = []FieldError{{Field: filter.Field, Reason: filter.Reason}}
+		return p
+	case errors.As(err, &outbox):
+		p := newProblem(http.StatusUnprocessableEntity, "invalid-request", "Invalid request", "Some fields are invalid; see errors.")
+		for _, f := range outbox.Fields {
+			p.Errors = append(p.Errors, FieldError{Field: f.Field, Reason: f.Reason})
+		}
 		return p
 	case errors.Is(err, errNotJSON):
 		p := newProblem(http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type", "Send the body as application/json.")

@@ -40,6 +40,7 @@ func (s *server) routes(e *echo.Echo) {
 	api.GET("/keys", s.handleListKeys, admin)
 	api.POST("/keys/rotate", s.handleRotateKeys, admin)
 	api.GET("/admin-events", s.handleListAdminEvents, admin)
+	api.GET("/audit-events", s.handleListAuditEvents, admin)
 	api.GET("/openapi.yaml", s.handleOpenAPI) // the contract of all of the above; no key needed
 
 	// Probes and metrics.

@@ -94,6 +94,7 @@ type Deps struct {
 	APIKeys       Authenticator    // authenticates bearer keys
 	KeyAdmin      KeyAdmin         // key listing and forced rotation
 	AdminEvents   AdminEvents      // who changed issuers, keys, modules and API keys
+	AuditEvents   AuditEvents      // the outbox of the launches' AuditEvents; nil answers 404
 	Domain        DomainHealth     // reported by /readyz; nil when no issuer is in a domain
 	DefaultIssuer string           // slug of the issuer of /.well-known/jwks.json
 	Logger        *slog.Logger     // where request logs go

@@ -23,6 +23,7 @@ import (
 
 	"github.com/ehealth-nl/portal/internal/adminevents"
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/auditoutbox"
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/launch"
 	"github.com/ehealth-nl/portal/internal/metrics"
@@ -142,7 +143,8 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	}
 	deps := Deps{
 		Keyring: s.keyring, Database: pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
-		KeyAdmin: testKeyAdmin{store, s.rotator}, AdminEvents: adminevents.NewStore(pool), DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
+		KeyAdmin: testKeyAdmin{store, s.rotator}, AdminEvents: adminevents.NewStore(pool), AuditEvents: auditoutbox.NewStore(pool),
+		DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
 		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second, Metrics: metrics.New(s.keyring, pool, clock.Now),
 	}
 	s.keyring.OnEvent(deps.Metrics.KeyEventObserved)

@@ -170,7 +170,9 @@ func (l *Launch) Validate() error {
 	started := l.Outcome == OutcomeSuccess
 	if l.Patient != "" {
 		patient := ref("Patient", l.Patient, hti.TypePatient)
-		if user.Type == hti.TypePatient && patient.ID != "" && patient != user {
+		// A patient starts only their own Tasks; a refusal may be of exactly
+		// that (task-other-patient), and names both.
+		if started && user.Type == hti.TypePatient && patient.ID != "" && patient != user {
 			bad("Patient", "%s is not the launching patient %s: a patient launches only their own tasks", l.Patient, l.User)
 		}
 	} else if started && user.Type != "" && user.Type != hti.TypePatient {
@@ -306,7 +308,7 @@ func Build(l Launch) ([]byte, error) {
 	// is one Patient entity.
 	user, _ := hti.ParseReference(l.User, hti.UserTypes...)
 	e.Entity = append(e.Entity, personEntity(user))
-	if user.Type != hti.TypePatient && l.Patient != "" {
+	if l.Patient != "" && l.Patient != user.String() {
 		patient, _ := hti.ParseReference(l.Patient, hti.TypePatient)
 		e.Entity = append(e.Entity, personEntity(patient))
 	}

@@ -203,6 +203,70 @@ func TestLaunchRefused(t *testing.T) {
 	if raw, err := auditevent.Build(l); err != nil || strings.Contains(string(raw), "trace-id") {
 		t.Errorf("refused launch without jti: %s %v", raw, err)
 	}
+	// A started launch needs its module, its Endpoint and its patient.
+	for _, change := range []func(*auditevent.Launch){
+		func(l *auditevent.Launch) { l.Module, l.EndpointAddress = "", "" },
+		func(l *auditevent.Launch) { l.EndpointAddress = "" },
+	} {
+		l := practitionerLaunch()
+		change(&l)
+		if raw, err := auditevent.Build(l); err == nil {
+			t.Errorf("a started launch without its module or Endpoint built: %s", raw)
+		}
+	}
+}
+
+// TestRefusalShapes: a refusal may stop before the module or the patient
+// is known, or be of a patient asking for another patient's Task; its
+// event then names what is known, and still validates.
+func TestRefusalShapes(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		change   func(*auditevent.Launch)
+		agents   int
+		entities []string
+	}{
+		{"no module", func(l *auditevent.Launch) { l.Module, l.EndpointAddress = "", "" }, 1,
+			[]string{"Task/task-1/_history/3", "Practitioner/prac-1", "Patient/pat-1"}},
+		{"module without Endpoint", func(l *auditevent.Launch) { l.EndpointAddress = "" }, 2,
+			[]string{"Task/task-1/_history/3", "Practitioner/prac-1", "Patient/pat-1"}},
+		{"no patient", func(l *auditevent.Launch) { l.Patient = "" }, 2,
+			[]string{"Task/task-1/_history/3", "Practitioner/prac-1"}},
+		{"another patient's Task", func(l *auditevent.Launch) { l.User, l.Patient = "Patient/pat-2", "Patient/pat-1" }, 2,
+			[]string{"Task/task-1/_history/3", "Patient/pat-2", "Patient/pat-1"}},
+	} {
+		l := practitionerLaunch()
+		l.JTI, l.Outcome, l.OutcomeDesc = "", auditevent.OutcomeMinorFailure, "launch refused: rule"
+		c.change(&l)
+		raw, err := auditevent.Build(l)
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		var e struct {
+			Agent []struct {
+				Network *struct{ Address string }
+			}
+			Entity []struct{ What struct{ Reference string } }
+		}
+		_ = json.Unmarshal(raw, &e)
+		var got []string
+		for _, en := range e.Entity {
+			got = append(got, en.What.Reference)
+		}
+		if len(e.Agent) != c.agents || strings.Join(got, " ") != strings.Join(c.entities, " ") {
+			t.Errorf("%s: %d agents, entities %v; want %d, %v", c.name, len(e.Agent), got, c.agents, c.entities)
+		}
+		if c.name == "module without Endpoint" && e.Agent[1].Network != nil {
+			t.Errorf("%s: a network without an address", c.name)
+		}
+	}
+	// An address needs the module it is the address of.
+	l := practitionerLaunch()
+	l.JTI, l.Outcome, l.OutcomeDesc, l.Module = "", auditevent.OutcomeMinorFailure, "refused", ""
+	if raw, err := auditevent.Build(l); err == nil {
+		t.Errorf("an Endpoint address without a module built: %s", raw)
+	}
 }
 
 // TestValidate checks that Validate refuses what KT2AuditEvent forbids or

@@ -229,8 +229,8 @@ func validateAgents(e auditEvent, started bool, bad func(field, format string, a
 // validateEntities checks the entities: the Task first, then the user and
 // the patient with their object roles (1 Patient, 6 RelatedPerson, 15
 // Practitioner; TOP-KT-011), exactly one Patient and nobody twice. A
-// refused or failed launch (started false) may name no patient: the Task
-// may have none.
+// refused or failed launch (started false) may name no patient (the Task
+// may have none), or two: a patient refused a Task of another patient.
 func validateEntities(entities []entity, started bool, bad func(field, format string, args ...any)) {
 	if len(entities) < 2 || len(entities) > 3 {
 		bad("entity", "has %d entities, want the Task, the user and the patient (one when the user is the patient)", len(entities))
@@ -266,7 +266,7 @@ func validateEntities(entities []entity, started bool, bad func(field, format st
 			patients++
 		}
 	}
-	if patients > 1 || (patients == 0 && (started || len(entities) == 3)) {
+	if (started && patients != 1) || patients > 2 || (patients == 0 && len(entities) == 3) {
 		bad("entity", "names %d patients, want one", patients)
 	}
 }

@@ -274,9 +274,6 @@ func (w *Worker) deliver(ctx context.Context, d due) {
 	default:
 		// Unavailable (no answer, 5xx, 429, 401 with a fresh token too), or
 		// a refusal that may change (403, 404, 409, ...): try again later.
-		if errors.As(err, &rejected) {
-			status = rejected.Status
-		}
 		next := w.cfg.Clock().UTC().Add(w.backoff(d.attempts))
 		w.record(ctx, sqlMarkRetry, OutcomeRetry, d.launch.LaunchID, next, id, status, truncateText(err.Error(), 2000), d.attempts)
 	}

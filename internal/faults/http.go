@@ -12,9 +12,9 @@ import (
 
 // HTTPProxy forwards HTTP requests from a loopback port to a target
 // origin, and can spoil writes on their way: change the JSON body of each
-// PUT (so that a real server refuses it with its own answer), or lose the
-// answer to a PUT after the server has handled it (the client never hears
-// that its write was stored).
+// PUT (so that a real server refuses it with its own answer), refuse PUTs
+// itself, or lose the answer to a PUT after the server has handled it (the
+// client never hears that its write was stored).
 type HTTPProxy struct {
 	target string
 	srv    *http.Server
@@ -22,6 +22,7 @@ type HTTPProxy struct {
 
 	mu      sync.Mutex
 	corrupt func(body map[string]any)
+	refuse  int
 	lose    int
 	lost    []string
 }
@@ -53,6 +54,14 @@ func (p *HTTPProxy) CorruptPuts(change func(body map[string]any)) {
 	p.corrupt = change
 }
 
+// RefusePuts answers every PUT from now on with status, without
+// forwarding it (a server that is away behind a gateway); 0 stops it.
+func (p *HTTPProxy) RefusePuts(status int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = status
+}
+
 // LoseAnswers makes the proxy forward the next n PUTs and then close the
 // client's connection instead of answering.
 func (p *HTTPProxy) LoseAnswers(n int) {
@@ -76,7 +85,12 @@ func (p *HTTPProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	put := r.Method == http.MethodPut
 	p.mu.Lock()
-	corrupt, lose := p.corrupt, put && p.lose > 0
+	corrupt, refuse, lose := p.corrupt, p.refuse, put && p.lose > 0 && p.refuse == 0
+	if put && refuse != 0 {
+		p.mu.Unlock()
+		http.Error(w, "refused by the fault proxy", refuse)
+		return
+	}
 	if lose {
 		p.lose--
 		p.lost = append(p.lost, r.URL.Path)

@@ -33,9 +33,10 @@ func (e *RejectedError) Invalid() bool {
 // answer replaces the resource instead of adding a second), with the
 // issuer's access token, the context's trace headers and Content-Type
 // application/fhir+json. A 401 makes it invalidate the token and try once
-// more with a fresh one. It returns the status (200 or 201), or
-// ErrUnavailable (no answer, a 5xx, 429, a redirect, 401 with a fresh
-// token too), or a *RejectedError for another 4xx.
+// more with a fresh one. It returns the status of the server's answer (0
+// when there was none) and nil for 200 or 201, ErrUnavailable for no
+// answer, a 5xx, 429, a redirect or a 401 with a fresh token too, and a
+// *RejectedError for another 4xx.
 func (c *Client) Put(ctx context.Context, issuer, resourceType, id string, body []byte) (int, error) {
 	res, err := c.put(ctx, issuer, resourceType+"/"+id, body)
 	var rejected *RejectedError
@@ -83,14 +84,15 @@ func (c *Client) put(ctx context.Context, issuer, rel string, body []byte) (resp
 			return response{}, unavailable(op+" (with a fresh token)", err)
 		}
 		if res.status == http.StatusUnauthorized {
-			return response{}, unavailable(op, fmt.Errorf("401 with a fresh token too: %s", outcomeText(res.body)))
+			return response{status: res.status}, unavailable(op, fmt.Errorf("401 with a fresh token too: %s", outcomeText(res.body)))
 		}
 	}
+	// Every answer below keeps its status, for the caller's records.
 	switch s := res.status; {
 	case s == http.StatusOK || s == http.StatusCreated:
 		return res, nil
 	case s == http.StatusTooManyRequests || s >= 500 || (s >= 300 && s < 400) || s < 200:
-		return response{}, unavailable(op, fmt.Errorf("status %d: %s", s, outcomeText(res.body)))
+		return response{status: s}, unavailable(op, fmt.Errorf("status %d: %s", s, outcomeText(res.body)))
 	case s >= 400:
 		rejected := &RejectedError{Status: s, Text: outcomeText(res.body)}
 		var oo struct {
@@ -99,8 +101,8 @@ func (c *Client) put(ctx context.Context, issuer, rel string, body []byte) (resp
 		if json.Unmarshal(res.body, &oo) == nil && oo.ResourceType == "OperationOutcome" {
 			rejected.Outcome = json.RawMessage(res.body)
 		}
-		return response{}, rejected
+		return response{status: s}, rejected
 	default:
-		return response{}, unavailable(op, fmt.Errorf("status %d: not an answer to a write", s))
+		return response{status: s}, unavailable(op, fmt.Errorf("status %d: not an answer to a write", s))
 	}
 }

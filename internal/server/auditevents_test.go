@@ -37,7 +37,7 @@ type auditStack struct {
 func withAudit(dom **domainStack, out **auditStack) stackOption {
 	return func(t testing.TB, s *stack, d *Deps) {
 		t.Helper()
-		a := startWorker(t, s, (*dom).reader, "instance-1")
+		a := startWorkerObserved(t, s, (*dom).reader, "instance-1", d.Metrics)
 		cfg := domainLaunchConfig(d.PublicURL, (*dom).reader)
 		cfg.Reported = a.worker.Wake
 		s.launches = launch.NewService(s.pool, s.registry, s.keyring, cfg, s.clock.Now, d.Logger)
@@ -51,9 +51,20 @@ func withAudit(dom **domainStack, out **auditStack) stackOption {
 // with sender.
 func startWorker(t testing.TB, s *stack, sender auditoutbox.Sender, instance string) *auditStack {
 	t.Helper()
-	w, err := auditoutbox.NewWorker(s.pool, auditoutbox.Config{Sender: sender, Instance: instance, Poll: 50 * time.Millisecond,
+	return startWorkerObserved(t, s, sender, instance, nil)
+}
+
+// startWorkerObserved is startWorker reporting to m, as serve does.
+func startWorkerObserved(t testing.TB, s *stack, sender auditoutbox.Sender, instance string, m *metrics.Metrics) *auditStack {
+	t.Helper()
+	cfg := auditoutbox.Config{Sender: sender, Instance: instance, Poll: 50 * time.Millisecond,
 		Lease: 3 * domainTimeout, RetryBase: 50 * time.Millisecond, RetryMax: 400 * time.Millisecond, Clock: s.clock.Now,
-		Log: slog.New(slog.NewJSONHandler(s.logs, nil))})
+		Log: slog.New(slog.NewJSONHandler(s.logs, nil))}
+	if m != nil {
+		cfg.Observe = m.AuditDelivery
+		cfg.ObserveStats = func(st auditoutbox.Stats) { m.AuditOutbox(st.Pending, st.Failed, st.OldestPending) }
+	}
+	w, err := auditoutbox.NewWorker(s.pool, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,6 +331,7 @@ func TestAuditEvents_EachLaunchReportedOnce(t *testing.T) {
 		{"t-owner", "Practitioner/pr-other", "4", "not-owner", true},
 		{"t-nodef", "Patient/p-1", "8", "definition-not-found", false},
 		{"t-team", "Practitioner/pr-owner", "4", "careteam-not-member", true},
+		{"t-other-patient", "Patient/p-1", "4", "task-other-patient", true},
 	} {
 		reqID := "req-refused-" + tc.rule
 		status, _, body := s.apiCallWith(t, http.MethodPost, "/api/v1/launch-tokens", s.launchKey,

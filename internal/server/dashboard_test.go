@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ehealth-nl/portal/internal/keys"
 	"github.com/ehealth-nl/portal/internal/pgtest"
@@ -256,12 +257,18 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 	url := testDB.Fresh(t)
 	proxy := pgtest.NewProxy(t, url)
 	var dom *domainStack
-	s := newStack(t, proxy.URL(url), keys.ES256, withDomain(&dom))
+	var audit *auditStack
+	s := newStack(t, proxy.URL(url), keys.ES256, withDomain(&dom), withAudit(&dom, &audit))
 	s.registerTestModule(t)
 	// Launches from Tasks: one that works, one the domain refuses, one
 	// while the domain is silent, one while it refuses the portal's client.
 	for _, user := range []string{"Patient/p-1", "Patient/p-2"} {
 		s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-patient", "user": user})
+	}
+	// Their AuditEvents are delivered before the domain goes away.
+	if counts := waitForOutbox(t, s, 20*time.Second); counts["delivered"] != 2 {
+		status, _, body := s.apiCall(t, http.MethodGet, "/api/v1/audit-events", s.adminKey, "", "")
+		t.Fatalf("AuditEvents %v: %d %s", counts, status, body)
 	}
 	dom.proxy.BlackHole()
 	s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"task": "Task/t-patient", "user": "Patient/p-1"})
@@ -296,6 +303,9 @@ func TestDashboardAndAlerts_QueryOnlySeriesTheServiceExports(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = s.keyring.Refresh(ctx) // refuses the next key
+	// The worker has read the outbox since.
+	audit.worker.Wake()
+	time.Sleep(200 * time.Millisecond)
 	_, body := get(t, s.http.URL+"/metrics", nil)
 	exported := exportedSeriesNames(string(body))
 	if !exported["portal_keys_refused_total"] {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/ehealth-nl/portal/internal/auditoutbox"
+	"github.com/ehealth-nl/portal/internal/fhirdomain"
 )
 
 func auditEventsCommand() *command {
@@ -76,8 +76,8 @@ func auditEventsList(ctx context.Context, c *cli, args []string) error {
 		// printed terminal-safe.
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", stamp(e.Created), e.State, e.Outcome, e.LaunchID, dash(e.ID),
 			terminalSafe(e.Issuer), e.Attempts, terminalSafe(last))
-		for _, issue := range outcomeIssues(e.OperationOutcome) {
-			fmt.Fprintf(tw, "\t  OperationOutcome: %s\t\t\t\t\t\t\n", terminalSafe(issue))
+		for _, issue := range fhirdomain.OutcomeIssues(e.OperationOutcome) {
+			fmt.Fprintf(tw, "\t  OperationOutcome: %s\t\t\t\t\t\t\n", terminalSafe(firstLine(issue, 300)))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -105,39 +105,6 @@ func firstLine(s string, n int) string {
 		s = strings.ToValidUTF8(s[:n], "") + "…"
 	}
 	return s
-}
-
-// outcomeIssues renders each issue of an OperationOutcome on one line:
-// severity, code, and its text, diagnostics and location.
-func outcomeIssues(raw json.RawMessage) []string {
-	if len(raw) == 0 {
-		return nil
-	}
-	var oo struct {
-		Issue []struct {
-			Severity    string   `json:"severity"`
-			Code        string   `json:"code"`
-			Diagnostics string   `json:"diagnostics"`
-			Expression  []string `json:"expression"`
-			Details     struct {
-				Text string `json:"text"`
-			} `json:"details"`
-		} `json:"issue"`
-	}
-	if json.Unmarshal(raw, &oo) != nil {
-		return []string{firstLine(string(raw), 200)}
-	}
-	var lines []string
-	for _, i := range oo.Issue {
-		parts := []string{i.Severity, i.Code}
-		for _, p := range []string{i.Details.Text, i.Diagnostics, strings.Join(i.Expression, ", ")} {
-			if p != "" {
-				parts = append(parts, p)
-			}
-		}
-		lines = append(lines, firstLine(strings.Join(parts, " "), 300))
-	}
-	return lines
 }
 
 func auditEventsRetry(ctx context.Context, c *cli, args []string) error {

@@ -63,7 +63,7 @@ func TestCommands_AuditEvents(t *testing.T) {
 	first := launchToken()
 	waitFor(t, "the event to fail", func() bool { return strings.Contains(listed("--state", "failed"), first) })
 	out := listed("--state", "failed")
-	for _, want := range []string{"failed", "HTTP 400", "OperationOutcome: error structure", "AuditEvent.type"} {
+	for _, want := range []string{"failed", "HTTP 400", "OperationOutcome: structure Missing required property (AuditEvent.type)", "AuditEvent.type"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("audit-events list --state failed does not show %q:\n%s", want, out)
 		}

@@ -68,25 +68,11 @@ func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (respon
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	token, err := c.cfg.Tokens.Token(ctx, issuer)
+	res, err := c.withToken(ctx, issuer, op, func(token string) (response, error) {
+		return c.send(ctx, http.MethodGet, base+"/"+rel, token, etag, nil)
+	})
 	if err != nil {
-		return response{}, unavailable(op+": access token", err)
-	}
-	res, err := c.send(ctx, http.MethodGet, base+"/"+rel, token, etag, nil)
-	if err != nil {
-		return response{}, unavailable(op, err)
-	}
-	if res.status == http.StatusUnauthorized {
-		c.cfg.Tokens.Invalidate(issuer, token)
-		if token, err = c.cfg.Tokens.Token(ctx, issuer); err != nil {
-			return response{}, unavailable(op+": fresh access token after 401", err)
-		}
-		if res, err = c.send(ctx, http.MethodGet, base+"/"+rel, token, etag, nil); err != nil {
-			return response{}, unavailable(op+" (with a fresh token)", err)
-		}
-		if res.status == http.StatusUnauthorized {
-			return response{}, unavailable(op, fmt.Errorf("401 with a fresh token too: %s", outcomeText(res.body)))
-		}
+		return response{}, err
 	}
 	switch s := res.status; {
 	case s == http.StatusOK:
@@ -101,6 +87,35 @@ func (c *Client) exchange(ctx context.Context, issuer, rel, etag string) (respon
 		// A 400 for a read or a search we built is our bug, not an outage.
 		return response{}, fmt.Errorf("%s: unexpected status %d: %s", op, s, outcomeText(res.body))
 	}
+}
+
+// withToken sends a request (send) with the issuer's access token, and
+// once more with a fresh token after a 401 (the token may have expired, or
+// been revoked, since Tokens handed it out). Every failure is
+// ErrUnavailable; a 401 to the fresh token too keeps its status.
+func (c *Client) withToken(ctx context.Context, issuer, op string, send func(token string) (response, error)) (response, error) {
+	token, err := c.cfg.Tokens.Token(ctx, issuer)
+	if err != nil {
+		return response{}, unavailable(op+": access token", err)
+	}
+	res, err := send(token)
+	if err != nil {
+		return response{}, unavailable(op, err)
+	}
+	if res.status != http.StatusUnauthorized {
+		return res, nil
+	}
+	c.cfg.Tokens.Invalidate(issuer, token)
+	if token, err = c.cfg.Tokens.Token(ctx, issuer); err != nil {
+		return response{}, unavailable(op+": fresh access token after 401", err)
+	}
+	if res, err = send(token); err != nil {
+		return response{}, unavailable(op+" (with a fresh token)", err)
+	}
+	if res.status == http.StatusUnauthorized {
+		return response{status: res.status}, unavailable(op, fmt.Errorf("401 with a fresh token too: %s", outcomeText(res.body)))
+	}
+	return res, nil
 }
 
 // send makes one request (a GET, or a write with a FHIR JSON body) and
@@ -185,6 +200,21 @@ func decode[T any](op string, body []byte, want string, unmarshal func([]byte) (
 // outcomeText is the gist of an error body for an error message: the
 // OperationOutcome's first issue, or the start of whatever it is.
 func outcomeText(body []byte) string {
+	if issues := OutcomeIssues(body); len(issues) > 0 {
+		return issues[0]
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) > 200 {
+		return strconv.Quote(string(body[:200])) + "..."
+	}
+	return strconv.Quote(string(body))
+}
+
+// OutcomeIssues renders each issue of an OperationOutcome on one line: its
+// code, text and diagnostics, and the elements it is about in brackets
+// ("structure Missing required property (AuditEvent.type)"). It returns
+// nil when body is not an OperationOutcome.
+func OutcomeIssues(body []byte) []string {
 	var oo struct {
 		ResourceType string `json:"resourceType"`
 		Issue        []struct {
@@ -196,17 +226,16 @@ func outcomeText(body []byte) string {
 			} `json:"details"`
 		} `json:"issue"`
 	}
-	if json.Unmarshal(body, &oo) == nil && oo.ResourceType == "OperationOutcome" && len(oo.Issue) > 0 {
-		i := oo.Issue[0]
+	if json.Unmarshal(body, &oo) != nil || oo.ResourceType != "OperationOutcome" {
+		return nil
+	}
+	lines := make([]string, 0, len(oo.Issue))
+	for _, i := range oo.Issue {
 		text := strings.Join(strings.Fields(i.Code+" "+i.Details.Text+" "+i.Diagnostics), " ")
 		if len(i.Expression) > 0 {
 			text += " (" + strings.Join(i.Expression, ", ") + ")"
 		}
-		return text
+		lines = append(lines, text)
 	}
-	body = bytes.TrimSpace(body)
-	if len(body) > 200 {
-		return strconv.Quote(string(body[:200])) + "..."
-	}
-	return strconv.Quote(string(body))
+	return lines
 }

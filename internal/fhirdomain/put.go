@@ -67,25 +67,11 @@ func (c *Client) put(ctx context.Context, issuer, rel string, body []byte) (resp
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	token, err := c.cfg.Tokens.Token(ctx, issuer)
+	res, err := c.withToken(ctx, issuer, op, func(token string) (response, error) {
+		return c.send(ctx, http.MethodPut, base+"/"+rel, token, "", body)
+	})
 	if err != nil {
-		return response{}, unavailable(op+": access token", err)
-	}
-	res, err := c.send(ctx, http.MethodPut, base+"/"+rel, token, "", body)
-	if err != nil {
-		return response{}, unavailable(op, err)
-	}
-	if res.status == http.StatusUnauthorized {
-		c.cfg.Tokens.Invalidate(issuer, token)
-		if token, err = c.cfg.Tokens.Token(ctx, issuer); err != nil {
-			return response{}, unavailable(op+": fresh access token after 401", err)
-		}
-		if res, err = c.send(ctx, http.MethodPut, base+"/"+rel, token, "", body); err != nil {
-			return response{}, unavailable(op+" (with a fresh token)", err)
-		}
-		if res.status == http.StatusUnauthorized {
-			return response{status: res.status}, unavailable(op, fmt.Errorf("401 with a fresh token too: %s", outcomeText(res.body)))
-		}
+		return res, err
 	}
 	// Every answer below keeps its status, for the caller's records.
 	switch s := res.status; {

@@ -649,3 +649,37 @@ func TestAuditEvents_ThreeInstancesDeliverEachOnce(t *testing.T) {
 		t.Logf("%s delivered %d", by, n)
 	}
 }
+
+// TestAuditEvents_PruneOnlyDelivered: pruning deletes delivered events
+// older than the cutoff, and never a pending or failed one, however old;
+// the launch records stay.
+func TestAuditEvents_PruneOnlyDelivered(t *testing.T) {
+	var dom *domainStack
+	s := newStack(t, testDB.Fresh(t), keys.ES256, withDomain(&dom))
+	ids := issueTokens(t, s, 4)
+	ctx := context.Background()
+	old := s.clock.Now().Add(-48 * time.Hour)
+	for _, q := range []struct {
+		sql string
+		id  string
+	}{
+		{`UPDATE audit_events SET state = 'delivered', delivered_at = $2 WHERE launch_id = $1`, ids[0]},
+		{`UPDATE audit_events SET state = 'delivered', delivered_at = $2::timestamptz + interval '47 hours' WHERE launch_id = $1`, ids[1]},
+		{`UPDATE audit_events SET state = 'failed', failed_at = $2, created_at = $2 WHERE launch_id = $1`, ids[2]},
+		{`UPDATE audit_events SET created_at = $2 WHERE launch_id = $1`, ids[3]},
+	} {
+		if _, err := s.pool.Exec(ctx, q.sql, q.id, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := auditoutbox.NewStore(s.pool).Prune(ctx, s.clock.Now().Add(-24*time.Hour), 1)
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want the one delivered two days ago", n, err)
+	}
+	if countRowsWhere(t, s, "audit_events", fmt.Sprintf("launch_id = '%s'", ids[0])) != 0 || countRows(t, s, "audit_events") != 3 {
+		t.Error("pruned the wrong events")
+	}
+	if countRows(t, s, "launches") != len(ids) {
+		t.Error("a launch record went with its event")
+	}
+}

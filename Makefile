@@ -19,7 +19,7 @@ build:
 
 # Measured figures beside same-run baselines; see docs/BENCHMARKS.md.
 bench:
-	@scripts/bench.sh
+	@scripts/bench.sh $(if $(BASELINE),-baseline $(BASELINE))
 
 # Three instances, rotations, a revocation and a database outage under load.
 soak:

@@ -10,9 +10,19 @@
 //   - p50/p99 latency of both at a fixed rate of half the measured peak
 //     (open loop: latency counts from the scheduled start, so a slow answer
 //     cannot hide the requests queued behind it);
-//   - the service's peak resident memory.
+//   - the service's peak resident memory;
+//   - the CPU of one launch at the 16-client peak, read from /proc: of the
+//     portal process, of PostgreSQL (all its processes) and of this load
+//     generator, beside two floors measured in the same run: the signature
+//     alone (jwx, in this process) and the launch's own SQL statements alone
+//     (launch.SQLFloor through pgx: no HTTP, no API key, no signature).
 //
-// It prints one table. make bench runs it with a PostgreSQL from
+// With -baseline REF (make bench BASELINE=REF) it also builds that git
+// revision in a temporary worktree and measures both binaries, one after
+// the other for each algorithm (the order alternating), against the same
+// database server, and prints new/old ratios.
+//
+// It prints tables. make bench runs it with a PostgreSQL from
 // scripts/postgres.sh (PORTAL_BENCH_DATABASE_URL). Nothing here asserts a
 // speed: the machines are shared and noisy.
 package main
@@ -47,6 +57,8 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
 
+	"github.com/ehealth-nl/portal/internal/launch"
+	"github.com/ehealth-nl/portal/internal/postgres"
 	"github.com/ehealth-nl/portal/tools/internal/instance"
 )
 
@@ -69,11 +81,32 @@ type row struct {
 	ratio string
 }
 
+// binary is one portal build under measurement.
+type binary struct {
+	name string // "new", or "baseline <rev>"
+	path string
+}
+
+// measured is what benchAlgorithm found for one binary and algorithm.
+type measured struct {
+	bin, alg string
+	rows     []row
+	peakRSS  int64
+	jwks     float64 // JWKS requests/s of the portal at the peak; 0 when not measured
+	bareJWKS float64
+	rate     float64       // launches/s at the peak
+	p99Half  time.Duration // p99 at half the peak
+	cpu      cpuSample     // CPU per launch at the peak
+	sign     time.Duration // CPU of one signature alone (this process)
+	sqlFloor time.Duration // PostgreSQL CPU of one launch's SQL alone
+}
+
 func run() error {
 	duration := flag.Duration("duration", 8*time.Second, "length of each measurement")
 	concurrency := flag.Int("concurrency", 16, "concurrent clients for the peak measurements")
 	algs := flag.String("algs", "RS512,ES384", "signing algorithms to measure")
 	jwksOnly := flag.Bool("jwks-only", false, "measure the JWKS only")
+	baseline := flag.String("baseline", "", "a git revision to build and measure beside this tree (make bench BASELINE=REF)")
 	flag.Parse()
 	admin := os.Getenv("PORTAL_BENCH_DATABASE_URL")
 	if admin == "" {
@@ -86,37 +119,120 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 	repo, _ := os.Getwd()
-	bin, err := instance.Build(ctx, repo, work)
+	newBin, err := instance.Build(ctx, repo, work)
 	if err != nil {
 		return err
 	}
-	pgVersion := serverVersion(ctx, admin)
-
-	var rows []row
-	var memory []string
-	for i, alg := range strings.Split(*algs, ",") {
-		algRows, peak, err := benchAlgorithm(ctx, bin, admin, work, alg, *duration, *concurrency, i == 0, *jwksOnly)
+	bins := []binary{{name: "new", path: newBin}}
+	if *baseline != "" {
+		path, rev, err := buildBaseline(ctx, repo, work, *baseline)
 		if err != nil {
 			return err
 		}
-		rows = append(rows, algRows...)
-		memory = append(memory, fmt.Sprintf("%s instance %.0f MiB", alg, float64(peak)/(1<<20)))
+		bins = append(bins, binary{name: "baseline " + rev, path: path})
+	}
+	pgVersion := serverVersion(ctx, admin)
+
+	var all []measured
+	for i, alg := range strings.Split(*algs, ",") {
+		order := bins
+		if i%2 == 1 && len(bins) == 2 { // alternate which binary goes first
+			order = []binary{bins[1], bins[0]}
+		}
+		for _, b := range order {
+			m, err := benchAlgorithm(ctx, b, admin, work, alg, *duration, *concurrency, i == 0, *jwksOnly)
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", b.name, alg, err)
+			}
+			all = append(all, m)
+		}
 	}
 
 	fmt.Printf("\nportal bench — %s, %d CPUs (%s), %s, PostgreSQL %s, %s per measurement, %d concurrent clients\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), pgVersion, *duration, *concurrency)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "measurement\t rate/s\t p50\t p99\t ratio\t")
-	for _, r := range rows {
-		rate := "-"
-		if r.rate > 0 {
-			rate = fmt.Sprintf("%.0f", r.rate)
+	for _, b := range bins {
+		if len(bins) > 1 {
+			fmt.Printf("\n%s\n", b.name)
 		}
-		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t\n", r.what, rate, dur(r.p50), dur(r.p99), r.ratio)
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "measurement\t rate/s\t p50\t p99\t ratio\t")
+		var memory []string
+		for _, m := range all {
+			if m.bin != b.name {
+				continue
+			}
+			for _, r := range m.rows {
+				rate := "-"
+				if r.rate > 0 {
+					rate = fmt.Sprintf("%.0f", r.rate)
+				}
+				fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t\n", r.what, rate, dur(r.p50), dur(r.p99), r.ratio)
+			}
+			memory = append(memory, fmt.Sprintf("%s instance %.0f MiB", m.alg, float64(m.peakRSS)/(1<<20)))
+		}
+		_ = tw.Flush()
+		fmt.Printf("peak memory (VmHWM): %s\n", strings.Join(memory, ", "))
+	}
+	if !*jwksOnly {
+		printCPU(all, *concurrency)
+	}
+	if len(bins) == 2 {
+		printRatios(all, bins, *jwksOnly)
+	}
+	return nil
+}
+
+// printCPU prints the CPU of one launch at the peak beside its floors.
+func printCPU(all []measured, conc int) {
+	fmt.Printf("\nCPU per launch (created + redeemed, %d clients), microseconds\n", conc)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "binary\t alg\t portal\t signature\t portal beyond signature\t PostgreSQL\t SQL floor\t PostgreSQL / floor\t load generator\t")
+	for _, m := range all {
+		floorRatio := "-"
+		if m.sqlFloor > 0 {
+			floorRatio = fmt.Sprintf("%.2f", float64(m.cpu.postgres)/float64(m.sqlFloor))
+		}
+		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", m.bin, m.alg, us(m.cpu.portal), us(m.sign),
+			us(m.cpu.portal-m.sign), us(m.cpu.postgres), us(m.sqlFloor), floorRatio, us(m.cpu.self))
 	}
 	_ = tw.Flush()
-	fmt.Printf("peak memory (VmHWM): %s\n", strings.Join(memory, ", "))
-	return nil
+	fmt.Println("portal and PostgreSQL CPU are read from /proc over the peak measurement and divided by the launches it made;" +
+		" the signature floor is jwx signing in the load generator, the SQL floor PostgreSQL's CPU for launch.SQLFloor (the create and claim statements alone)")
+}
+
+// printRatios prints new/old for each algorithm.
+func printRatios(all []measured, bins []binary, jwksOnly bool) {
+	find := func(bin, alg string) *measured {
+		for i := range all {
+			if all[i].bin == bin && all[i].alg == alg {
+				return &all[i]
+			}
+		}
+		return nil
+	}
+	fmt.Printf("\nnew / %s\n", bins[1].name)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "alg\t launches/s at the peak\t p99 at half the peak\t portal CPU per launch\t portal CPU beyond signature\t PostgreSQL CPU per launch\t JWKS/s\t peak memory\t")
+	ratio := func(a, b float64) string {
+		if b == 0 || a == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	for _, m := range all {
+		if m.bin != bins[0].name {
+			continue
+		}
+		o := find(bins[1].name, m.alg)
+		if o == nil {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", m.alg, ratio(m.rate, o.rate), ratio(float64(m.p99Half), float64(o.p99Half)),
+			ratio(float64(m.cpu.portal), float64(o.cpu.portal)), ratio(float64(m.cpu.portal-m.sign), float64(o.cpu.portal-o.sign)),
+			ratio(float64(m.cpu.postgres), float64(o.cpu.postgres)), ratio(m.jwks, o.jwks), ratio(float64(m.peakRSS), float64(o.peakRSS)))
+	}
+	_ = tw.Flush()
+	_ = jwksOnly
 }
 
 func dur(d time.Duration) string {
@@ -126,94 +242,131 @@ func dur(d time.Duration) string {
 	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
 }
 
-// benchAlgorithm starts an instance signing with alg and measures it.
-func benchAlgorithm(ctx context.Context, bin, admin, work, alg string, d time.Duration, conc int, withJWKS, jwksOnly bool) ([]row, int64, error) {
+// benchAlgorithm starts an instance of binary b signing with alg and
+// measures it.
+func benchAlgorithm(ctx context.Context, b binary, admin, work, alg string, d time.Duration, conc int, withJWKS, jwksOnly bool) (measured, error) {
+	m := measured{bin: b.name, alg: alg}
 	db, err := instance.CreateDatabase(ctx, admin, "portal_bench_"+strings.ToLower(alg))
 	if err != nil {
-		return nil, 0, err
+		return m, err
 	}
 	defer func() { _ = db.Drop(context.Background()) }()
 	env := map[string]string{
 		"DATABASE_URL": db.URL, "PORTAL_CLIENT_ID": "portal-bench", "PORTAL_FHIR_BASE_URL": "https://fhir.example.org/fhir",
 		"PORTAL_KEK": instance.NewKEK(), "PORTAL_SIGNING_ALG": alg, "PORTAL_ISSUER_PROFILE": "hti", "PORTAL_LOG_LEVEL": "info",
 	}
-	p, err := instance.Start(ctx, bin, "portal-"+alg, env, filepath.Join(work, alg+".log"))
+	logName := strings.ReplaceAll(b.name, " ", "-") + "-" + alg + ".log"
+	p, err := instance.Start(ctx, b.path, "portal-"+alg, env, filepath.Join(work, logName))
 	if err != nil {
-		return nil, 0, err
+		return m, err
 	}
 	defer func() { _ = p.Stop() }()
-	key, err := instance.Command(ctx, bin, p.Env, "apikeys", "create", "--name", "bench", "--scope", "launch")
+	key, err := instance.Command(ctx, b.path, p.Env, "apikeys", "create", "--name", "bench", "--scope", "launch")
 	if err != nil {
-		return nil, 0, err
+		return m, err
 	}
-	if _, err := instance.Command(ctx, bin, p.Env, "modules", "add", "bench", "--launch-url", "https://module.example.org/launch", "--audience", "Device/bench"); err != nil {
-		return nil, 0, err
+	if _, err := instance.Command(ctx, b.path, p.Env, "modules", "add", "bench", "--launch-url", "https://module.example.org/launch", "--audience", "Device/bench"); err != nil {
+		return m, err
 	}
 	client := newClient(conc)
-	var rows []row
+	prefix := alg
+	if b.name != "new" {
+		prefix = b.name + ", " + alg
+	}
 
 	if withJWKS {
-		jrows, err := benchJWKS(ctx, client, p.URL, work, d, conc)
+		jrows, portalRate, bareRate, err := benchJWKS(ctx, client, p.URL, work, d, conc)
 		if err != nil {
-			return nil, 0, err
+			return m, err
 		}
-		rows = append(rows, jrows...)
+		m.rows, m.jwks, m.bareJWKS = append(m.rows, jrows...), portalRate, bareRate
 	}
 	if jwksOnly {
-		rss, err := p.PeakRSS()
-		return rows, rss, err
+		m.peakRSS, err = p.PeakRSS()
+		return m, err
 	}
 
-	launchOnce := func() error { return launch(client, p.URL, key) }
+	launchOnce := func() error { return createAndRedeem(client, p.URL, key) }
 	for i := 0; i < 20; i++ { // warm up connections, JIT-free but caches and pools
 		if err := launchOnce(); err != nil {
-			return nil, 0, err
+			return m, err
 		}
 	}
+	before := sampleCPU(p.Pid())
 	raw1 := rawSigningRate(alg, 1, d)
+	m.sign = perOp(sampleCPU(p.Pid()).sub(before).self, raw1.n)
 	one, _ := closedLoop(d, 1, launchOnce)
 	rawN := rawSigningRate(alg, runtime.GOMAXPROCS(0), d)
+	before = sampleCPU(p.Pid())
 	peak, _ := closedLoop(d, conc, launchOnce)
+	used := sampleCPU(p.Pid()).sub(before)
+	m.cpu = cpuSample{portal: perOp(used.portal, peak.n), postgres: perOp(used.postgres, peak.n), self: perOp(used.self, peak.n)}
+	m.rate = peak.rate
 	lat, errs := openLoop(d, peak.rate/2, conc*2, launchOnce)
 	if errs > 0 {
-		return nil, 0, fmt.Errorf("%d launches failed at the fixed rate", errs)
+		return m, fmt.Errorf("%d launches failed at the fixed rate", errs)
 	}
-	rows = append(rows,
-		row{what: alg + " raw signing, 1 goroutine", rate: raw1},
-		row{what: alg + " launches created+redeemed, 1 client", rate: one.rate, p50: one.p50, p99: one.p99, ratio: fmt.Sprintf("%.2f of raw", one.rate/raw1)},
-		row{what: fmt.Sprintf("%s raw signing, %d goroutines", alg, runtime.GOMAXPROCS(0)), rate: rawN},
-		row{what: fmt.Sprintf("%s launches created+redeemed, %d clients", alg, conc), rate: peak.rate, p50: peak.p50, p99: peak.p99, ratio: fmt.Sprintf("%.2f of raw", peak.rate/rawN)},
-		row{what: fmt.Sprintf("%s launches at %.0f/s (half the peak)", alg, peak.rate/2), p50: lat.p50, p99: lat.p99},
+	m.p99Half = lat.p99
+	if m.sqlFloor, err = sqlFloor(ctx, db.URL, conc, peak.n); err != nil {
+		return m, err
+	}
+	m.rows = append(m.rows,
+		row{what: alg + " raw signing, 1 goroutine", rate: raw1.rate},
+		row{what: prefix + " launches created+redeemed, 1 client", rate: one.rate, p50: one.p50, p99: one.p99, ratio: fmt.Sprintf("%.2f of raw", one.rate/raw1.rate)},
+		row{what: fmt.Sprintf("%s raw signing, %d goroutines", alg, runtime.GOMAXPROCS(0)), rate: rawN.rate},
+		row{what: fmt.Sprintf("%s launches created+redeemed, %d clients", prefix, conc), rate: peak.rate, p50: peak.p50, p99: peak.p99, ratio: fmt.Sprintf("%.2f of raw", peak.rate/rawN.rate)},
+		row{what: fmt.Sprintf("%s launches at %.0f/s (half the peak)", prefix, peak.rate/2), p50: lat.p50, p99: lat.p99},
 	)
-	rss, err := p.PeakRSS()
+	m.peakRSS, err = p.PeakRSS()
+	return m, err
+}
+
+// sqlFloor runs n launches' SQL alone (launch.SQLFloor) against the
+// instance's database from conc connections, and returns PostgreSQL's CPU
+// per launch.
+func sqlFloor(ctx context.Context, dbURL string, conc int, n int64) (time.Duration, error) {
+	n = max(n, 500)
+	pool, err := postgres.Connect(ctx, dbURL)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
-	return rows, rss, nil
+	defer pool.Close()
+	m, err := launch.NewRegistry(pool, false).Module(ctx, "bench")
+	if err != nil {
+		return 0, err
+	}
+	if err := launch.SQLFloor(ctx, pool, m, conc, conc); err != nil { // warm the pool and its statement cache
+		return 0, err
+	}
+	before := sampleCPU(0)
+	if err := launch.SQLFloor(ctx, pool, m, int(n), conc); err != nil {
+		return 0, err
+	}
+	return perOp(sampleCPU(0).sub(before).postgres, n), nil
 }
 
 // benchJWKS measures the portal's JWKS beside a bare handler serving the
 // same bytes from its own process.
-func benchJWKS(ctx context.Context, client *http.Client, portalURL, work string, d time.Duration, conc int) ([]row, error) {
+func benchJWKS(ctx context.Context, client *http.Client, portalURL, work string, d time.Duration, conc int) (rows []row, portalRate, bareRate float64, err error) {
 	resp, err := client.Get(portalURL + "/.well-known/jwks.json")
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	file := filepath.Join(work, "jwks.json")
 	if err := os.WriteFile(file, body, 0o600); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	port, err := instance.FreePort()
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	self, _ := os.Executable()
 	bare := exec.CommandContext(ctx, self, "bare", file)
 	bare.Env = append(os.Environ(), "BARE_ADDR=127.0.0.1:"+strconv.Itoa(port))
 	if err := bare.Start(); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	defer func() { _ = bare.Process.Kill(); _ = bare.Wait() }()
 	bareURL := "http://127.0.0.1:" + strconv.Itoa(port) + "/.well-known/jwks.json"
@@ -247,7 +400,7 @@ func benchJWKS(ctx context.Context, client *http.Client, portalURL, work string,
 		{what: fmt.Sprintf("JWKS, portal, %d clients", conc), rate: portalRes.rate, p50: portalRes.p50, p99: portalRes.p99, ratio: fmt.Sprintf("%.2f of bare", portalRes.rate/bareRes.rate)},
 		{what: fmt.Sprintf("JWKS, bare, at %.0f/s (half its peak)", bareRes.rate/2), p50: bareLat.p50, p99: bareLat.p99},
 		{what: fmt.Sprintf("JWKS, portal, at %.0f/s (half its peak)", portalRes.rate/2), p50: portalLat.p50, p99: portalLat.p99},
-	}, nil
+	}, portalRes.rate, bareRes.rate, nil
 }
 
 // serveBare serves a file as a JWKS with the portal's headers: the
@@ -278,9 +431,9 @@ func newClient(conc int) *http.Client {
 
 var launchBody = []byte(`{"module":"bench","task":"Task/bench-1","user":"Practitioner/dr-1","patient":"Patient/p-1"}`)
 
-// launch creates a launch and follows its link, as a portal backend and a
+// createAndRedeem creates a launch and follows its link, as a portal backend and a
 // browser do.
-func launch(client *http.Client, base, key string) error {
+func createAndRedeem(client *http.Client, base, key string) error {
 	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/launches", strings.NewReader(string(launchBody)))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+key)
@@ -314,6 +467,7 @@ func launch(client *http.Client, base, key string) error {
 type result struct {
 	rate     float64
 	p50, p99 time.Duration
+	n        int64 // operations done
 }
 
 func percentiles(lat []time.Duration) (time.Duration, time.Duration) {
@@ -357,7 +511,7 @@ func closedLoop(d time.Duration, n int, fn func() error) (result, int64) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	p50, p99 := percentiles(lat)
-	return result{rate: float64(done.Load()) / elapsed.Seconds(), p50: p50, p99: p99}, errs.Load()
+	return result{rate: float64(done.Load()) / elapsed.Seconds(), p50: p50, p99: p99, n: done.Load()}, errs.Load()
 }
 
 // openLoop starts fn at a fixed rate for d, whatever the answers take, and
@@ -403,7 +557,7 @@ func openLoop(d time.Duration, rate float64, maxInFlight int, fn func() error) (
 
 // rawSigningRate signs a launch-token-sized payload with jwx and a fresh
 // key of alg's type, from n goroutines for d: the ceiling a launch can reach.
-func rawSigningRate(alg string, n int, d time.Duration) float64 {
+func rawSigningRate(alg string, n int, d time.Duration) result {
 	var key crypto.Signer
 	switch {
 	case strings.HasPrefix(alg, "ES"):
@@ -423,7 +577,7 @@ func rawSigningRate(alg string, n int, d time.Duration) float64 {
 		_, err := jws.Sign(payload, jws.WithKey(jwa.SignatureAlgorithm(alg), key, jws.WithProtectedHeaders(hdr)))
 		return err
 	})
-	return res.rate
+	return res
 }
 
 func serverVersion(ctx context.Context, admin string) string {

@@ -17,7 +17,8 @@
 --                 for good; `portal audit-events retry` puts it back)
 -- next_attempt_at when a pending event is due; a worker that takes it moves
 --                 this past its request's deadline (a lease: an instance that
---                 dies with it leaves it due again) and sets leased_by
+--                 dies with it leaves it due again), sets leased_by, and a
+--                 fresh lease id that the attempt's outcome must match
 -- event_id        the AuditEvent's id once built (a UUID derived from the launch)
 -- last_status, last_error, operation_outcome: how the latest attempt ended
 BEGIN;
@@ -35,6 +36,7 @@ CREATE TABLE audit_events (
     attempts          integer NOT NULL DEFAULT 0 CONSTRAINT audit_events_attempts CHECK (attempts >= 0),
     next_attempt_at   timestamptz NOT NULL,
     leased_by         text CONSTRAINT audit_events_leased_by CHECK (length(leased_by) <= 255),
+    lease             uuid,
     event_id          uuid,
     last_attempt_at   timestamptz,
     last_status       integer,
@@ -49,8 +51,11 @@ CREATE TABLE audit_events (
 
 -- The worker's queue: pending events by when they are due.
 CREATE INDEX audit_events_due ON audit_events (next_attempt_at) WHERE state = 'pending';
--- Listing by state, newest first, and pruning delivered events by age.
+-- Listing, newest first, all or by state; finding an event by its id;
+-- pruning delivered events by age.
+CREATE INDEX audit_events_created ON audit_events (created_at DESC, launch_id DESC);
 CREATE INDEX audit_events_state_created ON audit_events (state, created_at DESC, launch_id DESC);
+CREATE UNIQUE INDEX audit_events_event_id ON audit_events (event_id);
 CREATE INDEX audit_events_delivered_at ON audit_events (delivered_at) WHERE state = 'delivered';
 
 COMMIT;

@@ -94,6 +94,7 @@ type ValidationError struct {
 	Fields []FieldError
 }
 
+// Error lists the fields and what is wrong with each.
 func (e *ValidationError) Error() string {
 	msg := "invalid request:"
 	for _, f := range e.Fields {
@@ -137,14 +138,17 @@ const eventColumns = `a.launch_id, l.issuer, a.state, a.outcome, a.recorded_at, 
 	coalesce(a.last_error, ''), a.operation_outcome, a.delivered_at, a.failed_at, coalesce(a.leased_by, ''),
 	coalesce(a.event_id::text, ''), coalesce(a.request_id, '')`
 
-// The filters are fixed parameters compared only when set, so the query
-// text never depends on input.
-const sqlListEvents = `SELECT ` + eventColumns + `
-FROM audit_events a JOIN launches l ON l.id = a.launch_id
-WHERE ($1 = '' OR a.state = $1) AND ($2 = '' OR a.launch_id = $2::uuid)
-	AND ($3::timestamptz IS NULL OR (a.created_at, a.launch_id) < ($3, $4::uuid))
-ORDER BY a.created_at DESC, a.launch_id DESC
-LIMIT $5`
+// The three lists, one per filter, each a fixed text whose plan can use
+// its index (audit_events_created, audit_events_state_created, the primary
+// key): the query text never depends on input. $1 and $2 are the cursor
+// (NULL for the first page), $3 the limit, $4 the state or the launch.
+const (
+	sqlPage        = ` AND ($1::timestamptz IS NULL OR (a.created_at, a.launch_id) < ($1, $2::uuid)) ORDER BY a.created_at DESC, a.launch_id DESC LIMIT $3`
+	sqlListEvents  = `SELECT ` + eventColumns + ` FROM audit_events a JOIN launches l ON l.id = a.launch_id WHERE true` + sqlPage
+	sqlListByState = `SELECT ` + eventColumns + ` FROM audit_events a JOIN launches l ON l.id = a.launch_id WHERE a.state = $4` + sqlPage
+	sqlListLaunch  = `SELECT ` + eventColumns + ` FROM audit_events a JOIN launches l ON l.id = a.launch_id WHERE a.launch_id = $4::uuid
+	AND ($5 = '' OR a.state = $5)` + sqlPage
+)
 
 // List returns a page of the outbox, newest first.
 func (st *Store) List(ctx context.Context, f Filter) (Page, error) {
@@ -159,7 +163,18 @@ func (st *Store) List(ctx context.Context, f Filter) (Page, error) {
 		t, id, _ := pagecursor.Decode(f.Cursor)
 		cursorTime, cursorID = &t, &id
 	}
-	rows, err := st.pool.Query(ctx, sqlListEvents, f.State, f.Launch, cursorTime, cursorID, f.Limit+1)
+	var (
+		rows pgx.Rows
+		err  error
+	)
+	switch {
+	case f.Launch != "":
+		rows, err = st.pool.Query(ctx, sqlListLaunch, cursorTime, cursorID, f.Limit+1, f.Launch, f.State)
+	case f.State != "":
+		rows, err = st.pool.Query(ctx, sqlListByState, cursorTime, cursorID, f.Limit+1, f.State)
+	default:
+		rows, err = st.pool.Query(ctx, sqlListEvents, cursorTime, cursorID, f.Limit+1)
+	}
 	if err != nil {
 		return Page{}, postgres.Error("list audit events", err)
 	}
@@ -211,15 +226,19 @@ func scanEvent(row pgx.CollectableRow) (Event, error) {
 var ErrNotFound = errors.New("auditoutbox: no such audit event")
 
 // ErrNotFailed means Retry was asked for an event that did not fail: a
-// pending one is retried anyway, a delivered one needs no retry.
+// pending one is on its way already, a delivered one needs no retry.
 var ErrNotFailed = errors.New("auditoutbox: the audit event has not failed")
 
-// sqlRetry puts failed events back in the queue, due at once, with their
-// attempts counted anew; the last error and OperationOutcome stay until
-// the next attempt replaces them.
-const sqlRetry = `UPDATE audit_events SET state = 'pending', failed_at = NULL, attempts = 0, next_attempt_at = $1
-WHERE state = 'failed' AND ($2 = '' OR launch_id::text = $2 OR event_id::text = $2)
-RETURNING launch_id`
+// sqlRetry puts one failed event ($2: its id or its launch id) back in the
+// queue, due at once, with its attempts counted anew and no lease; the
+// last error and OperationOutcome stay until the next attempt replaces
+// them. sqlRetryAll does it for every failed event.
+const (
+	sqlRetry = `UPDATE audit_events SET state = 'pending', failed_at = NULL, attempts = 0, next_attempt_at = $1, lease = NULL
+WHERE state = 'failed' AND (launch_id = $2::uuid OR event_id = $2::uuid)`
+	sqlRetryAll = `UPDATE audit_events SET state = 'pending', failed_at = NULL, attempts = 0, next_attempt_at = $1, lease = NULL
+WHERE state = 'failed'`
+)
 
 // Retry puts one failed event back in the queue: id is the event's id or
 // its launch id. It returns ErrNotFound or ErrNotFailed when there is
@@ -236,7 +255,7 @@ func (st *Store) Retry(ctx context.Context, id string, now time.Time) error {
 		return nil
 	}
 	var state string
-	err = st.pool.QueryRow(ctx, `SELECT state FROM audit_events WHERE launch_id::text = $1 OR event_id::text = $1`, id).Scan(&state)
+	err = st.pool.QueryRow(ctx, `SELECT state FROM audit_events WHERE launch_id = $1::uuid OR event_id = $1::uuid`, id).Scan(&state)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrNotFound
 	}
@@ -249,7 +268,7 @@ func (st *Store) Retry(ctx context.Context, id string, now time.Time) error {
 // RetryAllFailed puts every failed event back in the queue and returns
 // how many.
 func (st *Store) RetryAllFailed(ctx context.Context, now time.Time) (int, error) {
-	tag, err := st.pool.Exec(ctx, sqlRetry, now, "")
+	tag, err := st.pool.Exec(ctx, sqlRetryAll, now)
 	if err != nil {
 		return 0, postgres.Error("retry failed audit events", err)
 	}

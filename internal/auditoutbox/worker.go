@@ -168,20 +168,24 @@ type due struct {
 	launch   auditevent.Launch
 	issuer   string
 	attempts int
+	lease    string // the lease id of this take: the outcome is recorded only while the row still has it
 }
 
 // sqlTakeDue takes up to $2 due events (FOR UPDATE SKIP LOCKED: two
 // workers never take the same row) and leases them: next_attempt_at moves
 // to the lease's end $3, so an instance that dies with them leaves them
-// due again then. It returns each with its launch record's fields.
+// due again then, and each gets a fresh lease id, which the outcome of
+// this attempt must find again (sqlMark*). It returns each with its launch
+// record's fields.
 const sqlTakeDue = `WITH due AS (
 	SELECT launch_id FROM audit_events WHERE state = 'pending' AND next_attempt_at <= $1
 	ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-UPDATE audit_events a SET next_attempt_at = $3, leased_by = $4, attempts = a.attempts + 1, last_attempt_at = $1
+UPDATE audit_events a SET next_attempt_at = $3, leased_by = $4, attempts = a.attempts + 1, last_attempt_at = $1,
+	lease = gen_random_uuid()
 FROM due, launches l
 WHERE a.launch_id = due.launch_id AND l.id = a.launch_id
 RETURNING a.launch_id, a.outcome, a.recorded_at, coalesce(a.request_id, ''), coalesce(a.correlation_id, ''),
-	a.portal_device, a.site, a.attempts, l.issuer, coalesce(l.jti, ''), l.task, coalesce(l.domain_versions->>'Task', ''),
+	a.portal_device, a.site, a.attempts, a.lease::text, l.issuer, coalesce(l.jti, ''), l.task, coalesce(l.domain_versions->>'Task', ''),
 	l.sub, coalesce(l.patient, ''), coalesce(l.audience, ''), coalesce(l.launch_url, ''),
 	coalesce(l.refusal, ''), coalesce(l.refusal_detail, '')`
 
@@ -203,7 +207,7 @@ func (w *Worker) DeliverDue(ctx context.Context) (int, error) {
 		)
 		l := &d.launch
 		if err := rows.Scan(&l.LaunchID, &outcome, &l.Recorded, &l.RequestID, &l.CorrelationID, &l.Portal, &l.Site, &d.attempts,
-			&d.issuer, &l.JTI, &l.Task, &l.TaskVersion, &l.User, &l.Patient, &l.Module, &l.EndpointAddress, &rule, &detail); err != nil {
+			&d.lease, &d.issuer, &l.JTI, &l.Task, &l.TaskVersion, &l.User, &l.Patient, &l.Module, &l.EndpointAddress, &rule, &detail); err != nil {
 			rows.Close()
 			return 0, postgres.Error("take due audit events", err)
 		}
@@ -268,14 +272,14 @@ func (w *Worker) deliver(ctx context.Context, d due) {
 	var rejected *fhirdomain.RejectedError
 	switch {
 	case err == nil:
-		w.record(ctx, sqlMarkDelivered, OutcomeDelivered, d.launch.LaunchID, w.cfg.Clock().UTC(), id, status)
+		w.record(ctx, sqlMarkDelivered, OutcomeDelivered, d.launch.LaunchID, w.cfg.Clock().UTC(), id, status, d.lease)
 	case errors.As(err, &rejected) && rejected.Invalid():
 		w.fail(ctx, d, id, rejected.Status, rejected.Text, rejected.Outcome)
 	default:
 		// Unavailable (no answer, 5xx, 429, 401 with a fresh token too), or
 		// a refusal that may change (403, 404, 409, ...): try again later.
 		next := w.cfg.Clock().UTC().Add(w.backoff(d.attempts))
-		w.record(ctx, sqlMarkRetry, OutcomeRetry, d.launch.LaunchID, next, id, status, truncateText(err.Error(), 2000), d.attempts)
+		w.record(ctx, sqlMarkRetry, OutcomeRetry, d.launch.LaunchID, next, id, status, truncateText(err.Error(), 2000), d.lease)
 	}
 }
 
@@ -298,38 +302,51 @@ func (w *Worker) fail(ctx context.Context, d due, id string, status int, reason 
 	if len(outcome) > 0 {
 		oo = string(outcome)
 	}
-	w.record(ctx, sqlMarkFailed, OutcomeFailed, d.launch.LaunchID, w.cfg.Clock().UTC(), nullableID(id), status, reason, oo, d.attempts)
+	if !w.record(ctx, sqlMarkFailed, OutcomeFailed, d.launch.LaunchID, w.cfg.Clock().UTC(), nullableID(id), status, reason, oo, d.lease) {
+		return
+	}
 	w.cfg.Log.Warn("audit event failed for good: the domain refused it, or it could not be built; see `portal audit-events list --state failed`",
 		"launch_id", d.launch.LaunchID, "event_id", id, "issuer", d.issuer, "status", status, "reason", reason)
 }
 
-// The outcomes of an attempt. A retry or a failure is recorded only while
-// the event is still the one this worker took ($7, the attempt count): if
-// its lease ran out and another worker took it since, that worker's
-// outcome counts. A delivery is recorded whoever took it.
+// The outcomes of an attempt, recorded only while the row still holds the
+// lease id this attempt took it with (the last parameter): if its lease
+// ran out and another worker took the row since, or an operator put it
+// back, or the row was deleted with its redemption and written anew, the
+// newer state counts and this outcome is dropped. (A delivery dropped so
+// is harmless: whoever holds the row sends the same id again.)
 const (
 	sqlMarkDelivered = `UPDATE audit_events SET state = 'delivered', delivered_at = $2, event_id = $3, last_status = $4,
-	last_error = NULL, operation_outcome = NULL WHERE launch_id = $1 AND state = 'pending'`
+	last_error = NULL, operation_outcome = NULL WHERE launch_id = $1 AND state = 'pending' AND lease = $5`
 	sqlMarkRetry = `UPDATE audit_events SET next_attempt_at = $2, event_id = $3, last_status = nullif($4, 0), last_error = $5
-	WHERE launch_id = $1 AND state = 'pending' AND attempts = $6`
+	WHERE launch_id = $1 AND state = 'pending' AND lease = $6`
 	sqlMarkFailed = `UPDATE audit_events SET state = 'failed', failed_at = $2, event_id = $3, last_status = nullif($4, 0),
-	last_error = $5, operation_outcome = $6::jsonb WHERE launch_id = $1 AND state = 'pending' AND attempts = $7`
+	last_error = $5, operation_outcome = $6::jsonb WHERE launch_id = $1 AND state = 'pending' AND lease = $7`
 )
 
 // record runs one of the sqlMark statements, within a bounded time even
-// when ctx has ended, and tells Observe.
-func (w *Worker) record(ctx context.Context, sql, outcome string, args ...any) {
+// when ctx has ended, tells Observe, and reports whether the outcome was
+// recorded.
+func (w *Worker) record(ctx context.Context, sql, outcome string, args ...any) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := w.store.pool.Exec(ctx, sql, args...); err != nil {
+	tag, err := w.store.pool.Exec(ctx, sql, args...)
+	switch {
+	case err != nil:
 		// The event stays pending with its lease; it is sent again when the
 		// lease ends (the PUT of the same id replaces what was stored).
 		w.cfg.Log.Warn("audit events: could not record a delivery attempt; the event will be sent again", "launch_id", args[0],
 			"outcome", outcome, "err", err)
+		return false
+	case tag.RowsAffected() == 0:
+		w.cfg.Log.Info("audit events: an attempt's outcome was not recorded: the event was taken again, retried or given back meanwhile",
+			"launch_id", args[0], "outcome", outcome)
+		return false
 	}
 	if w.cfg.Observe != nil {
 		w.cfg.Observe(outcome)
 	}
+	return true
 }
 
 // nullableID is NULL for an event whose id could not be derived.

@@ -18,6 +18,7 @@ type RejectedError struct {
 	Text    string          // its gist, for a log line
 }
 
+// Error gives the status and the gist of the server's answer.
 func (e *RejectedError) Error() string {
 	return fmt.Sprintf("fhirdomain: the server refused the write: status %d: %s", e.Status, e.Text)
 }
@@ -34,7 +35,7 @@ func (e *RejectedError) Invalid() bool {
 // issuer's access token, the context's trace headers and Content-Type
 // application/fhir+json. A 401 makes it invalidate the token and try once
 // more with a fresh one. It returns the status of the server's answer (0
-// when there was none) and nil for 200 or 201, ErrUnavailable for no
+// when there was none) and nil for a 2xx, ErrUnavailable for no
 // answer, a 5xx, 429, a redirect or a 401 with a fresh token too, and a
 // *RejectedError for another 4xx.
 func (c *Client) Put(ctx context.Context, issuer, resourceType, id string, body []byte) (int, error) {
@@ -75,7 +76,7 @@ func (c *Client) put(ctx context.Context, issuer, rel string, body []byte) (resp
 	}
 	// Every answer below keeps its status, for the caller's records.
 	switch s := res.status; {
-	case s == http.StatusOK || s == http.StatusCreated:
+	case s >= 200 && s < 300: // 200 or 201, or 202/204 from a server asked for no body
 		return res, nil
 	case s == http.StatusTooManyRequests || s >= 500 || (s >= 300 && s < 400) || s < 200:
 		return response{status: s}, unavailable(op, fmt.Errorf("status %d: %s", s, outcomeText(res.body)))

@@ -439,3 +439,25 @@ func BenchmarkJWKSHandler(b *testing.B) {
 func operatorContext() context.Context {
 	return adminevents.WithActor(context.Background(), "cli:test@localhost")
 }
+
+// BenchmarkLaunch measures a registry launch over loopback HTTP: POST
+// /api/v1/launches, then the POST of its link (as the launch page does),
+// with the module and API key of registerTestModule. make bench measures
+// the same against a separate process; this one is for profiling.
+func BenchmarkLaunch(b *testing.B) {
+	s := newStack(b, testDB.Fresh(b), keys.ES384)
+	s.registerTestModule(b)
+	body := `{"module":"diary","task":"Task/1","user":"Practitioner/dr-1","patient":"Patient/1"}`
+	b.ReportAllocs()
+	for b.Loop() {
+		status, _, resp := s.apiCall(b, http.MethodPost, "/api/v1/launches", s.launchKey, "application/json", body)
+		if status != http.StatusCreated {
+			b.Fatalf("%d %s", status, resp)
+		}
+		var created launch.Created
+		_ = json.Unmarshal(resp, &created)
+		if r, _ := redeem(b, created.LaunchURL, nil); r.StatusCode != http.StatusOK {
+			b.Fatalf("redeem: %d", r.StatusCode)
+		}
+	}
+}

@@ -55,7 +55,7 @@ func buildJWKS(published []Key) (JWKS, []Key, error) {
 	if err != nil {
 		return emptyJWKS(), nil, fmt.Errorf("marshal JWKS: %w", err)
 	}
-	return JWKS{Body: body, ETag: etagOf(body)}, good, errors.Join(errs...)
+	return newJWKS(body), good, errors.Join(errs...)
 }
 
 // publicOnly rebuilds a stored key's JWK from its public part.
@@ -77,11 +77,17 @@ func publicOnly(k Key) (jwk.Key, error) {
 
 func emptyJWKS() JWKS {
 	body := []byte(`{"keys":[]}`)
-	return JWKS{Body: body, ETag: etagOf(body)}
+	return newJWKS(body)
 }
 
 // etagOf is a strong entity tag: a hash of the exact bytes served.
 func etagOf(body []byte) string {
 	sum := sha256.Sum256(body)
 	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
+}
+
+// newJWKS is the set served with body.
+func newJWKS(body []byte) JWKS {
+	etag := etagOf(body)
+	return JWKS{Body: body, ETag: etag, ETagHeader: []string{etag}}
 }

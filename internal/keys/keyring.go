@@ -123,6 +123,9 @@ type UnusableKey struct {
 type JWKS struct {
 	Body []byte // the JSON served, identical on every instance
 	ETag string // a strong entity tag of Body
+	// ETagHeader is ETag as an HTTP header value, made once with the set
+	// so that serving it allocates nothing; never to be changed.
+	ETagHeader []string
 }
 
 // Signer signs launch tokens with an issuer's active key. It is immutable;

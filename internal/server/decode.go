@@ -52,7 +52,7 @@ func limitBody(next echo.HandlerFunc) echo.HandlerFunc {
 		if r.ContentLength > maxBodyBytes {
 			return echo.ErrStatusRequestEntityTooLarge
 		}
-		if r.Body != nil {
+		if r.Body != nil && r.Body != http.NoBody { // a GET has nothing to limit
 			r.Body = http.MaxBytesReader(c.Response(), r.Body, maxBodyBytes)
 		}
 		return next(c)

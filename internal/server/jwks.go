@@ -1,6 +1,7 @@
 package server
 
 import (
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -39,7 +40,7 @@ func (s *server) handleJWKS(c echo.Context) error {
 	// from prepared values, without the allocations of Header.Set.
 	h := c.Response().Header()
 	h["Cache-Control"] = s.jwksCacheControl
-	h["Etag"] = []string{set.ETag}
+	h["Etag"] = set.ETagHeader
 	h["Access-Control-Allow-Origin"] = anyOrigin
 	h["X-Content-Type-Options"] = noSniff
 	if etagMatches(c.Request().Header.Get("If-None-Match"), set.ETag) {
@@ -53,6 +54,64 @@ func (s *server) handleJWKS(c echo.Context) error {
 	return err
 }
 
+// serveJWKSDirect answers a GET or HEAD of a JWKS route itself, before
+// Echo, when it can: the hottest path of the service (the domain's auth
+// server fetches the JWKS for every launch it verifies) then costs what a
+// bare net/http handler serving the same bytes costs, plus a request id and
+// the metrics (docs/ARCHITECTURE.md, "The JWKS"). It answers exactly what
+// handleJWKS would, and leaves everything else to Echo (reporting false):
+// another path or method, an escaped path, an unknown issuer (the problem
+// answer), and every request while debug logging is on (so each is
+// logged).
+func (s *server) serveJWKSDirect(w http.ResponseWriter, r *http.Request) bool {
+	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || r.URL.RawPath != "" {
+		return false
+	}
+	var issuer, route string
+	switch path := r.URL.Path; {
+	case path == "/.well-known/jwks.json":
+		route = path
+	case strings.HasPrefix(path, "/issuers/") && strings.HasSuffix(path, "/jwks.json"):
+		issuer = path[len("/issuers/") : len(path)-len("/jwks.json")]
+		if !keys.ValidSlug(issuer) {
+			return false
+		}
+		route = "/issuers/:issuer/jwks.json"
+	default:
+		return false
+	}
+	if s.Logger.Enabled(r.Context(), slog.LevelDebug) {
+		return false
+	}
+	set, err := s.Keyring.JWKS(issuer)
+	if err != nil {
+		return false
+	}
+	start := time.Now()
+	h := w.Header()
+	id := r.Header.Get("X-Request-Id")
+	if !requestIDPattern.MatchString(id) {
+		id = newRequestID()
+	}
+	h["X-Request-Id"] = []string{id}
+	h["Cache-Control"] = s.jwksCacheControl
+	h["Etag"] = set.ETagHeader
+	h["Access-Control-Allow-Origin"] = anyOrigin
+	h["X-Content-Type-Options"] = noSniff
+	status := http.StatusOK
+	if etagMatches(r.Header.Get("If-None-Match"), set.ETag) {
+		status = http.StatusNotModified
+		w.WriteHeader(status)
+	} else {
+		h["Content-Type"] = jsonContentType
+		w.WriteHeader(status)
+		_, _ = w.Write(set.Body)
+	}
+	s.Metrics.JWKSServed(status)
+	s.Metrics.ObserveHTTP(route, r.Method, status, time.Since(start))
+	return true
+}
+
 // etagMatches implements the weak comparison If-None-Match uses (RFC 9110
 // 13.1.2): a list of tags or "*", where W/"x" matches "x".
 func etagMatches(header, etag string) bool {
@@ -62,9 +121,10 @@ func etagMatches(header, etag string) bool {
 	if strings.TrimSpace(header) == "*" {
 		return true
 	}
-	for _, candidate := range strings.Split(header, ",") {
-		candidate = strings.TrimPrefix(strings.TrimSpace(candidate), "W/")
-		if candidate == etag {
+	for rest := header; rest != ""; {
+		var candidate string
+		candidate, rest, _ = strings.Cut(rest, ",")
+		if strings.TrimPrefix(strings.TrimSpace(candidate), "W/") == etag {
 			return true
 		}
 	}

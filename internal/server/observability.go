@@ -19,11 +19,8 @@ import (
 	"github.com/ehealth-nl/portal/internal/launch"
 )
 
-// Where observe leaves the request id, and logger keeps the request's logger.
-const (
-	requestIDContextKey = "portal.request_id"
-	loggerContextKey    = "portal.logger"
-)
+// Where logger keeps the request's logger.
+const loggerContextKey = "portal.logger"
 
 // requestIDPattern is what an incoming X-Request-Id (or X-Correlation-Id)
 // must look like to be kept: a FHIR id, 1-64 letters, digits, '-' or '.',
@@ -59,8 +56,9 @@ func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		if !requestIDPattern.MatchString(id) {
 			id = newRequestID()
 		}
-		c.Response().Header().Set("X-Request-Id", id)
-		c.Set(requestIDContextKey, id)
+		// Kept in the answer's header only (logger reads it from there): a
+		// value in the context would cost the JWKS two allocations.
+		c.Response().Header()["X-Request-Id"] = []string{id}
 		if err := next(c); err != nil {
 			c.Error(err)
 		}
@@ -92,8 +90,8 @@ func (s *server) logger(c echo.Context) *slog.Logger {
 	if l, ok := c.Get(loggerContextKey).(*slog.Logger); ok {
 		return l
 	}
-	id, ok := c.Get(requestIDContextKey).(string)
-	if !ok {
+	id := c.Response().Header().Get("X-Request-Id")
+	if id == "" {
 		return s.Logger
 	}
 	l := s.Logger.With("request_id", id)

@@ -11,6 +11,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -123,8 +124,24 @@ type server struct {
 	pages            *template.Template
 }
 
+// Handler is the portal's HTTP handler: Echo with every route installed
+// (routes.go), and the JWKS answered before Echo when it can be
+// (serveJWKSDirect).
+type Handler struct {
+	*echo.Echo
+	s *server
+}
+
+// ServeHTTP answers one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.s.serveJWKSDirect(w, r) {
+		return
+	}
+	h.Echo.ServeHTTP(w, r)
+}
+
 // NewServer returns the portal's HTTP handler with every route installed.
-func NewServer(d Deps) (*echo.Echo, error) {
+func NewServer(d Deps) (*Handler, error) {
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
@@ -144,7 +161,7 @@ func NewServer(d Deps) (*echo.Echo, error) {
 	e.HTTPErrorHandler = s.handleError
 	e.IPExtractor = clientAddress(d.TrustedProxies)
 	s.routes(e)
-	return e, nil
+	return &Handler{Echo: e, s: s}, nil
 }
 
 // clientAddress decides where a request comes from: the peer address, or

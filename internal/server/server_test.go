@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -406,8 +407,29 @@ func TestUnknownPathIs404Problem(t *testing.T) {
 	}
 }
 
+// reusedWriter is a ResponseWriter that allocates nothing of its own, so
+// that a benchmark's allocations are the handler's.
+type reusedWriter struct {
+	h      http.Header
+	status int
+	n      int
+}
+
+func (w *reusedWriter) Header() http.Header { return w.h }
+func (w *reusedWriter) WriteHeader(status int) {
+	w.status = status
+}
+func (w *reusedWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.n += len(p)
+	return len(p), nil
+}
+
 // BenchmarkJWKSHandler measures the JWKS handler itself (no network):
-// what an instance spends per JWKS request, and the same for a 304.
+// what an instance spends per JWKS request, and the same for a 304. The
+// allocations reported are the handler's alone (the writer is reused).
 func BenchmarkJWKSHandler(b *testing.B) {
 	s := newStack(b, testDB.Fresh(b), keys.RS512)
 	h := s.http.Config.Handler
@@ -422,12 +444,14 @@ func BenchmarkJWKSHandler(b *testing.B) {
 			if tc.inm != "" {
 				req.Header.Set("If-None-Match", tc.inm)
 			}
+			w := &reusedWriter{h: http.Header{}}
 			b.ReportAllocs()
 			for b.Loop() {
-				w := httptest.NewRecorder()
+				clear(w.h)
+				w.status = 0
 				h.ServeHTTP(w, req)
-				if w.Code != tc.want {
-					b.Fatalf("status %d", w.Code)
+				if w.status != tc.want {
+					b.Fatalf("status %d", w.status)
 				}
 			}
 		})
@@ -458,6 +482,48 @@ func BenchmarkLaunch(b *testing.B) {
 		_ = json.Unmarshal(resp, &created)
 		if r, _ := redeem(b, created.LaunchURL, nil); r.StatusCode != http.StatusOK {
 			b.Fatalf("redeem: %d", r.StatusCode)
+		}
+	}
+}
+
+// TestJWKS_DirectAnswersAsEcho: the JWKS answered before Echo
+// (serveJWKSDirect) is the answer Echo's route gives (which serves it when
+// debug logging is on): status, headers and body, for 200, 304 and HEAD,
+// on both routes; an unknown issuer still gets Echo's problem answer.
+func TestJWKS_DirectAnswersAsEcho(t *testing.T) {
+	var deps *Deps
+	s := newStack(t, testDB.Fresh(t), keys.ES256, func(_ testing.TB, _ *stack, d *Deps) { deps = d })
+	debug := *deps
+	debug.Logger = slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	viaEcho, err := NewServer(debug)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := s.http.Config.Handler
+	set, _ := s.keyring.JWKS("")
+	for _, tc := range []struct{ method, path, inm string }{
+		{http.MethodGet, "/.well-known/jwks.json", ""},
+		{http.MethodGet, "/.well-known/jwks.json", `W/"x", ` + set.ETag},
+		{http.MethodHead, "/.well-known/jwks.json", ""},
+		{http.MethodGet, "/issuers/default/jwks.json", ""},
+		{http.MethodGet, "/issuers/default/jwks.json?x=1", set.ETag},
+		{http.MethodGet, "/issuers/nobody/jwks.json", ""},
+	} {
+		answer := func(h http.Handler) (*http.Response, string) {
+			req := httptest.NewRequest(tc.method, tc.path, nil)
+			req.Header.Set("X-Request-Id", "same-id")
+			if tc.inm != "" {
+				req.Header.Set("If-None-Match", tc.inm)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			return w.Result(), w.Body.String()
+		}
+		got, gotBody := answer(direct)
+		want, wantBody := answer(viaEcho)
+		if got.StatusCode != want.StatusCode || gotBody != wantBody || fmt.Sprint(got.Header) != fmt.Sprint(want.Header) {
+			t.Errorf("%s %s (If-None-Match %q):\ndirect %d %v %q\n  echo %d %v %q", tc.method, tc.path, tc.inm,
+				got.StatusCode, got.Header, gotBody, want.StatusCode, want.Header, wantBody)
 		}
 	}
 }

@@ -96,9 +96,11 @@ type measured struct {
 	bareJWKS float64
 	rate     float64       // launches/s at the peak
 	p99Half  time.Duration // p99 at half the peak
-	cpu      cpuSample     // CPU per launch at the peak
+	cpu      cpuUsed       // CPU per launch at the peak
 	sign     time.Duration // CPU of one signature alone (this process)
 	sqlFloor time.Duration // PostgreSQL CPU of one launch's SQL alone
+	updates  int64         // UPDATEs of launches rows in the whole run (the claims)
+	hot      int64         // of which heap-only (no index touched)
 }
 
 func run() error {
@@ -186,18 +188,23 @@ func run() error {
 func printCPU(all []measured, conc int) {
 	fmt.Printf("\nCPU per launch (created + redeemed, %d clients), microseconds\n", conc)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "binary\t alg\t portal\t signature\t portal beyond signature\t PostgreSQL\t SQL floor\t PostgreSQL / floor\t load generator\t")
+	fmt.Fprintln(tw, "binary\t alg\t portal\t signature\t portal beyond signature\t PostgreSQL\t SQL floor\t PostgreSQL / floor\t load generator\t HOT claims\t")
 	for _, m := range all {
 		floorRatio := "-"
 		if m.sqlFloor > 0 {
 			floorRatio = fmt.Sprintf("%.2f", float64(m.cpu.postgres)/float64(m.sqlFloor))
 		}
-		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", m.bin, m.alg, us(m.cpu.portal), us(m.sign),
-			us(m.cpu.portal-m.sign), us(m.cpu.postgres), us(m.sqlFloor), floorRatio, us(m.cpu.self))
+		hot := "-"
+		if m.updates > 0 {
+			hot = fmt.Sprintf("%.0f%%", 100*float64(m.hot)/float64(m.updates))
+		}
+		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", m.bin, m.alg, us(m.cpu.portal), us(m.sign),
+			us(m.cpu.portal-m.sign), us(m.cpu.postgres), us(m.sqlFloor), floorRatio, us(m.cpu.self), hot)
 	}
 	_ = tw.Flush()
 	fmt.Println("portal and PostgreSQL CPU are read from /proc over the peak measurement and divided by the launches it made;" +
-		" the signature floor is jwx signing in the load generator, the SQL floor PostgreSQL's CPU for launch.SQLFloor (the create and claim statements alone)")
+		" the signature floor is jwx signing in the load generator, the SQL floor PostgreSQL's CPU for launch.SQLFloor (the create and claim statements alone);" +
+		" HOT claims: the share of UPDATEs of launches rows in the run that were heap-only (wrote no index entry)")
 }
 
 // printRatios prints new/old for each algorithm.
@@ -294,20 +301,28 @@ func benchAlgorithm(ctx context.Context, b binary, admin, work, alg string, d ti
 	}
 	before := sampleCPU(p.Pid())
 	raw1 := rawSigningRate(alg, 1, d)
-	m.sign = perOp(sampleCPU(p.Pid()).sub(before).self, raw1.n)
+	m.sign = perOp(sampleCPU(p.Pid()).sub(before, nil).self, raw1.n)
 	one, _ := closedLoop(d, 1, launchOnce)
 	rawN := rawSigningRate(alg, runtime.GOMAXPROCS(0), d)
 	before = sampleCPU(p.Pid())
 	peak, _ := closedLoop(d, conc, launchOnce)
-	used := sampleCPU(p.Pid()).sub(before)
-	m.cpu = cpuSample{portal: perOp(used.portal, peak.n), postgres: perOp(used.postgres, peak.n), self: perOp(used.self, peak.n)}
+	after := sampleCPU(p.Pid())
+	pids, err := postgresPids(ctx, admin, db.Name)
+	if err != nil {
+		return m, err
+	}
+	used := after.sub(before, pids)
+	m.cpu = cpuUsed{portal: perOp(used.portal, peak.n), postgres: perOp(used.postgres, peak.n), self: perOp(used.self, peak.n)}
 	m.rate = peak.rate
 	lat, errs := openLoop(d, peak.rate/2, conc*2, launchOnce)
 	if errs > 0 {
 		return m, fmt.Errorf("%d launches failed at the fixed rate", errs)
 	}
 	m.p99Half = lat.p99
-	if m.sqlFloor, err = sqlFloor(ctx, db.URL, conc, peak.n); err != nil {
+	if m.updates, m.hot, err = hotUpdates(ctx, db.URL); err != nil {
+		return m, err
+	}
+	if m.sqlFloor, err = sqlFloor(ctx, admin, db, conc, peak.n); err != nil {
 		return m, err
 	}
 	m.rows = append(m.rows,
@@ -321,12 +336,27 @@ func benchAlgorithm(ctx context.Context, b binary, admin, work, alg string, d ti
 	return m, err
 }
 
+// hotUpdates reads how many UPDATEs of launches rows the database has
+// counted, and how many of them were heap-only (HOT: no index entry
+// written). The statistics reach pg_stat_user_tables within a second of
+// the transactions.
+func hotUpdates(ctx context.Context, dbURL string) (updates, hot int64, err error) {
+	time.Sleep(1500 * time.Millisecond)
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close(ctx)
+	err = conn.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'launches'`).Scan(&updates, &hot)
+	return updates, hot, err
+}
+
 // sqlFloor runs n launches' SQL alone (launch.SQLFloor) against the
 // instance's database from conc connections, and returns PostgreSQL's CPU
 // per launch.
-func sqlFloor(ctx context.Context, dbURL string, conc int, n int64) (time.Duration, error) {
+func sqlFloor(ctx context.Context, admin string, db *instance.Database, conc int, n int64) (time.Duration, error) {
 	n = max(n, 500)
-	pool, err := postgres.Connect(ctx, dbURL)
+	pool, err := postgres.Connect(ctx, db.URL)
 	if err != nil {
 		return 0, err
 	}
@@ -342,7 +372,12 @@ func sqlFloor(ctx context.Context, dbURL string, conc int, n int64) (time.Durati
 	if err := launch.SQLFloor(ctx, pool, m, int(n), conc); err != nil {
 		return 0, err
 	}
-	return perOp(sampleCPU(0).sub(before).postgres, n), nil
+	after := sampleCPU(0)
+	pids, err := postgresPids(ctx, admin, db.Name)
+	if err != nil {
+		return 0, err
+	}
+	return perOp(after.sub(before, pids).postgres, n), nil
 }
 
 // benchJWKS measures the portal's JWKS beside a bare handler serving the

@@ -22,12 +22,15 @@ const (
 	recoveryGrace = 3 * time.Second
 )
 
-// fail records a failure; the first 50 are kept and printed at the end.
+// fail records a failure; the first 50 are kept and printed at the end,
+// the others counted.
 func (s *soak) fail(format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.failures) < 50 {
 		s.failures = append(s.failures, fmt.Sprintf(format, args...))
+	} else {
+		s.moreFailures++
 	}
 }
 

@@ -3,10 +3,10 @@
 // "Key lifecycle" still hold), sends launches through all three, and has
 // an independent verifier — a separate process that caches each JWKS
 // exactly as long as Cache-Control allows and never fetches it early —
-// check every token. Midway it forces a rotation
-// through one instance, revokes the active key, and cuts the instances off
-// from PostgreSQL (their connections killed, then no connection possible
-// for a few seconds). It prints what happened and exits 1 on any failure:
+// check every token. Early on it forces a rotation through one instance
+// and revokes the active key; midway it cuts the instances off from
+// PostgreSQL (their connections killed, then no connection possible for a
+// few seconds). It prints what happened and exits 1 on any failure:
 // a token that should have verified but did not; a token signed with the
 // revoked key after the revocation took effect, or still verifying once the
 // verifier's cache could no longer hold it; a JWKS answer that is not 200
@@ -61,15 +61,16 @@ type soak struct {
 	adminKey  string
 	verifier  *verifierProcess
 
-	mu         sync.Mutex
-	tokens     []issuedToken
-	failures   []string
-	jtis       map[string]bool
-	redeemed   map[string]bool // links that answered 200
-	revokedKid string
-	revokedAt  time.Time // when the revoke command returned
-	outageFrom time.Time
-	outageTo   time.Time
+	mu           sync.Mutex
+	tokens       []issuedToken
+	failures     []string
+	moreFailures int // beyond the 50 kept
+	jtis         map[string]bool
+	redeemed     map[string]bool // links that answered 200
+	revokedKid   string
+	revokedAt    time.Time // when the revoke command returned
+	outageFrom   time.Time
+	outageTo     time.Time
 
 	issued, verified, refusedExpected, outage503, otherErrors atomic.Int64
 	retriedAfterOutage, lostInOutage, afterOutageOK           atomic.Int64

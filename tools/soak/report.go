@@ -62,7 +62,10 @@ func (s *soak) outcome() error {
 		for _, f := range s.failures {
 			fmt.Println("soak: failure:", f)
 		}
-		return fmt.Errorf("%d failures", len(s.failures))
+		if s.moreFailures > 0 {
+			fmt.Printf("soak: and %d failures more\n", s.moreFailures)
+		}
+		return fmt.Errorf("%d failures", len(s.failures)+s.moreFailures)
 	}
 	fmt.Println("soak: PASS")
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -129,15 +130,14 @@ func (s *soak) jwksURLs() string {
 	return strings.Join(urls, ",")
 }
 
-// timeline runs the events while the load runs, at fractions of its
-// duration: a forced rotation at a quarter, the revocation of the active
-// key at 45%, the database outage at 60%.
+// timeline runs the events while the load runs: a forced rotation as soon
+// as one is allowed, the revocation of the active key as soon as the key
+// that takes over has been published for the lead, then the database
+// outage at 60% of the duration.
 func (s *soak) timeline(ctx context.Context, duration time.Duration, cli map[string]string, admin string, proxy *faults.Proxy, dbName string) {
 	start := time.Now()
 	at := func(frac float64) { time.Sleep(time.Until(start.Add(time.Duration(float64(duration) * frac)))) }
-	at(0.25)
 	s.forceRotation(ctx)
-	at(0.45)
 	if err := s.revokeActive(ctx, cli); err != nil {
 		s.fail("revocation: %v", err)
 	}
@@ -146,23 +146,29 @@ func (s *soak) timeline(ctx context.Context, duration time.Duration, cli map[str
 }
 
 // forceRotation rotates through the second instance's admin API, as an
-// operator would, waiting for the next key's publish lead if needed.
+// operator would, as soon as the first next key has been published for the
+// lead. It cannot wait longer: a forced rotation is refused while a key
+// retired by the previous rotation is still published, and with a retire
+// grace (15s) longer than the rotation period (8s) one always is once the
+// first scheduled rotation has happened.
 func (s *soak) forceRotation(ctx context.Context) {
 	p := s.instances[1]
-	for attempt := 0; attempt < 20; attempt++ {
+	var last string
+	for attempt := 0; attempt < 40; attempt++ {
 		status, body, err := s.post(p.URL+"/api/v1/keys/rotate", s.adminKey, `{}`)
 		if err == nil && status == http.StatusOK {
-			fmt.Printf("soak: %s forced rotation through %s: %s\n", time.Now().Format("15:04:05.000"), p.Name, body)
+			fmt.Printf("soak: %s forced rotation through %s: %s\n", time.Now().Format("15:04:05.000"), p.Name, bytes.TrimSpace(body))
 			return
 		}
 		if err == nil && status == http.StatusConflict {
-			time.Sleep(500 * time.Millisecond) // next key younger than the lead
+			last = string(body)
+			time.Sleep(250 * time.Millisecond) // next key younger than the lead
 			continue
 		}
 		s.fail("forced rotation through %s: %d %s %v", p.Name, status, body, err)
 		return
 	}
-	s.fail("forced rotation through %s refused 20 times", p.Name)
+	s.fail("forced rotation through %s refused for 10s; last: %s", p.Name, last)
 }
 
 // revokeActive revokes the active key with the command line, at a moment

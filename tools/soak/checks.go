@@ -20,14 +20,26 @@ const (
 	// recoveryGrace is how long after the database is back requests may
 	// still meet a dead pooled connection.
 	recoveryGrace = 3 * time.Second
+	// fhirGrace is how long after the domain is back a launch may still
+	// answer 503 domain-unavailable: one that hung in the black hole ends
+	// at PORTAL_DOMAIN_TIMEOUT.
+	fhirGrace = domainTimeout + time.Second
+	// outboxDrainLimit bounds the wait, once the load has stopped, for the
+	// outbox to have no pending AuditEvent. It must outlast the delivery
+	// lease (a minute): an event whose delivery could not be recorded
+	// during the database outage is due again only when its lease ends.
+	outboxDrainLimit = 60 * time.Second
 )
 
-// fail records a failure; the first 50 are kept and printed at the end.
+// fail records a failure; the first 50 are kept and printed at the end,
+// the others counted.
 func (s *soak) fail(format string, args ...any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.failures) < 50 {
 		s.failures = append(s.failures, fmt.Sprintf(format, args...))
+	} else {
+		s.moreFailures++
 	}
 }
 
@@ -95,6 +107,55 @@ func (s *soak) inOutage(t time.Time) bool {
 	return s.outageTo.IsZero() || t.Before(s.outageTo.Add(recoveryGrace))
 }
 
+// domainRefusal accounts for a domain launch that was not answered as it
+// should have been: 503 domain-unavailable is the expected answer while
+// the domain is away (nothing is written: the answer names no launch), and
+// only then; any other 503 is the database's (unavailable).
+func (s *soak) domainRefusal(what, name string, status int, body []byte, err error) {
+	var problem struct {
+		Type     string `json:"type"`
+		LaunchID string `json:"launch_id"`
+	}
+	_ = json.Unmarshal(body, &problem)
+	if err == nil && status == http.StatusServiceUnavailable && problem.Type == "urn:portal:problem:domain-unavailable" {
+		switch {
+		case !s.inFHIROutage(time.Now()):
+			s.fail("%s on %s answered 503 domain-unavailable outside the FHIR outage: %s", what, name, body)
+		case problem.LaunchID != "":
+			s.fail("%s on %s answered 503 domain-unavailable and names launch %s: nothing should be written", what, name, problem.LaunchID)
+		default:
+			s.fhirOutage503.Add(1)
+		}
+		time.Sleep(20 * time.Millisecond) // as a client that honours Retry-After would, a little
+		return
+	}
+	s.refusal(what, name, status, body, err)
+}
+
+// inFHIROutage reports whether t falls in the FHIR outage, its grace
+// included.
+func (s *soak) inFHIROutage(t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fhirFrom.IsZero() || t.Before(s.fhirFrom) {
+		return false
+	}
+	return s.fhirTo.IsZero() || t.Before(s.fhirTo.Add(fhirGrace))
+}
+
+// domainCreated counts a domain launch answered as asked (a token, a link,
+// a refusal), and whether it came once the FHIR outage was over; and, as
+// countAfterOutage, once the database outage was.
+func (s *soak) domainCreated() {
+	s.mu.Lock()
+	after := !s.fhirTo.IsZero() && time.Now().After(s.fhirTo.Add(fhirGrace))
+	s.mu.Unlock()
+	if after {
+		s.domainAfterFHIROutage.Add(1)
+	}
+	s.countAfterOutage()
+}
+
 // countAfterOutage counts launches created once the outage is over.
 func (s *soak) countAfterOutage() {
 	s.mu.Lock()
@@ -129,6 +190,9 @@ func (s *soak) readVerdicts() {
 				tok.jti, tok.kid, tok.submitted.Sub(revokedAt).Round(time.Millisecond))
 		case v.OK:
 			s.verified.Add(1)
+			if tok.kind == kindKT {
+				s.domainVerified.Add(1)
+			}
 		case signedWithRevoked && strings.Contains(v.Error, "not in the cached JWKS"):
 			s.refusedExpected.Add(1) // signed just before the revocation, checked after it
 		default:
@@ -225,5 +289,20 @@ func (s *soak) checkTotals() {
 	}
 	if s.retriedAfterOutage.Load() > 0 && s.afterOutageOK.Load()+s.lostInOutage.Load() == 0 {
 		s.fail("no link that met the outage could be followed after it")
+	}
+	if s.domainClients == 0 {
+		return
+	}
+	if s.domainIssued.Load() == 0 || s.domainVerified.Load() == 0 || s.domainForbidden.Load() == 0 || s.domainNoModule.Load() == 0 {
+		s.fail("the domain launches did not give verified tokens and both kinds of refusal")
+	}
+	s.mu.Lock()
+	fhirFrom := s.fhirFrom
+	s.mu.Unlock()
+	if !fhirFrom.IsZero() && s.fhirOutage503.Load() == 0 {
+		s.fail("no domain launch met the FHIR outage: it proved nothing")
+	}
+	if !fhirFrom.IsZero() && s.domainAfterFHIROutage.Load() == 0 {
+		s.fail("no domain launch was answered after the FHIR outage: the service did not recover")
 	}
 }

@@ -3,23 +3,37 @@
 // "Key lifecycle" still hold), sends launches through all three, and has
 // an independent verifier — a separate process that caches each JWKS
 // exactly as long as Cache-Control allows and never fetches it early —
-// check every token. Midway it forces a rotation
-// through one instance, revokes the active key, and cuts the instances off
-// from PostgreSQL (their connections killed, then no connection possible
-// for a few seconds). It prints what happened and exits 1 on any failure:
+// check every token. Beside the default issuer's plain HTI launches, a
+// second issuer that joined a Koppeltaal test domain (internal/testdomain,
+// behind a fault proxy) launches the domain's Tasks, and reports each start
+// and refusal with an AuditEvent (TOP-KT-011) that every instance delivers
+// from the outbox. Early on it forces a rotation through one instance and
+// revokes the active key; midway it cuts the instances off from the domain
+// (then black-holes it), and later from PostgreSQL (their connections
+// killed, then no connection possible for a few seconds). It prints what
+// happened and exits 1 on any failure:
 // a token that should have verified but did not; a token signed with the
 // revoked key after the revocation took effect, or still verifying once the
 // verifier's cache could no longer hold it; a JWKS answer that is not 200
 // or still lists the revoked key; a 503 outside the outage or anything else
-// but 503 during it; no launch created, or no interrupted link followed,
-// after it; a link redeemed twice (every tenth is followed from two
-// instances at once); or a token without its audit row.
+// but 503 during it; a 503 domain-unavailable outside the FHIR outage, or a
+// link made before it that could not be followed during it; no launch
+// created, or no interrupted link followed, after an outage; a link
+// redeemed twice (every tenth is followed from two instances at once); a
+// token without its audit row; or, once the load has stopped and the
+// outbox has drained (at most a minute), a domain launch without its
+// AuditEvent in the domain (lost), one with two (a duplicate), an event in
+// the domain no launch accounts for, an event that failed, or one still
+// pending and not in the domain.
 //
 // The files: main.go (flags and the run from start to verdict),
 // scenario.go (the instances and the timeline of a forced rotation, a
-// revocation and a database outage), load.go (the launch clients and the
-// JWKS poller), checks.go (what is verified and the pass/fail rules),
-// report.go (what is printed) and verifier.go (the independent verifier).
+// revocation, a FHIR outage and a database outage), domain.go (the test
+// domain, its content and the soak's own client of it), load.go (the
+// launch clients and the JWKS poller), checks.go (what is verified and the
+// pass/fail rules), auditevents.go (the AuditEvents against the audit
+// trail), report.go (what is printed) and verifier.go (the independent
+// verifier).
 package main
 
 import (
@@ -29,6 +43,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,30 +75,42 @@ type soak struct {
 	launchKey string
 	adminKey  string
 	verifier  *verifierProcess
+	domain    *domain
+	// domainClients is how many clients launch the domain's Tasks; with
+	// none, the domain launches are not required.
+	domainClients int
 
-	mu         sync.Mutex
-	tokens     []issuedToken
-	failures   []string
-	jtis       map[string]bool
-	redeemed   map[string]bool // links that answered 200
-	revokedKid string
-	revokedAt  time.Time // when the revoke command returned
-	outageFrom time.Time
-	outageTo   time.Time
+	mu              sync.Mutex
+	tokens          []issuedToken
+	failures        []string
+	moreFailures    int // beyond the 50 kept
+	jtis            map[string]bool
+	redeemed        map[string]bool // links that answered 200
+	refusedLaunches []string        // the launch ids of the domain's refusals
+	revokedKid      string
+	revokedAt       time.Time // when the revoke command returned
+	outageFrom      time.Time
+	outageTo        time.Time
+	fhirFrom        time.Time
+	fhirTo          time.Time
 
 	issued, verified, refusedExpected, outage503, otherErrors atomic.Int64
 	retriedAfterOutage, lostInOutage, afterOutageOK           atomic.Int64
 	createdAfterOutage, racedLinks                            atomic.Int64
 	jwksRequests, jwksFailures                                atomic.Int64
+	domainIssued, domainVerified, domainForbidden             atomic.Int64
+	domainNoModule, fhirOutage503, stashFollowed              atomic.Int64
+	domainAfterFHIROutage                                     atomic.Int64
 	judged                                                    chan struct{} // closed when every verdict is judged
 }
 
 // issuedToken is a token a client received, as the checks need it: its
-// jti and kid, when it was asked for and handed to the verifier, and which
-// instance signed it.
+// jti and kid, its kind (kindHTI, kindKT), when it was asked for and handed
+// to the verifier, and which instance signed it.
 type issuedToken struct {
 	jti       string
 	kid       string
+	kind      string
 	requested time.Time // when the redeem (or token) request started
 	submitted time.Time // when it was handed to the verifier
 	instance  string
@@ -94,6 +121,7 @@ type issuedToken struct {
 func run() error {
 	duration := flag.Duration("duration", 60*time.Second, "how long launches run")
 	clients := flag.Int("clients", 6, "concurrent launch clients")
+	domainClients := flag.Int("domain-clients", 2, "concurrent clients launching the test domain's Tasks")
 	flag.Parse()
 	admin := os.Getenv("PORTAL_SOAK_DATABASE_URL")
 	if admin == "" {
@@ -110,7 +138,7 @@ func run() error {
 		fmt.Println("soak: keeping the instances' logs in", work)
 	}
 	repo, _ := os.Getwd()
-	s := &soak{client: &http.Client{Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, jtis: map[string]bool{}, redeemed: map[string]bool{}}
+	s := &soak{domainClients: *domainClients, client: &http.Client{Timeout: 15 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, jtis: map[string]bool{}, redeemed: map[string]bool{}}
 	if s.bin, err = instance.Build(ctx, repo, work); err != nil {
 		return err
 	}
@@ -125,7 +153,20 @@ func run() error {
 	}
 	defer proxy.Close()
 
-	if err := s.startInstances(ctx, instanceEnv(viaProxy), work); err != nil {
+	// The domain starts first (Node takes a moment), told where the
+	// instances will publish the domain issuer's JWKS.
+	addrs, err := instanceAddrs()
+	if err != nil {
+		return err
+	}
+	if s.domain, err = startDomain(ctx, "http://"+addrs[0]+"/issuers/"+domainIssuer+"/jwks.json", filepath.Join(work, "testdomain.log")); err != nil {
+		return err
+	}
+	defer s.domain.close()
+	if err := s.domain.seed(ctx); err != nil {
+		return err
+	}
+	if err := s.startInstances(ctx, instanceEnv(viaProxy), addrs, work); err != nil {
 		return err
 	}
 	defer s.stopInstances()
@@ -134,26 +175,29 @@ func run() error {
 	if err := s.provision(ctx, cli); err != nil {
 		return err
 	}
-	if s.verifier, err = startVerifier(s.jwksURLs()); err != nil {
+	if s.verifier, err = startVerifier(s.jwksURLs("/.well-known/jwks.json"), s.jwksURLs("/issuers/"+domainIssuer+"/jwks.json")); err != nil {
 		return err
 	}
 	defer s.verifier.stop()
 	s.judged = make(chan struct{})
 	go s.readVerdicts()
 
-	s.printSetup(*clients, *duration)
+	s.printSetup(*clients, *domainClients, *duration)
 
 	loadCtx, stopLoad := context.WithTimeout(ctx, *duration)
 	defer stopLoad()
-	load := s.startLoad(loadCtx, *clients)
+	load := s.startLoad(loadCtx, *clients, *domainClients)
 	s.timeline(ctx, *duration, cli, admin, proxy, db.Name)
 	load.Wait()
+	loadStopped := time.Now()
 	s.verifier.closeInput()
 	s.verifier.wait()
 	<-s.judged
 
 	s.checkDatabase(ctx, db.URL)
+	audit := s.checkAuditEvents(ctx, db.URL, loadStopped)
 	s.printSummary(work)
+	printAuditEvents(audit)
 	s.checkTotals()
 	return s.outcome()
 }

@@ -14,10 +14,12 @@ import (
 )
 
 // printSetup prints the instances, the timings and the load of the run.
-func (s *soak) printSetup(clients int, duration time.Duration) {
+func (s *soak) printSetup(clients, domainClients int, duration time.Duration) {
 	fmt.Printf("soak: 3 instances (%s), ES256, rotation every %s, publish lead %s, retire grace %s, JWKS max-age %s, token lifetime %s; %d clients for %s\n",
 		strings.Join(instanceURLs(s.instances), ", "), scaledTimings["PORTAL_ROTATION_PERIOD"], scaledTimings["PORTAL_PUBLISH_LEAD"],
 		scaledTimings["PORTAL_RETIRE_GRACE"], scaledTimings["PORTAL_JWKS_MAX_AGE"], scaledTimings["PORTAL_LAUNCH_TOKEN_TTL"], clients, duration)
+	fmt.Printf("soak: Koppeltaal test domain at %s (through a fault proxy); issuer %s (ES384, %s) launches its Tasks from %d more clients; domain timeout %s, AuditEvent retries at most %s apart\n",
+		s.domain.box.FHIRBase, domainIssuer, domainDevice, domainClients, domainTimings["PORTAL_DOMAIN_TIMEOUT"], domainTimings["PORTAL_AUDIT_RETRY_MAX"])
 }
 
 // instanceURLs lists the instances' base URLs.
@@ -41,12 +43,23 @@ func (s *soak) printSummary(work string) {
 	s.mu.Unlock()
 	fmt.Printf("soak: %d links followed from two instances at once; %d links redeemed in all, each once\n", s.racedLinks.Load(), redemptions)
 	fmt.Printf("soak: JWKS polled %d times during the run, %d answers not 200\n", s.jwksRequests.Load(), s.jwksFailures.Load())
+	fmt.Printf("soak: domain launches: %d tokens received (handed out or from redeemed links), %d verified; %d refused as expected (%d 403 launch-refused, %d 422 task-not-launchable)\n",
+		s.domainIssued.Load(), s.domainVerified.Load(), s.domainForbidden.Load()+s.domainNoModule.Load(), s.domainForbidden.Load(), s.domainNoModule.Load())
+	fmt.Printf("soak: FHIR outage: %d domain launches answered 503 domain-unavailable (expected: nothing written; none outside the outage), %d of %d links made before it followed during it, %d domain launches answered after it\n",
+		s.fhirOutage503.Load(), s.stashFollowed.Load(), stashedLinks, s.domainAfterFHIROutage.Load())
 	s.mu.Lock()
 	from, to := s.outageFrom, s.outageTo
+	fhirFrom, fhirTo := s.fhirFrom, s.fhirTo
 	s.mu.Unlock()
 	fmt.Println("soak: what the instances logged during the outage (warnings and errors, first lines):")
 	for _, p := range s.instances {
 		for _, line := range logLines(filepath.Join(work, p.Name+".log"), from.Add(-100*time.Millisecond), to.Add(2*time.Second), 4) {
+			fmt.Printf("  %s: %s\n", p.Name, line)
+		}
+	}
+	fmt.Println("soak: what the instances logged during the FHIR outage (warnings and errors, first lines):")
+	for _, p := range s.instances {
+		for _, line := range logLines(filepath.Join(work, p.Name+".log"), fhirFrom.Add(-100*time.Millisecond), fhirTo.Add(fhirGrace), 2) {
 			fmt.Printf("  %s: %s\n", p.Name, line)
 		}
 	}
@@ -62,7 +75,10 @@ func (s *soak) outcome() error {
 		for _, f := range s.failures {
 			fmt.Println("soak: failure:", f)
 		}
-		return fmt.Errorf("%d failures", len(s.failures))
+		if s.moreFailures > 0 {
+			fmt.Printf("soak: and %d failures more\n", s.moreFailures)
+		}
+		return fmt.Errorf("%d failures", len(s.failures)+s.moreFailures)
 	}
 	fmt.Println("soak: PASS")
 	return nil

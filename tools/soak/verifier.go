@@ -21,30 +21,42 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
-// runVerifier is the independent verifier: it reads "id token" lines on
-// stdin and writes one JSON verdict per line. It does not use the portal's
-// own verifier package. It caches the JWKS exactly as long as the
+// runVerifier is the independent verifier: it reads "id kind token" lines
+// on stdin and writes one JSON verdict per line. It does not use the
+// portal's own verifier package. It caches the JWKS exactly as long as the
 // Cache-Control max-age of the answer allows and never fetches it early,
 // not even for an unknown kid: so a token signed with a key that was not
 // published in time fails here. Each fetch goes to the next of the given
-// URLs, as a load balancer in front of the instances would.
+// URLs, as a load balancer in front of the instances would. There is one
+// cache, issuer and audience per kind of token: hti (the default issuer's
+// plain HTI launches) and kt (the domain issuer's launches of Tasks).
 func runVerifier(args []string) error {
 	fs := flag.NewFlagSet("verifier", flag.ContinueOnError)
-	urls := fs.String("jwks", "", "comma-separated JWKS URLs (one per instance)")
-	issuer := fs.String("issuer", "", "expected iss")
-	aud := fs.String("audience", "", "expected aud")
+	urls := fs.String("jwks", "", "comma-separated JWKS URLs (one per instance) of the hti tokens")
+	issuer := fs.String("issuer", "", "expected iss of the hti tokens")
+	aud := fs.String("audience", "", "expected aud of the hti tokens")
+	ktURLs := fs.String("kt-jwks", "", "comma-separated JWKS URLs of the kt tokens")
+	ktIssuer := fs.String("kt-issuer", "", "expected iss of the kt tokens")
+	ktAud := fs.String("kt-audience", "", "expected aud of the kt tokens")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	c := &jwksCache{urls: strings.Split(*urls, ","), client: &http.Client{Timeout: 5 * time.Second}}
+	client := &http.Client{Timeout: 5 * time.Second}
+	kinds := map[string]*trust{
+		kindHTI: {cache: &jwksCache{urls: strings.Split(*urls, ","), client: client}, issuer: *issuer, audience: *aud},
+		kindKT:  {cache: &jwksCache{urls: strings.Split(*ktURLs, ","), client: client}, issuer: *ktIssuer, audience: *ktAud},
+	}
 	out := json.NewEncoder(os.Stdout)
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 64<<10), 64<<10)
 	for sc.Scan() {
-		idText, token, _ := strings.Cut(sc.Text(), " ")
+		idText, rest, _ := strings.Cut(sc.Text(), " ")
+		kind, token, _ := strings.Cut(rest, " ")
 		id, _ := strconv.Atoi(idText)
 		v := verdict{ID: id, OK: true}
-		if err := verifyToken(c, token, *issuer, *aud); err != nil {
+		if t, ok := kinds[kind]; !ok {
+			v.OK, v.Error = false, fmt.Sprintf("unknown kind of token %q", kind)
+		} else if err := verifyToken(t.cache, token, t.issuer, t.audience); err != nil {
 			v.OK, v.Error = false, err.Error()
 		}
 		if err := out.Encode(v); err != nil {
@@ -52,6 +64,18 @@ func runVerifier(args []string) error {
 		}
 	}
 	return sc.Err()
+}
+
+// The kinds of token the verifier knows.
+const (
+	kindHTI = "hti" // the default issuer's, for the registered module
+	kindKT  = "kt"  // the domain issuer's, for the domain's module
+)
+
+// trust is what the verifier checks one kind of token against.
+type trust struct {
+	cache            *jwksCache
+	issuer, audience string
 }
 
 // jwksCache is the verifier's one cached JWK Set: fetched from the next URL
@@ -170,14 +194,16 @@ type verdict struct {
 	Error string `json:"error,omitempty"`
 }
 
-// startVerifier starts the verifier on the comma-separated JWKS URLs and
-// reads its verdicts into the verdicts channel, closed when it exits.
-func startVerifier(jwksURLs string) (*verifierProcess, error) {
+// startVerifier starts the verifier on the comma-separated JWKS URLs of
+// the default issuer and of the domain issuer, and reads its verdicts into
+// the verdicts channel, closed when it exits.
+func startVerifier(jwksURLs, ktJWKSURLs string) (*verifierProcess, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "verifier", "--jwks", jwksURLs, "--issuer", clientID, "--audience", audience)
+	cmd := exec.Command(self, "verifier", "--jwks", jwksURLs, "--issuer", clientID, "--audience", audience,
+		"--kt-jwks", ktJWKSURLs, "--kt-issuer", domainClientID, "--kt-audience", domainModule)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -205,11 +231,11 @@ func startVerifier(jwksURLs string) (*verifierProcess, error) {
 	return v, nil
 }
 
-// send hands the verifier one token under an id.
-func (v *verifierProcess) send(id int, token string) {
+// send hands the verifier one token of a kind under an id.
+func (v *verifierProcess) send(id int, kind, token string) {
 	v.inMu.Lock()
 	defer v.inMu.Unlock()
-	fmt.Fprintf(v.in, "%d %s\n", id, token)
+	fmt.Fprintf(v.in, "%d %s %s\n", id, kind, token)
 }
 
 // closeInput tells the verifier no more tokens come.

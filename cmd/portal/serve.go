@@ -317,9 +317,11 @@ func newAuditWorker(env *environment, domain *fhirdomain.Client, observed *metri
 	return auditoutbox.NewWorker(env.pool, auditoutbox.Config{
 		Sender: domain, Instance: fmt.Sprintf("serve:%s:%d", host, os.Getpid()),
 		Poll: cfg.Poll, RetryMax: cfg.RetryMax, Retention: cfg.Retention, Clock: env.clock, Log: env.log,
-		// A lease outlasts the longest attempt: two tries of the token and
-		// of the PUT within PORTAL_DOMAIN_TIMEOUT each, and its recording.
-		Lease:   max(auditoutbox.DefaultLease, 2*env.cfg.Domain.Timeout+15*time.Second),
+		// A lease outlasts the longest attempt (the token and the PUT, each
+		// tried twice within PORTAL_DOMAIN_TIMEOUT, then its recording) and
+		// no more: an event whose take or outcome a database blip cut off is
+		// due again when its lease ends.
+		Lease:   2*env.cfg.Domain.Timeout + 15*time.Second,
 		Observe: observed.AuditDelivery,
 		ObserveStats: func(s auditoutbox.Stats) {
 			observed.AuditOutbox(s.Pending, s.Failed, s.OldestPending)

@@ -130,11 +130,22 @@ func (w *Worker) Wake() {
 // Deliveries in flight when ctx ends are finished (each is bounded by the
 // Sender's timeout) and recorded.
 func (w *Worker) Run(ctx context.Context) {
-	var lastPrune time.Time
+	var lastPrune, failingSince, lastWarned time.Time
 	for ctx.Err() == nil {
 		n, err := w.DeliverDue(context.WithoutCancel(ctx))
-		if err != nil {
-			w.cfg.Log.Warn("audit events: could not take due events from the outbox", "err", err)
+		// While the database is away every poll fails: a warning when it
+		// starts and then once a minute, a line when it is over.
+		switch now := w.cfg.Clock(); {
+		case err != nil && (failingSince.IsZero() || now.Sub(lastWarned) >= time.Minute):
+			if failingSince.IsZero() {
+				failingSince = now
+			}
+			lastWarned = now
+			w.cfg.Log.Warn("audit events: could not take due events from the outbox; delivery waits for the database",
+				"since", failingSince.UTC().Format(time.RFC3339), "err", err)
+		case err == nil && !failingSince.IsZero():
+			w.cfg.Log.Info("audit events: the outbox can be read again", "after", now.Sub(failingSince).Round(time.Millisecond).String())
+			failingSince = time.Time{}
 		}
 		if w.cfg.ObserveStats != nil {
 			if s, err := w.store.Stats(ctx); err == nil {

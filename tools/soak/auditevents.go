@@ -254,7 +254,7 @@ func (s *soak) drainOutbox(ctx context.Context, conn *pgx.Conn, token string) (h
 func printAuditEvents(f auditFigures) {
 	fmt.Printf("soak: AuditEvents: %d created (rows in audit_events), %d delivered (%d after more than one attempt), %d failed, %d pending (%d of them in the domain already, their delivery not recorded during the database outage: sent again when their lease ends)\n",
 		f.created, f.delivered, f.retried, f.failed, f.pending, f.held)
-	fmt.Printf("soak: outbox: the wait for it to drain ended %s after the load stopped; %d events were then held by a delivery lease the database outage had cut off (due again only when it ends, a minute after it was taken)\n",
+	fmt.Printf("soak: outbox: the wait for it to drain ended %s after the load stopped; %d events were then held by a delivery lease the database outage had cut off (due again when it ends: twice PORTAL_DOMAIN_TIMEOUT and 15 s after it was taken)\n",
 		f.drained.Round(100*time.Millisecond), f.leased)
 	fmt.Printf("soak: AuditEvents in the domain: %d for %d domain launches that started a module or were refused: %d lost, %d duplicates, %d belonging to no launch; %d of the %d refusals the clients were told of recorded with theirs\n",
 		f.inDomain, f.launches, f.lost, f.duplicates, f.unknown, f.refusalsRecorded, f.refusalsSeen)

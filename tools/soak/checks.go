@@ -26,8 +26,9 @@ const (
 	fhirGrace = domainTimeout + time.Second
 	// outboxDrainLimit bounds the wait, once the load has stopped, for the
 	// outbox to have no pending AuditEvent. It must outlast the delivery
-	// lease (a minute): an event whose delivery could not be recorded
-	// during the database outage is due again only when its lease ends.
+	// lease (twice PORTAL_DOMAIN_TIMEOUT and 15 s, 19 s here): an event
+	// whose take or delivery could not be recorded during the database
+	// outage is due again only when its lease ends.
 	outboxDrainLimit = 60 * time.Second
 )
 

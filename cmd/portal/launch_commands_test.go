@@ -115,6 +115,15 @@ func TestCommands_ModulesKeysLaunchesAndVerify(t *testing.T) {
 	if _, err := runCommand(t, env, "launches", "list", "--task", "Patient/1"); err == nil {
 		t.Fatal("a bad filter was accepted")
 	}
+	if out := mustRun(t, env, "launches", "list", "--outcome", "accepted"); !strings.Contains(out, "Task/7") {
+		t.Fatalf("launches list --outcome accepted:\n%s", out)
+	}
+	if out := mustRun(t, env, "launches", "list", "--outcome", "refused"); strings.Contains(out, "Task/7") {
+		t.Fatalf("launches list --outcome refused lists an accepted launch:\n%s", out)
+	}
+	if _, err := runCommand(t, env, "launches", "list", "--outcome", "lost"); err == nil {
+		t.Fatal("an unknown outcome was accepted")
+	}
 
 	mustRun(t, env, "apikeys", "revoke", "backend")
 	if status, body := post(t, inst.URL+"/api/v1/launch-tokens", launchKey, `{"module":"diary","task":"Task/7","user":"Patient/9"}`); status != 401 {

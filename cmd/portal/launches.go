@@ -16,7 +16,7 @@ func launchesCommand() *command {
 		usage:   "portal launches list [filters]",
 		sub: []*command{
 			{name: "list", summary: "show launches, newest first: who opened what for whom, when and from where",
-				usage: "portal launches list [--task Task/ID] [--user Type/ID] [--patient Patient/ID] [--module SLUG] [--issuer SLUG] [--from RFC3339] [--to RFC3339] [--limit N] [--cursor C] [--json]",
+				usage: "portal launches list [--task Task/ID] [--user Type/ID] [--patient Patient/ID] [--module SLUG|Device/ID] [--issuer SLUG] [--outcome accepted|refused] [--from RFC3339] [--to RFC3339] [--limit N] [--cursor C] [--json]",
 				help:  "Tokens and launch links are never stored, so they are never shown; the jti identifies a token.",
 				env:   databaseEnv, run: launchesList},
 		},
@@ -31,6 +31,7 @@ func launchesList(ctx context.Context, c *cli, args []string) error {
 	fs.StringVar(&f.Patient, "patient", "", "only launches for this Patient/<id>")
 	fs.StringVar(&f.Module, "module", "", "only this module")
 	fs.StringVar(&f.Issuer, "issuer", "", "only this issuer")
+	fs.StringVar(&f.Outcome, "outcome", "", "only accepted or only refused launches (refused: the Koppeltaal domain did not allow them)")
 	timeFlag(fs, "from", "created at or after (RFC 3339)", &f.From)
 	timeFlag(fs, "to", "created before (RFC 3339)", &f.To)
 	fs.IntVar(&f.Limit, "limit", 50, "records per page, 1-500")

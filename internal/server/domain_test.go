@@ -170,7 +170,32 @@ func domainFixtures() []any {
 		td("t-devoff", "ready", "order", "Patient/p-1", "Patient/p-1", "ActivityDefinition/ad-devoff"),
 		td("t-retired", "ready", "order", "Patient/p-1", "Patient/p-1", "ActivityDefinition/ad-retired"),
 		td("t-nodef", "ready", "order", "Patient/p-1", "Patient/p-1", "ActivityDefinition/missing"),
+
+		// More rules: a Task without a patient, one for a Group, CareTeams
+		// that are missing or for another patient, a module Device without
+		// a client_id, two active definitions behind one canonical url.
+		testdomain.CareTeam("ct-p2", "active", "Patient/p-2", "Practitioner/pr-team", "RelatedPerson/rp-1"),
+		testdomain.Device("mod-noid", "active", ""),
+		testdomain.ActivityDefinition("ad-noid", "active", "Device/mod-noid", "ep-1"),
+		withURL(testdomain.ActivityDefinition("ad-dup-a", "active", "Device/mod-1", "ep-1"), dupDefinitionURL),
+		withURL(testdomain.ActivityDefinition("ad-dup-b", "active", "Device/mod-1", "ep-1"), dupDefinitionURL),
+		td("t-nopatient", "ready", "order", "", "Patient/p-1", "ActivityDefinition/ad-1"),
+		td("t-group", "ready", "order", "Group/g-1", "Patient/p-1", "ActivityDefinition/ad-1"),
+		td("t-team-missing", "ready", "order", "Patient/p-1", "CareTeam/ct-missing", "ActivityDefinition/ad-1"),
+		td("t-team-p2", "ready", "order", "Patient/p-1", "CareTeam/ct-p2", "ActivityDefinition/ad-1"),
+		td("t-noid", "ready", "order", "Patient/p-1", "Patient/p-1", "ActivityDefinition/ad-noid"),
+		td("t-dup", "ready", "order", "Patient/p-1", "Patient/p-1", dupDefinitionURL),
 	}
+}
+
+// dupDefinitionURL is the canonical url two active ActivityDefinitions of
+// domainFixtures share.
+const dupDefinitionURL = "https://module.example/fhir/ActivityDefinition/dup"
+
+// withURL sets a fixture's canonical url.
+func withURL(resource map[string]any, url string) map[string]any {
+	resource["url"] = url
+	return resource
 }
 
 // domainLaunch asks the stack for a launch token of the domain issuer.
@@ -325,6 +350,14 @@ func TestDomainLaunch_RefusedByEachRule(t *testing.T) {
 		{"t-query", "Patient/p-1", 422, "endpoint-address"},
 		{"t-nodev", "Patient/p-1", 422, "no-device"},
 		{"t-devoff", "Patient/p-1", 422, "device-inactive"},
+		{"t-nopatient", "Patient/p-1", 422, "task-no-patient"},
+		{"t-group", "Patient/p-1", 422, "bad-reference"},
+		{"t-team-missing", "Practitioner/pr-team", 403, "careteam-not-found"},
+		// A related person's CareTeam must be for their patient (a
+		// practitioner's need not: TOP-KT-013 asks only membership).
+		{"t-team-p2", "RelatedPerson/rp-1", 403, "careteam-other-patient"},
+		{"t-noid", "Patient/p-1", 422, "device-no-client-id"},
+		{"t-dup", "Patient/p-1", 422, "definition-ambiguous"},
 	} {
 		for _, path := range []string{"/api/v1/launches", "/api/v1/launch-tokens"} {
 			t.Run(tc.task+" "+tc.user+" "+path, func(t *testing.T) {

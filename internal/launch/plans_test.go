@@ -32,7 +32,7 @@ const auditRows = 200_000
 // given (a custom plan), and the plan PostgreSQL picks for the prepared
 // statement after five executions (plan_cache_mode auto), as pgx's
 // statement cache runs it: the generic plan of these queries cannot use
-// the indexes (their filters are "$1 = '' OR task = $1"), so it must lose
+// the indexes (their filters are "$1 = ” OR task = $1"), so it must lose
 // to the custom ones, or every list would become a full scan. It asserts
 // plans, never times.
 func TestAuditQueries_PlansUseTheirIndexes(t *testing.T) {

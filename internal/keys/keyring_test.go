@@ -2,6 +2,7 @@ package keys
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -219,5 +220,48 @@ func TestKeyring_NeverSignsWithAKeyMissingFromTheJWKS(t *testing.T) {
 	}
 	if err := f.keyring.Ready(); err == nil {
 		t.Fatal("ready without a usable active key")
+	}
+}
+
+// BenchmarkKeyringScale measures, for 1, 100 and 1,000 issuers with three
+// published keys each (next, active, retired), a full keyring reload from
+// the database (what every instance does after any key change, and every
+// PORTAL_KEYRING_REFRESH) and serving one issuer's JWKS from memory.
+// docs/BENCHMARKS.md records the figures.
+func BenchmarkKeyringScale(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		clock := newFakeClock()
+		f := newFixture(b, testDB.Fresh(b), clock, newSealer(b, newKEK(b, "k1")))
+		for i := range n {
+			slug := fmt.Sprintf("issuer-%04d", i)
+			f.addIssuer(b, testIssuer(slug, ES256))
+			if _, err := f.rotator.Rotate(testContext(), slug, true); err != nil {
+				b.Fatal(err)
+			}
+		}
+		f.refresh(b)
+		if set, err := f.keyring.JWKS("issuer-0000"); err != nil || strings.Count(string(set.Body), `"kid"`) != 3 {
+			b.Fatalf("JWKS %s %v: want three keys", set.Body, err)
+		}
+		b.Run(fmt.Sprintf("refresh/%d-issuers", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				f.refresh(b)
+			}
+		})
+		slugs := make([]string, n)
+		for i := range slugs {
+			slugs[i] = fmt.Sprintf("issuer-%04d", i)
+		}
+		b.Run(fmt.Sprintf("jwks/%d-issuers", n), func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, err := f.keyring.JWKS(slugs[i%n]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
 	}
 }

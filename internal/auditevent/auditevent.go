@@ -96,9 +96,11 @@ type Launch struct {
 	OutcomeDesc   string  // why it failed; required for 4 and 8, refused for 0
 }
 
-// validID reports whether s follows the FHIR id rule, which valueId and
-// Resource.id follow: 1 to 64 letters, digits, '-' or '.'.
-func validID(s string) bool {
+// ValidID reports whether s follows the FHIR id rule, which valueId and
+// Resource.id follow: 1 to 64 letters, digits, '-' or '.'. It is also the
+// rule of the request ids the portal keeps, since they become the valueIds
+// of its events.
+func ValidID(s string) bool {
 	if len(s) < 1 || len(s) > 64 {
 		return false
 	}
@@ -144,7 +146,7 @@ func (l *Launch) Validate() error {
 		switch {
 		case value == "" && required:
 			bad(field, "is required")
-		case value != "" && !validID(value):
+		case value != "" && !ValidID(value):
 			bad(field, "%q is not a FHIR id (1-64 letters, digits, '-' or '.')", value)
 		}
 	}
@@ -239,7 +241,7 @@ func (l *Launch) ID() (string, error) {
 // launchID that ended with outcome o in the request requestID.
 func EventID(launchID string, o Outcome, requestID string) (string, error) {
 	kind, ok := o.kind()
-	if !ok || !validID(launchID) || (requestID != "" && !validID(requestID)) {
+	if !ok || !ValidID(launchID) || (requestID != "" && !ValidID(requestID)) {
 		return "", &Error{Field: "LaunchID", Reason: fmt.Sprintf("no event id for launch %q, outcome %q, request %q", launchID, o, requestID)}
 	}
 	// Every part is a FHIR id or empty, so none holds the separator.

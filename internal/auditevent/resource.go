@@ -117,7 +117,7 @@ func Validate(raw []byte) error {
 	if e.ResourceType != "AuditEvent" {
 		bad("resourceType", "is %q, not AuditEvent", e.ResourceType)
 	}
-	if !validID(e.ID) {
+	if !ValidID(e.ID) {
 		bad("id", "%q is not a FHIR id", e.ID)
 	}
 	if len(e.Meta.Profile) != 1 || e.Meta.Profile[0] != Profile {
@@ -136,7 +136,7 @@ func Validate(raw []byte) error {
 			bad(field, "%s appears twice", x.URL)
 		}
 		seen[x.URL] = true
-		if !validID(x.ValueID) {
+		if !ValidID(x.ValueID) {
 			bad(field+".valueId", "%q is not a FHIR id (1-64 letters, digits, '-' or '.')", x.ValueID)
 		}
 	}
@@ -278,7 +278,7 @@ func checkTaskReference(r reference) error {
 	if _, err := hti.ParseReference(base, hti.TypeTask); err != nil {
 		return err
 	}
-	if versioned && !validID(version) {
+	if versioned && !ValidID(version) {
 		return fmt.Errorf("%q has a version that is not a FHIR id", r.Reference)
 	}
 	if r.Type != hti.TypeTask {

@@ -154,7 +154,7 @@ func Variables() []Variable {
 		{"PORTAL_METRICS_ADDR", ":9464", "address of the listener serving /metrics only; public serves /metrics on PORTAL_LISTEN_ADDR instead"},
 		{"PORTAL_DOMAIN_TIMEOUT", "5s", "bound of each request to a Koppeltaal domain (token endpoint, each FHIR read): 100ms to 60s"},
 		{"PORTAL_DOMAIN_CACHE_TTL", "30s", "how long ActivityDefinitions, Endpoints and Devices are used before the FHIR server is asked again (0s: every launch reads them): at most 10m"},
-		{"PORTAL_DOMAIN_SCOPE", "", "scope asked for with the domain's access tokens, e.g. system/*.read; empty: the domain grants the client's role"},
+		{"PORTAL_DOMAIN_SCOPE", "", "scope asked for with the domain's access tokens, e.g. system/*.read system/AuditEvent.cu (the AuditEvents need create and update); empty: the domain grants the client's role"},
 		{"PORTAL_DOMAIN_READY_TASKS_ONLY", "false", "launch only ready and in-progress Tasks; by default requested, received and accepted ones launch too"},
 		{"PORTAL_AUDIT_SITE", "(the host of PORTAL_PUBLIC_URL)", "source.site of the AuditEvents that report launches to a Koppeltaal domain: the portal's domain name"},
 		{"PORTAL_AUDIT_RETENTION", "720h", "how long delivered AuditEvents stay in the outbox (pending and failed ones stay until delivered or retried): 1h to 8760h"},

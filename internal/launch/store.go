@@ -2,13 +2,12 @@ package launch
 
 import (
 	"context"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/ehealth-nl/portal/internal/auditevent"
 	"github.com/ehealth-nl/portal/internal/keys"
 )
 
@@ -54,8 +53,9 @@ const launchValues = `$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $1
 
 const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `) VALUES (` + launchValues + `)`
 
-// fhirIDPattern is the FHIR id rule (1-64 letters, digits, '-' or '.') in
-// SQL: the request ids an AuditEvent names must follow it (TOP-KT-011).
+// fhirIDPattern is the FHIR id rule of auditevent.ValidID in SQL, for
+// request ids stored before the server kept only FHIR ids: the request ids
+// an AuditEvent names must follow it (TOP-KT-011).
 const fhirIDPattern = `'^[A-Za-z0-9.-]{1,64}$'`
 
 // sqlReportNewLaunch writes the AuditEvent row (table audit_events, the
@@ -108,13 +108,11 @@ func eventOutcome(r *Refusal) string {
 // fhirID is s when it is a FHIR id, else NULL: an id that is not one is
 // not named in the AuditEvent (it would make the event invalid).
 func fhirID(s string) *string {
-	if !fhirIDRegexp.MatchString(s) {
+	if !auditevent.ValidID(s) {
 		return nil
 	}
 	return &s
 }
-
-var fhirIDRegexp = regexp.MustCompile(strings.Trim(fhirIDPattern, "'"))
 
 // args are the values of launchColumns for l.
 func (l newLaunch) args() []any {

@@ -60,7 +60,7 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 func caller(c echo.Context) launch.Caller {
 	key, _ := c.Get(apiKeyContextKey).(apikeys.Key)
 	correlation := c.Request().Header.Get("X-Correlation-Id")
-	if !requestIDPattern.MatchString(correlation) {
+	if !validRequestID(correlation) {
 		correlation = ""
 	}
 	return launch.Caller{Name: key.Name, Addr: c.RealIP(), Issuers: key.Issuers,

@@ -90,7 +90,7 @@ func (s *server) serveJWKSDirect(w http.ResponseWriter, r *http.Request) bool {
 	start := time.Now()
 	h := w.Header()
 	id := r.Header.Get("X-Request-Id")
-	if !requestIDPattern.MatchString(id) {
+	if !validRequestID(id) {
 		id = newRequestID()
 	}
 	h["X-Request-Id"] = []string{id}

@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"regexp"
+
 	"runtime/debug"
 	"strings"
 	"time"
@@ -16,19 +16,20 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/ehealth-nl/portal/internal/apikeys"
+	"github.com/ehealth-nl/portal/internal/auditevent"
 	"github.com/ehealth-nl/portal/internal/launch"
 )
 
 // Where logger keeps the request's logger.
 const loggerContextKey = "portal.logger"
 
-// requestIDPattern is what an incoming X-Request-Id (or X-Correlation-Id)
-// must look like to be kept: a FHIR id, 1-64 letters, digits, '-' or '.',
-// because it is sent on to the domain and becomes the valueId of the
-// launch's AuditEvent (TOP-KT-011). Anything else (too long, control
-// characters, '_') is replaced, so a client can neither inject into the
-// logs nor make an event the domain must refuse.
-var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9.-]{1,64}$`)
+// validRequestID is what an incoming X-Request-Id (or X-Correlation-Id)
+// must be to be kept: a FHIR id (auditevent.ValidID), because it is sent on
+// to the domain and becomes the valueId of the launch's AuditEvent
+// (TOP-KT-011). Anything else (too long, control characters, '_') is
+// replaced, so a client can neither inject into the logs nor make an
+// event the domain must refuse.
+var validRequestID = auditevent.ValidID
 
 // newRequestID returns 128 random bits in hex. A request id correlates log
 // lines; it is no secret, so the fast generator of math/rand/v2 serves.
@@ -53,7 +54,7 @@ func (s *server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
 		id := c.Request().Header.Get("X-Request-Id")
-		if !requestIDPattern.MatchString(id) {
+		if !validRequestID(id) {
 			id = newRequestID()
 		}
 		// Kept in the answer's header only (logger reads it from there): a

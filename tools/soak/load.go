@@ -34,6 +34,22 @@ func (s *soak) startLoad(ctx context.Context, clients, domainClients int) *sync.
 
 var launchField = regexp.MustCompile(`name="launch" value="([^"]+)"`)
 
+// followPending follows, once the database outage is over, the oldest
+// link whose redemption met it, through redeemer; a link that fails again
+// waits for the next turn. It reports whether it followed one.
+func (s *soak) followPending(pending *[]string, redeemer *instance.Process, kind string) bool {
+	if len(*pending) == 0 || s.inOutage(time.Now()) {
+		return false
+	}
+	link := (*pending)[0]
+	*pending = (*pending)[1:]
+	s.retriedAfterOutage.Add(1)
+	if !s.redeem(link, redeemer, true, kind) {
+		*pending = append(*pending, link)
+	}
+	return true
+}
+
 // launchLoop creates launches through one instance and redeems them
 // through the next, as a load balancer would spread them. Every tenth link
 // is followed from two instances at once: exactly one may get the token.
@@ -43,13 +59,7 @@ func (s *soak) launchLoop(ctx context.Context, worker int) {
 	for n := worker; ctx.Err() == nil; n++ {
 		creator := s.instances[n%3]
 		redeemer := s.instances[(n+1)%3]
-		if len(pending) > 0 && !s.inOutage(time.Now()) {
-			link := pending[0]
-			pending = pending[1:]
-			s.retriedAfterOutage.Add(1)
-			if !s.redeem(link, redeemer, true, kindHTI) {
-				pending = append(pending, link)
-			}
+		if s.followPending(&pending, redeemer, kindHTI) {
 			continue
 		}
 		if n%5 == 0 {
@@ -103,13 +113,7 @@ func (s *soak) domainLoop(ctx context.Context, worker int) {
 	for n := worker; ctx.Err() == nil; n++ {
 		creator := s.instances[n%3]
 		redeemer := s.instances[(n+1)%3]
-		if len(pending) > 0 && !s.inOutage(time.Now()) {
-			link := pending[0]
-			pending = pending[1:]
-			s.retriedAfterOutage.Add(1)
-			if !s.redeem(link, redeemer, true, kindKT) {
-				pending = append(pending, link)
-			}
+		if s.followPending(&pending, redeemer, kindKT) {
 			continue
 		}
 		switch n % 6 {

@@ -32,6 +32,13 @@ type keyAdmin struct {
 	rotator *keys.Rotator
 }
 
+// recentKeyLifetime is how long the launch routes authenticate a key from
+// memory after finding it valid in the database. A revocation takes effect
+// on the next request regardless (the launch write checks the key); this
+// bounds only how long a revoked key's request may still cause reads of
+// its issuer's Koppeltaal domain before that write refuses it.
+const recentKeyLifetime = 30 * time.Second
+
 // Keys lists an issuer's keys for GET /api/v1/keys.
 func (a keyAdmin) Keys(ctx context.Context, issuer string) ([]keys.Key, error) {
 	return a.store.Keys(ctx, issuer)
@@ -188,12 +195,14 @@ func serve(ctx context.Context, c *cli, args []string) error {
 		PublicURL: cfg.PublicURL, TokenLifetime: cfg.TokenLifetime, TicketLifetime: cfg.TicketLifetime, IATBackdate: cfg.IATBackdate,
 		Domain: domain, Site: cfg.Audit.Site, Reported: reporter.Wake,
 	}, env.clock, log)
+	apiKeys := apikeys.NewStore(env.pool)
 	deps := server.Deps{
 		Keyring:        keyring,
 		Database:       env.pool,
 		Launches:       launches,
 		Modules:        registry,
-		APIKeys:        apikeys.NewStore(env.pool),
+		APIKeys:        apiKeys,
+		LaunchKeys:     apikeys.NewRecent(apiKeys, recentKeyLifetime, time.Now),
 		KeyAdmin:       keyAdmin{env.store, env.rotator},
 		AdminEvents:    adminevents.NewStore(env.pool),
 		AuditEvents:    auditoutbox.NewStore(env.pool),

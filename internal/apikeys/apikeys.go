@@ -213,11 +213,25 @@ func (k Key) auditState() map[string]any {
 // the stored hash. Database errors are classified by postgres.Error: a
 // transient one wraps postgres.ErrUnavailable.
 func (s *Store) Authenticate(ctx context.Context, presented string) (Key, error) {
+	k, _, err := s.authenticate(ctx, presented)
+	return k, err
+}
+
+// splitPresented returns the key id and secret of a presented key, or
+// false when it does not have the shape of one.
+func splitPresented(presented string) (keyID, secret string, ok bool) {
 	if len(presented) != keyLen || presented[:len(keyPrefix)] != keyPrefix || presented[len(keyPrefix)+keyIDLen] != '_' {
-		return Key{}, ErrUnauthenticated
+		return "", "", false
 	}
-	keyID := presented[len(keyPrefix) : len(keyPrefix)+keyIDLen]
-	secret := presented[len(keyPrefix)+keyIDLen+1:]
+	return presented[len(keyPrefix) : len(keyPrefix)+keyIDLen], presented[len(keyPrefix)+keyIDLen+1:], true
+}
+
+// authenticate is Authenticate, also returning the stored secret hash.
+func (s *Store) authenticate(ctx context.Context, presented string) (Key, []byte, error) {
+	keyID, secret, ok := splitPresented(presented)
+	if !ok {
+		return Key{}, nil, ErrUnauthenticated
+	}
 	var (
 		k       Key
 		scope   string
@@ -228,17 +242,17 @@ func (s *Store) Authenticate(ctx context.Context, presented string) (Key, error)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Spend the same hashing work as for a known key.
 		subtle.ConstantTimeCompare(hashSecret(secret), make([]byte, 32))
-		return Key{}, ErrUnauthenticated
+		return Key{}, nil, ErrUnauthenticated
 	}
 	if err != nil {
 		// The presented key id is not in the message: it is the client's text.
-		return Key{}, postgres.Error("authenticate API key", err)
+		return Key{}, nil, postgres.Error("authenticate API key", err)
 	}
 	if subtle.ConstantTimeCompare(hashSecret(secret), hash) != 1 || revoked != nil {
-		return Key{}, ErrUnauthenticated
+		return Key{}, nil, ErrUnauthenticated
 	}
 	k.Scope = Scope(scope)
-	return k, nil
+	return k, hash, nil
 }
 
 // List returns every key, valid ones first, newest first.

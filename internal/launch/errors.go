@@ -56,6 +56,10 @@ var (
 	// ErrUnavailable means the database could not be reached; nothing was
 	// changed and the request may be retried. It is postgres.ErrUnavailable.
 	ErrUnavailable = postgres.ErrUnavailable
+	// ErrCallerRevoked means the caller's API key (Caller.KeyID) was
+	// revoked after this instance last found it valid: nothing was stored,
+	// and the request is answered as one with an unknown key.
+	ErrCallerRevoked = errors.New("the API key was revoked")
 )
 
 // storageError classifies a database error with the one classifier of

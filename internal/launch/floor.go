@@ -45,8 +45,11 @@ func SQLFloor(ctx context.Context, pool *pgxpool.Pool, module Module, n, conc in
 			for range work {
 				now := time.Now().UTC()
 				_, hash := newTicket()
-				err := st.insert(ctx, newLaunch{id: newLaunchID(), kind: "ticket", sp: sp, by: by, createdAt: now, ticketHash: hash,
+				stored, err := st.insert(ctx, newLaunch{id: newLaunchID(), kind: "ticket", sp: sp, by: by, createdAt: now, ticketHash: hash,
 					expiresAt: now.Add(time.Minute)})
+				if err == nil && !stored {
+					err = fmt.Errorf("sql floor: module %q is not registered as given", module.Slug)
+				}
 				if err == nil {
 					_, _, _, err = st.claim(ctx, claimRequest{hash: hash, now: now, browser: Browser{Addr: "127.0.0.1", UserAgent: "sql-floor"},
 						jti: newJTI(), tokenExpiresAt: now.Add(5 * time.Minute), signers: signers})

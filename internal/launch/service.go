@@ -60,16 +60,18 @@ type Config struct {
 // Service creates launches, redeems launch links and lists the audit trail.
 type Service struct {
 	store   *Store
-	modules ModuleSource
+	modules *moduleMemory
 	signers Signers
 	cfg     Config
 	now     func() time.Time
 	log     *slog.Logger
 }
 
-// NewService returns a launch service.
+// NewService returns a launch service. It reads modules from the source
+// through a memory of its own (moduleMemory): every statement that writes
+// a launch checks the module it copied is still registered so.
 func NewService(pool *pgxpool.Pool, modules ModuleSource, signers Signers, cfg Config, clock func() time.Time, logger *slog.Logger) *Service {
-	return &Service{store: NewStore(pool), modules: modules, signers: signers, cfg: cfg, now: clock, log: logger}
+	return &Service{store: NewStore(pool), modules: newModuleMemory(modules), signers: signers, cfg: cfg, now: clock, log: logger}
 }
 
 // Caller is who asked for a launch: the API key's name, the issuers it may
@@ -84,6 +86,11 @@ type Caller struct {
 	// CorrelationID is the X-Correlation-Id the caller sent, if any: the
 	// request that led to this one; sent on to the domain.
 	CorrelationID string
+	// KeyID is the API key the request was authenticated with, perhaps
+	// from a memory of keys found valid a little earlier: the statement
+	// that writes the launch stores nothing if it has been revoked since
+	// (ErrCallerRevoked). Empty for a caller without a key (the demo page).
+	KeyID string
 }
 
 // Browser is who followed a launch link.
@@ -268,8 +275,12 @@ func (s *Service) prepare(ctx context.Context, id, kind string, req Request, by 
 	if err != nil || refusal == nil {
 		return sp, err
 	}
-	if err := s.store.insert(ctx, newLaunch{id: id, kind: kind, sp: sp, by: by, createdAt: now, refusal: refusal, site: s.cfg.Site}); err != nil {
+	stored, err := s.store.insert(ctx, newLaunch{id: id, kind: kind, sp: sp, by: by, createdAt: now, refusal: refusal, site: s.cfg.Site})
+	if err != nil {
 		return spec{}, storageError("store refused launch", err)
+	}
+	if !stored {
+		return spec{}, s.whyNotStored(ctx, by, sp, false)
 	}
 	s.reported()
 	return spec{}, &RefusedError{LaunchID: id, Refusal: *refusal}
@@ -376,18 +387,44 @@ func form(launchID string, sp spec, issuer keys.Issuer, token, jti, kid string) 
 // the ticket. No token exists yet: it is signed when the link is followed.
 func (s *Service) Create(ctx context.Context, req Request, by Caller) (Created, error) {
 	id := newLaunchID()
-	sp, err := s.prepare(ctx, id, "ticket", req, by, s.now().UTC())
-	if err != nil {
-		return Created{}, err
+	for retried := false; ; retried = true {
+		sp, err := s.prepare(ctx, id, "ticket", req, by, s.now().UTC())
+		if err != nil {
+			return Created{}, err
+		}
+		now := s.now().UTC()
+		ticket, hash := newTicket()
+		expires := now.Add(s.cfg.TicketLifetime)
+		stored, err := s.store.insert(ctx, newLaunch{id: id, kind: "ticket", sp: sp, by: by, createdAt: now, ticketHash: hash, expiresAt: expires})
+		if err != nil {
+			return Created{}, storageError("store launch", err)
+		}
+		if stored {
+			return Created{ID: id, LaunchURL: s.cfg.PublicURL + "/launch/" + ticket, ExpiresAt: expires}, nil
+		}
+		if err := s.whyNotStored(ctx, by, sp, retried); err != nil {
+			return Created{}, err
+		}
 	}
-	now := s.now().UTC()
-	ticket, hash := newTicket()
-	expires := now.Add(s.cfg.TicketLifetime)
-	err = s.store.insert(ctx, newLaunch{id: id, kind: "ticket", sp: sp, by: by, createdAt: now, ticketHash: hash, expiresAt: expires})
-	if err != nil {
-		return Created{}, storageError("store launch", err)
+}
+
+// whyNotStored is called when the statement that writes a launch stored
+// nothing: the caller's API key was revoked (ErrCallerRevoked), or the
+// module the launch was resolved with changed. In that case the module is
+// forgotten, and nil means resolve once more from the registry; after a
+// retry the answer is ErrUnavailable (it keeps changing: try again).
+func (s *Service) whyNotStored(ctx context.Context, by Caller, sp spec, retried bool) error {
+	valid, err := s.store.callerValid(ctx, by.KeyID)
+	switch {
+	case err != nil:
+		return storageError("check API key", err)
+	case !valid:
+		return ErrCallerRevoked
+	case sp.domain || retried:
+		return fmt.Errorf("store launch: module %q changed while the launch was made: %w", sp.module.Slug, ErrUnavailable)
 	}
-	return Created{ID: id, LaunchURL: s.cfg.PublicURL + "/launch/" + ticket, ExpiresAt: expires}, nil
+	s.modules.forget(sp.module.Slug)
+	return nil
 }
 
 // IssueToken validates a request, signs its token at once and records the
@@ -418,10 +455,25 @@ func (s *Service) IssueToken(ctx context.Context, req Request, by Caller) (Issue
 		if stored {
 			break
 		}
-		// The key is no longer usable in the database (a revocation this
-		// instance has not heard of): reload the keys once and sign again.
+		// Nothing was stored: the caller's API key was revoked, the module
+		// changed, or the signing key is no longer usable in the database
+		// (a revocation this instance has not heard of). Once, forget the
+		// module, reload the keys, resolve and sign again.
+		valid, err := s.store.callerValid(ctx, by.KeyID)
+		if err != nil {
+			return IssuedToken{}, storageError("check API key", err)
+		}
+		if !valid {
+			return IssuedToken{}, ErrCallerRevoked
+		}
 		if attempt > 0 || !s.reloadKeys(ctx) {
 			return IssuedToken{}, fmt.Errorf("issue token: key %s of issuer %q is no longer usable: %w", signer.Kid, sp.issuer, keys.ErrNoActiveKey)
+		}
+		if !sp.domain {
+			s.modules.forget(sp.module.Slug)
+			if sp, err = s.prepare(ctx, id, "token", req, by, now); err != nil {
+				return IssuedToken{}, err
+			}
 		}
 	}
 	if sp.domain {

@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,12 +52,35 @@ const launchColumns = `id, kind, issuer, client_id, module, audience, launch_url
 const launchValues = `$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
 	$21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34`
 
-const sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `) VALUES (` + launchValues + `)`
+// sqlCallerStillValid holds when the API key $N that the request was
+// authenticated with (Caller.KeyID) is still not revoked, or when the
+// request came without one ($N = ”). The server authenticates launch
+// requests from a memory of keys it found valid (apikeys.Recent); this
+// check in the statement that writes the launch is what makes a
+// revocation take effect on the next request of every instance
+// (docs/ARCHITECTURE.md, "API keys on the launch routes").
+func sqlCallerStillValid(n int) string {
+	return fmt.Sprintf(`($%[1]d::text = '' OR EXISTS (SELECT 1 FROM api_keys WHERE key_id = $%[1]d AND revoked_at IS NULL))`, n)
+}
 
-// fhirIDPattern is the FHIR id rule of auditevent.ValidID in SQL, for
-// request ids stored before the server kept only FHIR ids: the request ids
-// an AuditEvent names must follow it (TOP-KT-011).
-const fhirIDPattern = `'^[A-Za-z0-9.-]{1,64}$'`
+// sqlModuleStillCurrent holds when the module copied into the launch
+// ($5 slug, $3 issuer, $6 audience, $7 launch URL, $8 method, $9 fields)
+// is still registered so, with default definition $N, or when the launch
+// comes from the domain ($27 source). The service reads modules from a
+// memory of the registry; this check makes a module changed or removed
+// on any instance take effect on the next launch.
+func sqlModuleStillCurrent(n int) string {
+	return fmt.Sprintf(`($27::text = 'domain' OR EXISTS (SELECT 1 FROM modules m WHERE m.slug = $5 AND m.issuer = $3
+	AND m.launch_url = $7 AND m.audience = $6 AND m.method = $8 AND m.fields = $9
+	AND coalesce(m.default_definition, '') = $%d::text))`, n)
+}
+
+// sqlInsertLaunch records a launch with a one-time link ($35 the caller's
+// API key, $36 the module's default definition), only while the caller's
+// key and the module are as the request was resolved with. It returns how
+// many launches it stored: 0 or 1.
+var sqlInsertLaunch = `INSERT INTO launches (` + launchColumns + `) SELECT ` + launchValues + `
+WHERE ` + sqlCallerStillValid(35) + ` AND ` + sqlModuleStillCurrent(36)
 
 // sqlReportNewLaunch writes the AuditEvent row (table audit_events, the
 // outbox of docs/ARCHITECTURE.md, "Reporting launches") of the launch the
@@ -71,9 +95,12 @@ SELECT n.id, $35, n.created_at, $36, $37, i.device, $38, n.created_at, n.created
 FROM new_launch n JOIN issuers i ON i.slug = n.issuer WHERE n.source = 'domain'`
 
 // sqlInsertReportedLaunch records a refused launch and its AuditEvent row
-// in one statement.
-const sqlInsertReportedLaunch = `WITH new_launch AS (
-	INSERT INTO launches (` + launchColumns + `) VALUES (` + launchValues + `) RETURNING id, issuer, source, created_at),
+// in one statement, while the caller's API key ($39) is still valid. It
+// returns how many launches it stored: 0 or 1.
+var sqlInsertReportedLaunch = `WITH new_launch AS (
+	INSERT INTO launches (` + launchColumns + `) SELECT ` + launchValues + `
+	WHERE ` + sqlCallerStillValid(39) + `
+	RETURNING id, issuer, source, created_at),
 event AS (` + sqlReportNewLaunch + `)
 SELECT count(*) FROM new_launch`
 
@@ -81,15 +108,27 @@ SELECT count(*) FROM new_launch`
 // and its AuditEvent row, only while the signing key ($25) is still usable
 // in the database (as in sqlClaimTicket): a revoked key's token is never
 // handed out, even by an instance that missed the revocation's
-// notification. It returns how many launches it stored: 0 or 1.
-const sqlInsertSignedLaunch = `WITH new_launch AS (
+// notification; and only while the caller's API key ($39) and the module
+// (default definition $40) are as the request was resolved with. It
+// returns how many launches it stored: 0 or 1.
+var sqlInsertSignedLaunch = `WITH new_launch AS (
 	INSERT INTO launches (` + launchColumns + `)
 	SELECT ` + launchValues + `
 	WHERE EXISTS (SELECT 1 FROM signing_keys WHERE kid = $25 AND issuer = $3
 		AND (state = 'active' OR (state = 'retired' AND expires_at > $26)))
+		AND ` + sqlCallerStillValid(39) + ` AND ` + sqlModuleStillCurrent(40) + `
 	RETURNING id, issuer, source, created_at),
 event AS (` + sqlReportNewLaunch + `)
 SELECT count(*) FROM new_launch`
+
+// fhirIDPattern is the FHIR id rule of auditevent.ValidID in SQL, for
+// request ids stored before the server kept only FHIR ids: the request ids
+// an AuditEvent names must follow it (TOP-KT-011).
+const fhirIDPattern = `'^[A-Za-z0-9.-]{1,64}$'`
+
+// sqlCallerValid tells whether the caller's API key $1 is still valid
+// (sqlCallerStillValid), to say why a launch was not stored.
+var sqlCallerValid = `SELECT ` + sqlCallerStillValid(1)
 
 // eventOutcome is the AuditEvent.outcome of a launch that started (0) or
 // was refused: 4 when the user may not launch the Task (an expected
@@ -149,25 +188,40 @@ func (l newLaunch) reportArgs() []any {
 
 // insert stores a launch with a one-time link, or a refused launch and its
 // AuditEvent row: the ticket (if any) and its audit record in one
-// statement. A link's AuditEvent is written when it is followed.
-func (st *Store) insert(ctx context.Context, l newLaunch) error {
+// statement. A link's AuditEvent is written when it is followed. It
+// reports false, storing nothing, when the caller's API key was revoked or
+// the module changed since the request was resolved (whyNotStored tells
+// which).
+func (st *Store) insert(ctx context.Context, l newLaunch) (bool, error) {
 	if l.refusal != nil {
-		_, err := st.pool.Exec(ctx, sqlInsertReportedLaunch, l.reportArgs()...)
-		return err
+		return st.count(ctx, sqlInsertReportedLaunch, append(l.reportArgs(), l.by.KeyID)...)
 	}
-	_, err := st.pool.Exec(ctx, sqlInsertLaunch, l.args()...)
-	return err
+	tag, err := st.pool.Exec(ctx, sqlInsertLaunch, append(l.args(), l.by.KeyID, l.sp.module.DefaultDefinition)...)
+	return tag.RowsAffected() == 1, err
 }
 
 // insertSigned stores a launch whose token is signed, with its AuditEvent
 // row, and reports false (storing nothing) when its key is no longer
-// usable in the database.
+// usable in the database, or the caller's API key or the module changed.
 func (st *Store) insertSigned(ctx context.Context, l newLaunch) (bool, error) {
+	return st.count(ctx, sqlInsertSignedLaunch, append(l.reportArgs(), l.by.KeyID, l.sp.module.DefaultDefinition)...)
+}
+
+// count runs a statement that answers how many launches it stored.
+func (st *Store) count(ctx context.Context, sql string, args ...any) (bool, error) {
 	var stored int
-	if err := st.pool.QueryRow(ctx, sqlInsertSignedLaunch, l.reportArgs()...).Scan(&stored); err != nil {
+	if err := st.pool.QueryRow(ctx, sql, args...).Scan(&stored); err != nil {
 		return false, err
 	}
 	return stored == 1, nil
+}
+
+// callerValid tells whether the API key keyID is still valid ("" always
+// is: a caller without a key).
+func (st *Store) callerValid(ctx context.Context, keyID string) (bool, error) {
+	var valid bool
+	err := st.pool.QueryRow(ctx, sqlCallerValid, keyID).Scan(&valid)
+	return valid, err
 }
 
 // sqlClaimTicket marks a ticket redeemed and returns its launch, in one

@@ -23,8 +23,8 @@ var (
 const apiKeyContextKey = "portal.apikey"
 
 // requireScope admits requests that carry a valid API key of the given
-// scope as a bearer token.
-func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
+// scope as a bearer token, checked by keys.
+func (s *server) requireScope(scope apikeys.Scope, keys Authenticator) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			header := c.Request().Header.Get(echo.HeaderAuthorization)
@@ -32,7 +32,7 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 			if header == "" || !strings.EqualFold(scheme, "Bearer") {
 				return errMissingAPIKey
 			}
-			key, err := s.APIKeys.Authenticate(c.Request().Context(), strings.TrimSpace(presented))
+			key, err := keys.Authenticate(c.Request().Context(), strings.TrimSpace(presented))
 			switch {
 			case errors.Is(err, apikeys.ErrUnauthenticated):
 				return err
@@ -50,7 +50,11 @@ func (s *server) requireScope(scope apikeys.Scope) echo.MiddlewareFunc {
 			c.Set(apiKeyContextKey, key)
 			// Changes made by this request are recorded as the key's.
 			c.SetRequest(c.Request().WithContext(adminevents.WithActor(c.Request().Context(), adminevents.APIKeyActor(key.Name))))
-			return next(c)
+			err = next(c)
+			if f, ok := keys.(interface{ Forget(keyID string) }); ok && errors.Is(err, launch.ErrCallerRevoked) {
+				f.Forget(key.KeyID) // its next request is checked in the database
+			}
+			return err
 		}
 	}
 }
@@ -63,6 +67,6 @@ func caller(c echo.Context) launch.Caller {
 	if !validRequestID(correlation) {
 		correlation = ""
 	}
-	return launch.Caller{Name: key.Name, Addr: c.RealIP(), Issuers: key.Issuers,
+	return launch.Caller{Name: key.Name, KeyID: key.KeyID, Addr: c.RealIP(), Issuers: key.Issuers,
 		RequestID: c.Response().Header().Get("X-Request-Id"), CorrelationID: correlation}
 }

@@ -91,7 +91,7 @@ func problemFor(err error) *Problem {
 		p := newProblem(http.StatusUnauthorized, "unauthenticated", "API key required", "Send an API key as Authorization: Bearer <key>.")
 		p.Errors = []FieldError{{Field: "Authorization", Reason: "must be Bearer followed by an API key"}}
 		return p
-	case errors.Is(err, apikeys.ErrUnauthenticated):
+	case errors.Is(err, apikeys.ErrUnauthenticated), errors.Is(err, launch.ErrCallerRevoked):
 		p := newProblem(http.StatusUnauthorized, "unauthenticated", "Unknown or revoked API key", "The API key is not valid (unknown, malformed or revoked).")
 		p.Errors = []FieldError{{Field: "Authorization", Reason: "is not a valid API key"}}
 		return p

@@ -29,7 +29,14 @@ func (s *server) routes(e *echo.Echo) {
 	// The API for portal backends (scope launch) and operators (scope admin).
 	// Nothing it answers may be cached.
 	api := e.Group("/api/v1", noStore)
-	launcher, admin := s.requireScope(apikeys.ScopeLaunch), s.requireScope(apikeys.ScopeAdmin)
+	// The launch routes may authenticate from a memory of keys found valid
+	// (Deps.LaunchKeys): the statement that writes the launch checks the
+	// key again. The admin routes read, so they check in the database.
+	launchKeys := s.LaunchKeys
+	if launchKeys == nil {
+		launchKeys = s.APIKeys
+	}
+	launcher, admin := s.requireScope(apikeys.ScopeLaunch, launchKeys), s.requireScope(apikeys.ScopeAdmin, s.APIKeys)
 	api.POST("/launches", s.handleCreateLaunch, launcher)
 	api.POST("/launch-tokens", s.handleIssueToken, launcher)
 	api.GET("/launches", s.handleListLaunches, admin)

@@ -88,11 +88,16 @@ type Demo struct {
 
 // Deps are the dependencies of the HTTP server.
 type Deps struct {
-	Keyring       Keyring          // signing keys and JWKS, in memory
-	Database      Pinger           // pinged by /readyz
-	Launches      Launches         // the launch flow
-	Modules       Modules          // the module registry
-	APIKeys       Authenticator    // authenticates bearer keys
+	Keyring  Keyring       // signing keys and JWKS, in memory
+	Database Pinger        // pinged by /readyz
+	Launches Launches      // the launch flow
+	Modules  Modules       // the module registry
+	APIKeys  Authenticator // authenticates bearer keys
+	// LaunchKeys, if set, authenticates the keys of the launch routes,
+	// perhaps from memory (apikeys.Recent): every launch write checks the
+	// key again (launch.Caller.KeyID). A Forget(keyID) method, if it has
+	// one, is called when a write found the key revoked. APIKeys if nil.
+	LaunchKeys    Authenticator
 	KeyAdmin      KeyAdmin         // key listing and forced rotation
 	AdminEvents   AdminEvents      // who changed issuers, keys, modules and API keys
 	AuditEvents   AuditEvents      // the outbox of the launches' AuditEvents; nil answers 404

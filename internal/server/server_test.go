@@ -144,7 +144,8 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	}
 	deps := Deps{
 		Keyring: s.keyring, Database: pool, Launches: s.launches, Modules: s.registry, APIKeys: s.apikeys,
-		KeyAdmin: testKeyAdmin{store, s.rotator}, AdminEvents: adminevents.NewStore(pool), AuditEvents: auditoutbox.NewStore(pool),
+		LaunchKeys: apikeys.NewRecent(s.apikeys, time.Minute, time.Now),
+		KeyAdmin:   testKeyAdmin{store, s.rotator}, AdminEvents: adminevents.NewStore(pool), AuditEvents: auditoutbox.NewStore(pool),
 		DefaultIssuer: "default", Logger: logger, Clock: clock.Now,
 		PublicURL: publicURL, JWKSMaxAge: 60 * time.Second, Metrics: metrics.New(s.keyring, pool, clock.Now),
 	}

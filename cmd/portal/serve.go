@@ -39,6 +39,10 @@ type keyAdmin struct {
 // its issuer's Koppeltaal domain before that write refuses it.
 const recentKeyLifetime = 30 * time.Second
 
+// retentionEvery is how often each instance applies the retention of
+// launch links and records (docs/ARCHITECTURE.md, "Retention").
+const retentionEvery = 5 * time.Minute
+
 // Keys lists an issuer's keys for GET /api/v1/keys.
 func (a keyAdmin) Keys(ctx context.Context, issuer string) ([]keys.Key, error) {
 	return a.store.Keys(ctx, issuer)
@@ -254,10 +258,15 @@ func serve(ctx context.Context, c *cli, args []string) error {
 
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
-	background.Add(3)
+	background.Add(4)
 	go func() { defer background.Done(); keyring.Follow(bgCtx, cfg.KeyringRefresh, observed.KeyringRefreshed) }()
 	go func() { defer background.Done(); env.rotator.Run(bgCtx, cfg.RotationCheckInterval, observed.KeyChange) }()
 	go func() { defer background.Done(); reporter.Run(bgCtx) }()
+	go func() {
+		defer background.Done()
+		retention := launch.RetentionConfig{Links: cfg.LinkRetention, Launches: cfg.LaunchRetention, Every: retentionEvery}
+		launch.NewStore(env.pool).KeepRetention(bgCtx, retention, env.clock, log)
+	}()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

@@ -77,6 +77,11 @@ type Config struct {
 	// Audit is how launches are reported to the domains as AuditEvents
 	// (docs/ARCHITECTURE.md, "Reporting launches").
 	Audit AuditConfig
+	// LinkRetention is how long after a launch link expired its ticket
+	// hash and the browser details of its redemption are kept;
+	// LaunchRetention how long launch records are kept (0: for good).
+	// docs/ARCHITECTURE.md, "Retention".
+	LinkRetention, LaunchRetention time.Duration
 }
 
 // AuditConfig holds the settings of the AuditEvent outbox and its
@@ -160,6 +165,8 @@ func Variables() []Variable {
 		{"PORTAL_AUDIT_RETENTION", "720h", "how long delivered AuditEvents stay in the outbox (pending and failed ones stay until delivered or retried): 1h to 8760h"},
 		{"PORTAL_AUDIT_RETRY_MAX", "5m", "longest wait between two delivery attempts of one AuditEvent (the backoff doubles from 1s up to it, with jitter): 1s to 1h"},
 		{"PORTAL_AUDIT_POLL", "2s", "how often each instance looks for AuditEvents due for delivery when no launch woke it: 100ms to 1m"},
+		{"PORTAL_LINK_RETENTION", "24h", "how long after a launch link expired its ticket hash and the browser's address and User-Agent of its redemption are kept: 0s to 8760h"},
+		{"PORTAL_LAUNCH_RETENTION", "0s (keep)", "how long launch records (the audit trail) are kept; older ones are deleted, except while their AuditEvent is undelivered: 0s (for good) or 24h to 876000h"},
 	}
 }
 
@@ -246,6 +253,8 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 		RetryMax:  p.duration("PORTAL_AUDIT_RETRY_MAX", 5*time.Minute),
 		Poll:      p.duration("PORTAL_AUDIT_POLL", 2*time.Second),
 	}
+	c.LinkRetention = p.duration("PORTAL_LINK_RETENTION", 24*time.Hour)
+	c.LaunchRetention = p.duration("PORTAL_LAUNCH_RETENTION", 0)
 	if p.err != nil {
 		return Config{}, p.err
 	}
@@ -258,12 +267,16 @@ func load(getenv func(string) string, needKEK bool) (Config, error) {
 		{"PORTAL_AUDIT_RETENTION", c.Audit.Retention, time.Hour, 8760 * time.Hour, "1h to 8760h"},
 		{"PORTAL_AUDIT_RETRY_MAX", c.Audit.RetryMax, time.Second, time.Hour, "1s to 1h"},
 		{"PORTAL_AUDIT_POLL", c.Audit.Poll, 100 * time.Millisecond, time.Minute, "100ms to 1m"},
+		{"PORTAL_LINK_RETENTION", c.LinkRetention, 0, 8760 * time.Hour, "0s to 8760h"},
 	} {
 		if r.v < r.min || r.v > r.max {
 			return Config{}, &Error{r.name, fmt.Sprintf("%s must be from %s", r.v, r.text)}
 		}
 	}
 
+	if c.LaunchRetention != 0 && (c.LaunchRetention < 24*time.Hour || c.LaunchRetention > 876000*time.Hour) {
+		return Config{}, &Error{"PORTAL_LAUNCH_RETENTION", fmt.Sprintf("%s must be 0s (keep for good) or from 24h to 876000h", c.LaunchRetention)}
+	}
 	if c.Demo && !c.Dev {
 		return Config{}, &Error{"PORTAL_DEMO", "needs PORTAL_DEV=true: the demo's launch route is unauthenticated and would sign with production keys"}
 	}

@@ -158,6 +158,9 @@ func TestLoad_EveryRuleNamesItsVariable(t *testing.T) {
 		{"retire grace below the sum", map[string]string{"PORTAL_RETIRE_GRACE": "449s"}, nil, "PORTAL_RETIRE_GRACE", "token lifetime + JWKS max-age + keyring max staleness"},
 		{"retire grace vs large staleness", map[string]string{"PORTAL_KEYRING_MAX_STALENESS": "59m"}, nil, "PORTAL_RETIRE_GRACE", "keyring max staleness"},
 		{"rotation period below lead", map[string]string{"PORTAL_ROTATION_PERIOD": "30m"}, nil, "PORTAL_ROTATION_PERIOD", "shorter than the publish lead"},
+		{"link retention negative", map[string]string{"PORTAL_LINK_RETENTION": "-1s"}, nil, "PORTAL_LINK_RETENTION", "0s to 8760h"},
+		{"launch retention too short", map[string]string{"PORTAL_LAUNCH_RETENTION": "23h"}, nil, "PORTAL_LAUNCH_RETENTION", "24h to 876000h"},
+		{"launch retention not a duration", map[string]string{"PORTAL_LAUNCH_RETENTION": "7 years"}, nil, "PORTAL_LAUNCH_RETENTION", "Go duration"},
 		{"rotation period not a duration", map[string]string{"PORTAL_ROTATION_PERIOD": "daily"}, nil, "PORTAL_ROTATION_PERIOD", "Go duration"},
 	}
 	for _, tc := range cases {
@@ -194,6 +197,8 @@ func TestLoad_RulesAtTheirBoundariesPass(t *testing.T) {
 	env["PORTAL_ROTATION_PERIOD"] = "150s"
 	env["PORTAL_KEYRING_MAX_STALENESS"] = "90s"
 	env["PORTAL_LAUNCH_TOKEN_TTL"] = "300s"
+	env["PORTAL_LINK_RETENTION"] = "0s"
+	env["PORTAL_LAUNCH_RETENTION"] = "24h"
 	if _, err := Load(getenv(env)); err != nil {
 		t.Fatalf("values exactly at the limits were refused: %v", err)
 	}

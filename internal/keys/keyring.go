@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -539,6 +540,28 @@ func (p *RefreshProblems) Unwrap() []error {
 // refresh in progress only as long as ctx allows, and takes at most the
 // refresh timeout.
 func (k *Keyring) Refresh(ctx context.Context) error {
+	return k.underRefreshLock(ctx, k.reloadAll)
+}
+
+// RefreshIssuers reloads only the named issuers (what a notification on
+// NotifyChannel names) and swaps in a snapshot that keeps every other
+// issuer's ring as it is: its cost does not grow with the number of other
+// issuers. What it publishes for the named issuers follows the database as
+// with Refresh; an issuer no longer stored leaves the keyring. It reloads
+// every issuer instead when the keyring was never loaded, when no slug is
+// given, or when the default issuer changes. It does not make the keyring
+// fresher: only a full Refresh, which reads every issuer, resets the
+// staleness (a notification of another issuer may have been lost). The
+// returned error is as with Refresh, its problems those of the issuers it
+// read.
+func (k *Keyring) RefreshIssuers(ctx context.Context, slugs ...string) error {
+	return k.underRefreshLock(ctx, func(ctx context.Context) error { return k.reloadIssuers(ctx, slugs) })
+}
+
+// underRefreshLock runs reload holding the refresh lock, waiting for a
+// refresh in progress only as long as ctx allows, within the refresh
+// timeout.
+func (k *Keyring) underRefreshLock(ctx context.Context, reload func(context.Context) error) error {
 	select {
 	case k.refreshLock <- struct{}{}:
 	case <-ctx.Done():
@@ -548,7 +571,47 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 
 	ctx, cancel := context.WithTimeout(ctx, k.refreshTimeout)
 	defer cancel()
-	return k.reloadAll(ctx)
+	return reload(ctx)
+}
+
+// reloadIssuers is RefreshIssuers under the refresh lock.
+func (k *Keyring) reloadIssuers(ctx context.Context, slugs []string) error {
+	prev := k.current.Load()
+	if prev == nil || len(slugs) == 0 {
+		return k.reloadAll(ctx)
+	}
+	issuers, stored, err := k.store.publishedKeysOf(ctx, slugs)
+	if err != nil {
+		return fmt.Errorf("refresh keyring: issuers %s: %w", strings.Join(slugs, ", "), err)
+	}
+	found := make(map[string]bool, len(issuers))
+	for _, is := range issuers {
+		found[is.Slug] = true
+		// Which issuer is the default changes two issuers' rows, of which
+		// a notification names one.
+		if is.IsDefault != (is.Slug == prev.defaultIssuer) {
+			return k.reloadAll(ctx)
+		}
+	}
+	if prev.defaultIssuer != "" && slices.Contains(slugs, prev.defaultIssuer) && !found[prev.defaultIssuer] {
+		return k.reloadAll(ctx)
+	}
+	now := k.now().UTC()
+	next := &ringSnapshot{issuers: maps.Clone(prev.issuers), defaultIssuer: prev.defaultIssuer, loadedAt: prev.loadedAt}
+	for _, slug := range slugs {
+		if !found[slug] {
+			delete(next.issuers, slug)
+		}
+	}
+	byIssuer := map[string][]storedKey{}
+	for _, sk := range stored {
+		byIssuer[sk.Issuer] = append(byIssuer[sk.Issuer], sk)
+	}
+	out := newRefreshOutcome()
+	for _, is := range issuers {
+		next.issuers[is.Slug] = k.ringFor(prev.ring(is.Slug), is, byIssuer[is.Slug], now, out)
+	}
+	return k.swap(prev, next, now, out)
 }
 
 // reloadAll is Refresh under the refresh lock.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -39,11 +40,8 @@ type Keyring struct {
 
 	// refreshLock is a one-slot semaphore: one Refresh at a time, and a
 	// caller can give up waiting for it with its context.
-	refreshLock chan struct{}
-	onEvent     func(Event) // guarded by refreshLock
-	// opened maps a row's fingerprint to what opening it gave; guarded by
-	// refreshLock. A row that changes in any way is opened again.
-	opened       map[rowFingerprint]*openedRow
+	refreshLock  chan struct{}
+	onEvent      func(Event)       // guarded by refreshLock
 	policyLogged map[string]string // issuer → the policy problem last logged; guarded by refreshLock
 	current      atomic.Pointer[ringSnapshot]
 }
@@ -100,7 +98,10 @@ type ringSnapshot struct {
 	loadedAt      time.Time // when the database was last read successfully
 }
 
-// issuerRing is one issuer's part of a snapshot.
+// issuerRing is one issuer's part of a snapshot. It is immutable once
+// built: a refresh that reads the same issuer and rows again, before any
+// time boundary of the ring, keeps it rather than building it again
+// (reusableFor).
 type issuerRing struct {
 	issuer    Issuer
 	signer    *Signer // nil when the issuer has no usable active key
@@ -108,6 +109,55 @@ type issuerRing struct {
 	published []Key
 	unusable  []UnusableKey
 	notReady  []string // why the issuer is not ready; empty when it is
+	problems  []error  // what a refresh reports for the issuer (RefreshProblems)
+
+	// What the ring was built from and when it stops being what building
+	// it again would give.
+	rows []rowStamp // the issuer's published key rows, in the order read
+	// opened maps the fingerprint of each row to what opening it gave. A
+	// row that changes in any way is opened again (docs/ARCHITECTURE.md,
+	// "What the keyring opens").
+	opened  map[rowFingerprint]*openedRow
+	builtAt time.Time // the clock reading the ring was built for
+	// validUntil is the first instant at which the clock alone changes
+	// the ring: the end of a retired key's grace. Zero when there is none.
+	validUntil time.Time
+}
+
+// rowStamp is all of a key row that an issuer's ring depends on: its
+// content (the fingerprint) and the lifecycle times that order the JWKS,
+// date the signer and end a retired key's grace.
+type rowStamp struct {
+	fingerprint                                   rowFingerprint
+	created, activated, retired, expires, revoked time.Time
+}
+
+func stampOf(sk storedKey) rowStamp {
+	return rowStamp{fingerprint: sk.fingerprint(), created: sk.CreatedAt, activated: sk.ActivatedAt,
+		retired: sk.RetiredAt, expires: sk.ExpiresAt, revoked: sk.RevokedAt}
+}
+
+func sameStamp(a, b rowStamp) bool {
+	return a.fingerprint == b.fingerprint && a.created.Equal(b.created) && a.activated.Equal(b.activated) &&
+		a.retired.Equal(b.retired) && a.expires.Equal(b.expires) && a.revoked.Equal(b.revoked)
+}
+
+// sameIssuer reports whether two issuer rows are identical, times
+// included.
+func sameIssuer(a, b Issuer) bool {
+	return sameSettings(a, b) && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
+}
+
+// reusableFor reports whether building the issuer's ring from is and rows
+// at now would give exactly this ring: the same issuer row, the same key
+// rows (content and times), and no time boundary crossed since it was
+// built. Only the end of a retired key's grace depends on the clock
+// (buildIssuer), so that is the one boundary.
+func (ir *issuerRing) reusableFor(is Issuer, rows []rowStamp, now time.Time) bool {
+	if !sameIssuer(ir.issuer, is) || !slices.EqualFunc(ir.rows, rows, sameStamp) {
+		return false
+	}
+	return !now.Before(ir.builtAt) && (ir.validUntil.IsZero() || now.Before(ir.validUntil))
 }
 
 // UnusableKey is a key row this instance refused: it is neither published
@@ -206,7 +256,7 @@ var ErrKeyringStale = errors.New("keyring is stale")
 func NewKeyring(store *Store, sealer *Sealer, clock func() time.Time, logger *slog.Logger, opts ...KeyringOption) *Keyring {
 	k := &Keyring{store: store, sealer: sealer, now: clock, log: logger,
 		maxStaleness: DefaultMaxStaleness, refreshTimeout: DefaultRefreshTimeout,
-		refreshLock: make(chan struct{}, 1), opened: map[rowFingerprint]*openedRow{}, policyLogged: map[string]string{}}
+		refreshLock: make(chan struct{}, 1), policyLogged: map[string]string{}}
 	for _, o := range opts {
 		o(k)
 	}
@@ -479,14 +529,39 @@ func (p *RefreshProblems) Unwrap() []error {
 // refused keys) always follows the database. Each row is opened, and its
 // public JWK derived from the private key, whenever the row's content
 // changes; a row that does not open as it describes is refused, logged once
-// with issuer and kid. A refused active key leaves its issuer without a
-// signer (its launches answer 503 and /readyz names it) rather than going on
-// with an older key; other issuers are unaffected. The returned error is a
-// *RefreshProblems when the snapshot was swapped in with problems, and a
-// plain error when the database could not be read (the previous snapshot
-// stays, growing stale). Refresh waits for a refresh in progress only as
-// long as ctx allows, and takes at most the refresh timeout.
+// with issuer and kid. An issuer whose row and key rows are unchanged, and
+// for which no time boundary passed, keeps its ring (signer and serialized
+// JWKS) from the current snapshot. A refused active key leaves its issuer
+// without a signer (its launches answer 503 and /readyz names it) rather
+// than going on with an older key; other issuers are unaffected. The
+// returned error is a *RefreshProblems when the snapshot was swapped in
+// with problems, and a plain error when the database could not be read
+// (the previous snapshot stays, growing stale). Refresh waits for a
+// refresh in progress only as long as ctx allows, and takes at most the
+// refresh timeout.
 func (k *Keyring) Refresh(ctx context.Context) error {
+	return k.underRefreshLock(ctx, k.reloadAll)
+}
+
+// RefreshIssuers reloads only the named issuers (what a notification on
+// NotifyChannel names) and swaps in a snapshot that keeps every other
+// issuer's ring as it is: its cost does not grow with the number of other
+// issuers. What it publishes for the named issuers follows the database as
+// with Refresh; an issuer no longer stored leaves the keyring. It reloads
+// every issuer instead when the keyring was never loaded, when no slug is
+// given, or when the default issuer changes. It does not make the keyring
+// fresher: only a full Refresh, which reads every issuer, resets the
+// staleness (a notification of another issuer may have been lost). The
+// returned error is as with Refresh, its problems those of the issuers it
+// read.
+func (k *Keyring) RefreshIssuers(ctx context.Context, slugs ...string) error {
+	return k.underRefreshLock(ctx, func(ctx context.Context) error { return k.reloadIssuers(ctx, slugs) })
+}
+
+// underRefreshLock runs reload holding the refresh lock, waiting for a
+// refresh in progress only as long as ctx allows, within the refresh
+// timeout.
+func (k *Keyring) underRefreshLock(ctx context.Context, reload func(context.Context) error) error {
 	select {
 	case k.refreshLock <- struct{}{}:
 	case <-ctx.Done():
@@ -496,61 +571,142 @@ func (k *Keyring) Refresh(ctx context.Context) error {
 
 	ctx, cancel := context.WithTimeout(ctx, k.refreshTimeout)
 	defer cancel()
+	return reload(ctx)
+}
+
+// reloadIssuers is RefreshIssuers under the refresh lock.
+func (k *Keyring) reloadIssuers(ctx context.Context, slugs []string) error {
+	prev := k.current.Load()
+	if prev == nil || len(slugs) == 0 {
+		return k.reloadAll(ctx)
+	}
+	issuers, stored, err := k.store.publishedKeysOf(ctx, slugs)
+	if err != nil {
+		return fmt.Errorf("refresh keyring: issuers %s: %w", strings.Join(slugs, ", "), err)
+	}
+	found := make(map[string]bool, len(issuers))
+	for _, is := range issuers {
+		found[is.Slug] = true
+		// Which issuer is the default changes two issuers' rows, of which
+		// a notification names one.
+		if is.IsDefault != (is.Slug == prev.defaultIssuer) {
+			return k.reloadAll(ctx)
+		}
+	}
+	if prev.defaultIssuer != "" && slices.Contains(slugs, prev.defaultIssuer) && !found[prev.defaultIssuer] {
+		return k.reloadAll(ctx)
+	}
+	now := k.now().UTC()
+	next := &ringSnapshot{issuers: maps.Clone(prev.issuers), defaultIssuer: prev.defaultIssuer, loadedAt: prev.loadedAt}
+	for _, slug := range slugs {
+		if !found[slug] {
+			delete(next.issuers, slug)
+		}
+	}
+	byIssuer := map[string][]storedKey{}
+	for _, sk := range stored {
+		byIssuer[sk.Issuer] = append(byIssuer[sk.Issuer], sk)
+	}
+	out := newRefreshOutcome()
+	for _, is := range issuers {
+		next.issuers[is.Slug] = k.ringFor(prev.ring(is.Slug), is, byIssuer[is.Slug], now, out)
+	}
+	return k.swap(prev, next, now, out)
+}
+
+// reloadAll is Refresh under the refresh lock.
+func (k *Keyring) reloadAll(ctx context.Context) error {
 	issuers, stored, err := k.store.publishedKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("refresh keyring: %w", err)
 	}
 	now := k.now().UTC()
-	snap := &ringSnapshot{issuers: map[string]*issuerRing{}, loadedAt: now}
+	prev := k.current.Load()
+	next := &ringSnapshot{issuers: make(map[string]*issuerRing, len(issuers)), loadedAt: now}
 	byIssuer := map[string][]storedKey{}
 	for _, sk := range stored {
 		byIssuer[sk.Issuer] = append(byIssuer[sk.Issuer], sk)
 	}
-	keep := map[rowFingerprint]bool{}
-	problems := &RefreshProblems{Issuers: map[string][]error{}}
-	var events []Event
+	out := newRefreshOutcome()
 	for _, is := range issuers {
 		if is.IsDefault {
-			snap.defaultIssuer = is.Slug
+			next.defaultIssuer = is.Slug
 		}
-		ir, issuerErrs, refused := k.buildIssuer(is, byIssuer[is.Slug], now, keep)
-		events = append(events, refused...)
-		if len(issuerErrs) > 0 {
-			problems.Issuers[is.Slug] = issuerErrs
-		}
-		snap.issuers[is.Slug] = ir
+		next.issuers[is.Slug] = k.ringFor(prev.ring(is.Slug), is, byIssuer[is.Slug], now, out)
 	}
-	// Forget rows that changed or left the JWKS.
-	for fp := range k.opened {
-		if !keep[fp] {
-			delete(k.opened, fp)
-		}
+	return k.swap(prev, next, now, out)
+}
+
+// refreshOutcome collects, while a refresh builds its snapshot, the
+// problems of the issuers it read and the rows refused for the first time.
+type refreshOutcome struct {
+	problems map[string][]error
+	refused  []Event
+}
+
+func newRefreshOutcome() *refreshOutcome {
+	return &refreshOutcome{problems: map[string][]error{}}
+}
+
+// ring returns the current ring of an issuer; nil when the snapshot is nil
+// or does not hold the issuer.
+func (s *ringSnapshot) ring(slug string) *issuerRing {
+	if s == nil {
+		return nil
 	}
-	prev := k.current.Load()
-	k.current.Store(snap)
+	return s.issuers[slug]
+}
+
+// ringFor returns the issuer's ring for the rows just read: prev when it
+// is still exactly what building would give (reusableFor), a new one
+// otherwise. It records the issuer's problems and refused rows in out.
+func (k *Keyring) ringFor(prev *issuerRing, is Issuer, stored []storedKey, now time.Time, out *refreshOutcome) *issuerRing {
+	rows := make([]rowStamp, len(stored))
+	for i, sk := range stored {
+		rows[i] = stampOf(sk)
+	}
+	ir := prev
+	if prev == nil || !prev.reusableFor(is, rows, now) {
+		var refused []Event
+		ir, refused = k.buildIssuer(is, stored, rows, prev, now)
+		out.refused = append(out.refused, refused...)
+	}
+	if len(ir.problems) > 0 {
+		out.problems[is.Slug] = ir.problems
+	}
+	return ir
+}
+
+// swap makes next the current snapshot, reports the events the change
+// shows (refused rows first, then rotations and revocations), and returns
+// the problems of the issuers the refresh read.
+func (k *Keyring) swap(prev, next *ringSnapshot, now time.Time, out *refreshOutcome) error {
+	k.current.Store(next)
 	if k.onEvent != nil {
+		events := out.refused
 		if prev != nil {
-			events = append(events, observedEvents(prev, snap)...)
+			events = append(events, observedEvents(prev, next, now)...)
 		}
 		for _, e := range events {
 			k.onEvent(e)
 		}
 	}
-	if len(problems.Issuers) > 0 {
-		return problems
+	if len(out.problems) > 0 {
+		return &RefreshProblems{Issuers: out.problems}
 	}
 	return nil
 }
 
-// observedEvents compares two snapshots: an active key that is now retired
-// was rotated; an active key that vanished, or a retired key that left
-// before its grace ended, was revoked. A key that is now refused did not
-// leave by a lifecycle change and is reported as refused instead.
-func observedEvents(prev, next *ringSnapshot) []Event {
+// observedEvents compares two snapshots, the second made at now: an active
+// key that is now retired was rotated; an active key that vanished, or a
+// retired key that left before its grace ended, was revoked. A key that is
+// now refused did not leave by a lifecycle change and is reported as
+// refused instead. An issuer whose ring was kept has no events.
+func observedEvents(prev, next *ringSnapshot, now time.Time) []Event {
 	var events []Event
 	for slug, was := range prev.issuers {
 		is, ok := next.issuers[slug]
-		if !ok {
+		if !ok || is == was {
 			continue
 		}
 		current := map[string]Key{}
@@ -571,7 +727,7 @@ func observedEvents(prev, next *ringSnapshot) []Event {
 				events = append(events, Event{slug, EventRotation, k.Kid})
 			case k.State == StateActive && !still:
 				events = append(events, Event{slug, EventRevocation, k.Kid})
-			case k.State == StateRetired && !still && next.loadedAt.Before(k.ExpiresAt):
+			case k.State == StateRetired && !still && now.Before(k.ExpiresAt):
 				events = append(events, Event{slug, EventRevocation, k.Kid})
 			}
 		}
@@ -579,38 +735,48 @@ func observedEvents(prev, next *ringSnapshot) []Event {
 	return events
 }
 
-// buildIssuer opens an issuer's key rows (those it has not opened in this
-// exact form before), serializes its JWKS from the public keys derived from
-// the private ones, and decides whether the issuer is ready. It returns the
-// issuer's problems and an event for each row refused for the first time.
-func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep map[rowFingerprint]bool) (*issuerRing, []error, []Event) {
-	ir := &issuerRing{issuer: is}
+// buildIssuer opens an issuer's key rows (those prev, the issuer's former
+// ring, did not open in this exact form), serializes its JWKS from the
+// public keys derived from the private ones, and decides whether the
+// issuer is ready; rows[i] is the stamp of stored[i]. The ring holds the
+// issuer's problems; buildIssuer returns an event for each row refused
+// for the first time.
+func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, rows []rowStamp, prev *issuerRing, now time.Time) (*issuerRing, []Event) {
+	ir := &issuerRing{issuer: is, rows: rows, opened: make(map[rowFingerprint]*openedRow, len(stored)), builtAt: now}
 	var (
 		published []Key
 		errs      []error
 		events    []Event
 		active    string
 	)
-	for _, sk := range stored {
+	for i, sk := range stored {
 		// A retired key past its grace leaves the JWKS even before the rotator
-		// has marked it expired.
-		if sk.State == StateRetired && !now.Before(sk.ExpiresAt) {
-			continue
+		// has marked it expired; until then its grace is a time boundary of
+		// the ring.
+		if sk.State == StateRetired {
+			if !now.Before(sk.ExpiresAt) {
+				continue
+			}
+			if ir.validUntil.IsZero() || sk.ExpiresAt.Before(ir.validUntil) {
+				ir.validUntil = sk.ExpiresAt
+			}
 		}
 		if sk.State == StateActive {
 			active = sk.Kid
 		}
-		fp := sk.fingerprint()
-		keep[fp] = true
-		row, seen := k.opened[fp]
-		if !seen {
+		fp := rows[i].fingerprint
+		var row *openedRow
+		if prev != nil {
+			row = prev.opened[fp]
+		}
+		if row == nil {
 			row = k.open(sk)
-			k.opened[fp] = row
 			if row.err != nil {
 				k.log.Error("signing key refused: not published and not used", "issuer", sk.Issuer, "kid", sk.Kid, "state", string(sk.State), "err", row.err)
 				events = append(events, Event{is.Slug, EventRefused, sk.Kid})
 			}
 		}
+		ir.opened[fp] = row
 		if row.err != nil {
 			ir.unusable = append(ir.unusable, UnusableKey{Kid: sk.Kid, State: sk.State, Reason: row.err.Error()})
 			errs = append(errs, row.err)
@@ -651,7 +817,8 @@ func (k *Keyring) buildIssuer(is Issuer, stored []storedKey, now time.Time, keep
 			ir.signer.Kid, ir.signer.Alg, is.Profile, is.Slug))
 	}
 	k.checkPolicy(is, ir, &errs)
-	return ir, errs, events
+	ir.problems = errs
+	return ir, events
 }
 
 // checkPolicy reports an issuer whose rotation policy breaks the service

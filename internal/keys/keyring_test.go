@@ -224,9 +224,11 @@ func TestKeyring_NeverSignsWithAKeyMissingFromTheJWKS(t *testing.T) {
 }
 
 // BenchmarkKeyringScale measures, for 1, 100 and 1,000 issuers with three
-// published keys each (next, active, retired), a full keyring reload from
-// the database (what every instance does after any key change, and every
-// PORTAL_KEYRING_REFRESH) and serving one issuer's JWKS from memory.
+// published keys each (next, active, retired): a full keyring reload from
+// the database with no key changed (what every instance does every
+// PORTAL_KEYRING_REFRESH), the reload of the one issuer a notification
+// names after a rotation of its keys (what every instance does after a
+// key change), and serving one issuer's JWKS from memory.
 // docs/BENCHMARKS.md records the figures.
 func BenchmarkKeyringScale(b *testing.B) {
 	for _, n := range []int{1, 100, 1000} {
@@ -247,6 +249,26 @@ func BenchmarkKeyringScale(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				f.refresh(b)
+			}
+		})
+		b.Run(fmt.Sprintf("notify/%d-issuers", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				clock.Advance(testPolicy().RetireGrace) // a forced rotation waits for the last one's grace
+				c, err := f.rotator.Rotate(testContext(), "issuer-0000", true)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if err := f.keyring.RefreshIssuers(testContext(), "issuer-0000"); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if s := f.keyring.current.Load().ring("issuer-0000").signer; s == nil || s.Kid != c.Activated {
+					b.Fatalf("signer %v after the rotation to %s", s, c.Activated)
+				}
+				b.StartTimer()
 			}
 		})
 		slugs := make([]string, n)

@@ -30,7 +30,10 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 var ErrKeyNotFound = errors.New("signing key not found")
 
 // NotifyChannel is the PostgreSQL channel on which every key change is
-// announced; the payload is the issuer slug.
+// announced; the payload is the slug of the issuer whose keys or settings
+// changed. A keyring that follows the channel reloads only that issuer;
+// an empty payload, or one that is not a slug, makes it reload every
+// issuer (docs/ARCHITECTURE.md, "How instances learn of a change").
 const NotifyChannel = "portal_keys"
 
 const keyColumns = `kid, issuer, alg, key_bits, state, public_jwk, coalesce(kek_id, ''),
@@ -150,15 +153,41 @@ func (s *Store) publishedKeys(ctx context.Context) ([]Issuer, []storedKey, error
 	if err != nil {
 		return nil, nil, err
 	}
-	rows, err := s.pool.Query(ctx, sqlSelectPublishedKeys)
+	ks, err := s.queryPublished(ctx, sqlSelectPublishedKeys)
+	return issuers, ks, err
+}
+
+const sqlSelectIssuersOf = `SELECT ` + issuerColumns + ` FROM issuers WHERE slug = ANY($1) ORDER BY slug`
+
+const sqlSelectPublishedKeysOf = `SELECT ` + keyColumns + `, sealed_private FROM signing_keys
+WHERE issuer = ANY($1) AND state IN ('next', 'active', 'retired') ORDER BY issuer, created_at, kid`
+
+// publishedKeysOf is publishedKeys for the named issuers only: those of
+// them that exist, and their keys, in the same order.
+func (s *Store) publishedKeysOf(ctx context.Context, slugs []string) ([]Issuer, []storedKey, error) {
+	rows, err := s.pool.Query(ctx, sqlSelectIssuersOf, slugs)
 	if err != nil {
-		return nil, nil, postgres.Error("load published keys", err)
+		return nil, nil, postgres.Error("list issuers", err)
+	}
+	issuers, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Issuer, error) { return scanIssuer(r) })
+	if err != nil {
+		return nil, nil, postgres.Error("list issuers", err)
+	}
+	ks, err := s.queryPublished(ctx, sqlSelectPublishedKeysOf, slugs)
+	return issuers, ks, err
+}
+
+// queryPublished runs a query of published keys with their sealed parts.
+func (s *Store) queryPublished(ctx context.Context, sql string, args ...any) ([]storedKey, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, postgres.Error("load published keys", err)
 	}
 	ks, err := collectKeys(rows, true)
 	if err != nil {
-		return nil, nil, postgres.Error("load published keys", err)
+		return nil, postgres.Error("load published keys", err)
 	}
-	return issuers, ks, nil
+	return ks, nil
 }
 
 const sqlKEKUsage = `SELECT kek_id, count(*) FROM signing_keys WHERE kek_id IS NOT NULL GROUP BY kek_id`

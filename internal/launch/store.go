@@ -254,7 +254,8 @@ claimed AS (
 	FROM signer
 	WHERE l.ticket_hash = $1 AND l.redeemed_at IS NULL AND l.expires_at > $2 AND signer.issuer = l.issuer
 		AND ` + sqlModuleCurrent + `
-	RETURNING l.*),
+	RETURNING l.id, l.issuer, l.module, l.audience, l.launch_url, l.method, l.fields, l.task, l.sub, l.patient, l.definition,
+		l.intent, l.idp_hint, l.kid, l.source, l.request_id),
 event AS (
 	INSERT INTO audit_events (launch_id, outcome, recorded_at, request_id, correlation_id, portal_device, site,
 		created_at, next_attempt_at)

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -29,15 +28,7 @@ func (s *stack) anotherInstance(t testing.TB, d Deps) *stack {
 	other.launches = launch.NewService(s.pool, s.registry, s.keyring, launch.Config{PublicURL: d.PublicURL, TokenLifetime: 300 * time.Second,
 		TicketLifetime: 120 * time.Second, IATBackdate: 5 * time.Second}, s.clock.Now, d.Logger)
 	d.Launches, d.LaunchKeys = other.launches, apikeys.NewRecent(s.apikeys, time.Hour, time.Now)
-	handler, err := NewServer(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other.http = httptest.NewUnstartedServer(handler)
-	_ = other.http.Listener.Close()
-	other.http.Listener = ln
-	other.http.Start()
-	t.Cleanup(other.http.Close)
+	other.http = startServer(t, d, ln)
 	return &other
 }
 

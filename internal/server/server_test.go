@@ -153,16 +153,24 @@ func newStack(t testing.TB, databaseURL string, alg keys.Algorithm, options ...s
 	for _, o := range options {
 		o(t, s, &deps)
 	}
+	s.http = startServer(t, deps, ln)
+	return s
+}
+
+// startServer serves the portal built from deps on listener ln until the
+// test ends.
+func startServer(t testing.TB, deps Deps, ln net.Listener) *httptest.Server {
+	t.Helper()
 	handler, err := NewServer(deps)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.http = httptest.NewUnstartedServer(handler)
-	_ = s.http.Listener.Close()
-	s.http.Listener = ln
-	s.http.Start()
-	t.Cleanup(s.http.Close)
-	return s
+	srv := httptest.NewUnstartedServer(handler)
+	_ = srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // stackOption changes the server's dependencies before it starts.

@@ -158,10 +158,11 @@ func (r report) print(out io.Writer) {
 	fmt.Fprintln(w, "(launch.Service.List, adminevents.Store.List, auditoutbox.Store.List: the service's SQL and pgx's statement cache).")
 	fmt.Fprintln(w, "Times in ms, as the caller sees them. rows: on the page (at most 50, the default limit). matching: rows the filter")
 	fmt.Fprintf(w, "matches in the whole table over the values drawn, min / median / max (counted up to %s). plans: custom / generic plans\n", thousands(matchCap))
-	fmt.Fprintf(w, "PostgreSQL made for the statement on that connection. Measuring took %s.\n\n", s.measuring.Round(time.Second))
+	fmt.Fprintln(w, "PostgreSQL made for the statement on that connection. planning, execution: the server's own times (ms) in EXPLAIN ANALYZE")
+	fmt.Fprintf(w, "of the median execution, run again after the others (see Plans). Measuring took %s.\n\n", s.measuring.Round(time.Second))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "query\t page\t n\t p50\t p99\t max\t rows\t matching\t plans\t")
+	fmt.Fprintln(tw, "query\t page\t n\t p50\t p99\t max\t rows\t matching\t plans\t planning\t execution\t")
 	for _, m := range r.results {
 		for i, p := range m.pages {
 			name, plans := m.c.name, fmt.Sprintf("%d / %d", m.custom, m.generic)
@@ -174,9 +175,10 @@ func (r report) print(out io.Writer) {
 				took[j], rows = e.took, rows+e.rows
 			}
 			slices.Sort(took)
-			fmt.Fprintf(tw, "%s\t %s\t %d\t %s\t %s\t %s\t %.1f\t %s\t %s\t\n", name, strings.TrimSuffix(p.page, " page"), len(p.execs),
+			fmt.Fprintf(tw, "%s\t %s\t %d\t %s\t %s\t %s\t %.1f\t %s\t %s\t %s\t %s\t\n", name, strings.TrimSuffix(p.page, " page"), len(p.execs),
 				ms(took[len(took)/2]), ms(took[min(len(took)-1, len(took)*99/100)]), ms(took[len(took)-1]),
-				float64(rows)/float64(len(p.execs)), matchingRange(p.matching), plans)
+				float64(rows)/float64(len(p.execs)), matchingRange(p.matching), plans,
+				explainTime(p.median.text, "Planning Time:"), explainTime(p.median.text, "Execution Time:"))
 		}
 	}
 	_ = tw.Flush()
@@ -215,6 +217,17 @@ func (r report) print(out io.Writer) {
 			}
 		}
 	}
+}
+
+// explainTime is the figure of EXPLAIN ANALYZE's line that starts with
+// label, e.g. "Execution Time:", without its unit.
+func explainTime(text, label string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), label); ok {
+			return strings.TrimSuffix(strings.TrimSpace(v), " ms")
+		}
+	}
+	return "-"
 }
 
 // planSummary is the top node's buffers and the execution time of a plan.

@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` starts the service with a demo,
 # `make test` runs every check. Both find or start PostgreSQL themselves
 # (scripts/postgres.sh) when DATABASE_URL is not set.
-.PHONY: run test build bench soak demo-domain
+.PHONY: run test build bench bench-audit soak demo-domain
 
 run:
 	@scripts/run.sh
@@ -20,6 +20,12 @@ build:
 # Measured figures beside same-run baselines; see docs/BENCHMARKS.md.
 bench:
 	@scripts/bench.sh $(if $(BASELINE),-baseline $(BASELINE))
+
+# The audit queries on ROWS generated launches (default 1,000,000): p50/p99
+# and plans; the database portal_auditscale_<ROWS> is kept and reused.
+ROWS ?= 1000000
+bench-audit:
+	@scripts/bench-audit.sh -rows $(ROWS)
 
 # Three instances, rotations, a revocation and a database outage under load.
 soak:

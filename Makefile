@@ -19,7 +19,7 @@ build:
 
 # Measured figures beside same-run baselines; see docs/BENCHMARKS.md.
 bench:
-	@scripts/bench.sh $(if $(BASELINE),-baseline $(BASELINE))
+	@scripts/bench.sh $(if $(BASELINE),-baseline $(BASELINE)) $(if $(ROUNDS),-rounds $(ROUNDS))
 
 # The audit queries on ROWS generated launches (default 1,000,000): p50/p99
 # and plans; the database portal_auditscale_<ROWS> is kept and reused.

@@ -15,7 +15,8 @@
 //     portal process, of PostgreSQL (all its processes) and of this load
 //     generator, beside two floors measured in the same run: the signature
 //     alone (jwx, in this process) and the launch's own SQL statements alone
-//     (launch.SQLFloor through pgx: no HTTP, no API key, no signature).
+//     (launch.SQLFloor through pgx: no HTTP, no API key, no signature);
+//     each measured right after a CHECKPOINT.
 //
 // With -baseline REF (make bench BASELINE=REF) it also builds that git
 // revision in a temporary worktree and measures both binaries, one after
@@ -109,6 +110,7 @@ func run() error {
 	algs := flag.String("algs", "RS512,ES384", "signing algorithms to measure")
 	jwksOnly := flag.Bool("jwks-only", false, "measure the JWKS only")
 	baseline := flag.String("baseline", "", "a git revision to build and measure beside this tree (make bench BASELINE=REF)")
+	rounds := flag.Int("rounds", 1, "how many times to measure everything (which binary goes first alternating); figures are the medians")
 	flag.Parse()
 	admin := os.Getenv("PORTAL_BENCH_DATABASE_URL")
 	if admin == "" {
@@ -135,23 +137,33 @@ func run() error {
 	}
 	pgVersion := serverVersion(ctx, admin)
 
-	var all []measured
-	for i, alg := range strings.Split(*algs, ",") {
-		order := bins
-		if i%2 == 1 && len(bins) == 2 { // alternate which binary goes first
-			order = []binary{bins[1], bins[0]}
-		}
-		for _, b := range order {
-			m, err := benchAlgorithm(ctx, b, admin, work, alg, *duration, *concurrency, i == 0, *jwksOnly)
-			if err != nil {
-				return fmt.Errorf("%s, %s: %w", b.name, alg, err)
-			}
-			all = append(all, m)
-		}
+	if *rounds < 1 {
+		return errors.New("-rounds must be at least 1")
 	}
+	var byRound [][]measured
+	for round := range *rounds {
+		var all []measured
+		for i, alg := range strings.Split(*algs, ",") {
+			order := bins
+			if (i+round)%2 == 1 && len(bins) == 2 { // alternate which binary goes first
+				order = []binary{bins[1], bins[0]}
+			}
+			for _, b := range order {
+				m, err := benchAlgorithm(ctx, b, admin, work, alg, *duration, *concurrency, i == 0, *jwksOnly)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", b.name, alg, err)
+				}
+				all = append(all, m)
+			}
+		}
+		// The same order in every round, for medianOfRounds.
+		slices.SortStableFunc(all, func(a, b measured) int { return strings.Compare(a.alg+a.bin, b.alg+b.bin) })
+		byRound = append(byRound, all)
+	}
+	all := medianOfRounds(byRound)
 
-	fmt.Printf("\nportal bench — %s, %d CPUs (%s), %s, PostgreSQL %s, %s per measurement, %d concurrent clients\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), pgVersion, *duration, *concurrency)
+	fmt.Printf("\nportal bench — %s, %d CPUs (%s), %s, PostgreSQL %s, %s per measurement, %d concurrent clients, %d round(s)\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), pgVersion, *duration, *concurrency, *rounds)
 	for _, b := range bins {
 		if len(bins) > 1 {
 			fmt.Printf("\n%s\n", b.name)
@@ -178,6 +190,7 @@ func run() error {
 	if !*jwksOnly {
 		printCPU(all, *concurrency)
 	}
+	printRounds(byRound)
 	if len(bins) == 2 {
 		printRatios(all, bins, *jwksOnly)
 	}
@@ -304,6 +317,7 @@ func benchAlgorithm(ctx context.Context, b binary, admin, work, alg string, d ti
 	m.sign = perOp(sampleCPU(p.Pid()).sub(before, nil).self, raw1.n)
 	one, _ := closedLoop(d, 1, launchOnce)
 	rawN := rawSigningRate(alg, runtime.GOMAXPROCS(0), d)
+	checkpoint(ctx, admin)
 	before = sampleCPU(p.Pid())
 	peak, _ := closedLoop(d, conc, launchOnce)
 	after := sampleCPU(p.Pid())
@@ -368,6 +382,7 @@ func sqlFloor(ctx context.Context, admin string, db *instance.Database, conc int
 	if err := launch.SQLFloor(ctx, pool, m, conc, conc); err != nil { // warm the pool and its statement cache
 		return 0, err
 	}
+	checkpoint(ctx, admin)
 	before := sampleCPU(0)
 	if err := launch.SQLFloor(ctx, pool, m, int(n), conc); err != nil {
 		return 0, err
@@ -378,6 +393,24 @@ func sqlFloor(ctx context.Context, admin string, db *instance.Database, conc int
 		return 0, err
 	}
 	return perOp(after.sub(before, pids).postgres, n), nil
+}
+
+// checkpoint asks PostgreSQL for a checkpoint before a CPU measurement,
+// so that every measurement starts at the same point of the checkpoint
+// cycle: the first change of each page after a checkpoint writes the whole
+// page to the WAL, and a checkpoint that happens to fall inside one
+// measurement (every 5 minutes by default, or after the database of the
+// previous one was dropped) would charge that measurement alone with it.
+// Without the right to (superuser or pg_checkpoint) it says so and goes on.
+func checkpoint(ctx context.Context, admin string) {
+	conn, err := pgx.Connect(ctx, admin)
+	if err == nil {
+		_, err = conn.Exec(ctx, "CHECKPOINT")
+		_ = conn.Close(ctx)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: no checkpoint before the measurement (%v); CPU figures vary more\n", err)
+	}
 }
 
 // benchJWKS measures the portal's JWKS beside a bare handler serving the

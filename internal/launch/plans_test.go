@@ -28,8 +28,9 @@ const auditRows = 200_000
 // of creation times), and asks PostgreSQL how it would run each filter of
 // the audit list (sqlListLaunches): by task, user, patient and module each
 // through its own index, by time and unfiltered through launches_created,
-// never by reading the whole table. It checks the plan for the values as
-// given (a custom plan), and the plan PostgreSQL picks for the prepared
+// the refused ones (one in 500) through launches_refused, never by reading
+// the whole table. It checks the plan for the values as given (a custom
+// plan), and the plan PostgreSQL picks for the prepared
 // statement after five executions (plan_cache_mode auto), as pgx's
 // statement cache runs it: the generic plan of these queries cannot use
 // the indexes (their filters are "$1 = ” OR task = $1"), so it must lose
@@ -60,6 +61,14 @@ func TestAuditQueries_PlansUseTheirIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One launch in 500 refused by the domain (no ticket, no module).
+	_, err = pool.Exec(ctx, `INSERT INTO launches (id, kind, issuer, task, sub, patient, created_by, created_at, source, outcome, refusal)
+		SELECT gen_random_uuid(), 'token', 'default', 'Task/t-' || (i % 20000), 'Practitioner/u-' || (i % 5000), 'Patient/p-' || (i % 10000),
+			'backend', timestamptz '2026-01-01' + (i * interval '78500 seconds'), 'domain', 'refused', 'not-owner'
+		FROM generate_series(1, $1) AS i`, auditRows/500)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := pool.Exec(ctx, `ANALYZE launches`); err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +86,7 @@ func TestAuditQueries_PlansUseTheirIndexes(t *testing.T) {
 		{"module", Filter{Module: "module-7"}, "launches_module"},
 		{"time", Filter{From: from, To: to}, "launches_created"},
 		{"all", Filter{}, "launches_created"},
+		{"refused", Filter{Outcome: "refused"}, "launches_refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := tc.f

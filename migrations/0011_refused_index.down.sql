@@ -1,0 +1,5 @@
+BEGIN;
+
+DROP INDEX launches_refused;
+
+COMMIT;

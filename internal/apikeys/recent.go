@@ -13,8 +13,9 @@ import (
 // statement (the launch routes: launch.Caller.KeyID), so that a revocation
 // still takes effect on the next request of every instance: the write of a
 // revoked key's request finds the key revoked and stores nothing, and the
-// request is answered 401 (docs/ARCHITECTURE.md, "API keys"). Requests
-// that only read (the admin routes) must use Store.Authenticate.
+// request is answered 401 (docs/ARCHITECTURE.md, "API keys on the launch
+// routes"). Requests that only read (the admin routes) must use
+// Store.Authenticate.
 //
 // Only what never changes after a key's creation is remembered (id, name,
 // scope, issuers, the secret's hash), and only for keys found valid. The

@@ -48,6 +48,13 @@ func (m *moduleMemory) Module(ctx context.Context, slug string) (Module, error) 
 	return mod, nil
 }
 
+// fresh reads the module from the source, whatever memory holds, and
+// remembers what it read (or forgets the module when there is none).
+func (m *moduleMemory) fresh(ctx context.Context, slug string) (Module, error) {
+	m.forget(slug)
+	return m.Module(ctx, slug)
+}
+
 // forget drops a module from memory: it is read from the source next time.
 func (m *moduleMemory) forget(slug string) {
 	m.mu.Lock()

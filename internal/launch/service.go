@@ -201,6 +201,12 @@ func (s *Service) resolve(ctx context.Context, req Request, by Caller) (spec, *R
 	slug, field := req.Issuer, "issuer"
 	if req.Module != "" {
 		m, err := s.modules.Module(ctx, req.Module)
+		if err == nil && s.inDomain(m.Issuer) {
+			// A launch from a Task is not checked against the registry when it
+			// is written (sqlModuleStillCurrent): the module it names is read
+			// afresh, so that the contradiction checks see it as it is now.
+			m, err = s.modules.fresh(ctx, req.Module)
+		}
 		if errors.Is(err, ErrModuleNotFound) {
 			return spec{}, nil, &ValidationError{Fields: []FieldError{{"module", fmt.Sprintf("no module is registered as %q", req.Module)}}}
 		}
@@ -259,6 +265,13 @@ func (s *Service) resolve(ctx context.Context, req Request, by Caller) (spec, *R
 		sp.intent = hti.DefaultIntent
 	}
 	return sp, nil, nil
+}
+
+// inDomain reports whether the issuer slug names an issuer in a
+// Koppeltaal domain (it has a Device), as this instance knows it.
+func (s *Service) inDomain(slug string) bool {
+	is, err := s.signers.Issuer(slug)
+	return err == nil && is.Device != ""
 }
 
 // prepare resolves a request as launch id, with the trace headers of the

@@ -434,6 +434,21 @@ func TestDomainLaunch_ContradictingFieldsAreRefused(t *testing.T) {
 	if status != http.StatusCreated {
 		t.Errorf("agreeing fields: %d %s", status, body)
 	}
+	// The service now remembers mod-1; registered anew under another
+	// Device, it contradicts the domain on the very next launch.
+	if _, _, err := s.registry.Put(ctx, launch.Module{Slug: "mod-1", Issuer: domainIssuer, LaunchURL: testModuleURL, Audience: "Device/mod-1-moved",
+		Method: launch.MethodPost, Fields: launch.FieldsKoppeltaal}, s.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	before = countRows(t, s, "launches")
+	status, body = s.domainLaunch(t, "/api/v1/launch-tokens", map[string]string{"module": "mod-1", "task": "Task/t-team",
+		"user": "Practitioner/pr-team"})
+	if p := problemOf(t, body); status != http.StatusUnprocessableEntity || len(p.Errors) != 1 || p.Errors[0].Field != "module" {
+		t.Errorf("module re-registered under another Device: %d %s, want 422 naming module", status, body)
+	}
+	if after := countRows(t, s, "launches"); after != before {
+		t.Errorf("%d launch rows written for the contradicting module", after-before)
+	}
 }
 
 // TestDomainLaunch_DomainDownOrSlow: with the domain cut off or silent,

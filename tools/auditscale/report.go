@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/ehealth-nl/portal/tools/internal/instance"
 )
 
 // The tables the report sizes: the audit trails the queries read.
@@ -134,7 +136,7 @@ func (r report) print(out io.Writer) {
 	s := r.server
 	fmt.Fprintf(w, "portal auditscale — %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %s memory, %s; load average %s before, %s after (other work shares the machine)\n",
-		runtime.NumCPU(), cpuModel(), memTotal(), runtime.Version(), s.loadBefore, s.loadAfter)
+		runtime.NumCPU(), instance.CPUModel(), memTotal(), runtime.Version(), s.loadBefore, s.loadAfter)
 	fmt.Fprintf(w, "%s, the server's settings (none changed): %s\n", s.version, strings.Join(s.settings, ", "))
 	fmt.Fprintf(w, "database %s, schema version %d: %s launches, %s AuditEvent rows (%s), %s admin events\n",
 		s.database, s.schema, thousands(r.gen.rows), thousands(s.auditRows), s.auditStates, thousands(s.adminRows))
@@ -289,19 +291,6 @@ func thousands(n int64) string {
 		return "-" + s
 	}
 	return s
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "?"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-		}
-	}
-	return "?"
 }
 
 func memTotal() string {

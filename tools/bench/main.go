@@ -163,7 +163,7 @@ func run() error {
 	all := medianOfRounds(byRound)
 
 	fmt.Printf("\nportal bench — %s, %d CPUs (%s), %s, PostgreSQL %s, %s per measurement, %d concurrent clients, %d round(s)\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), pgVersion, *duration, *concurrency, *rounds)
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), instance.CPUModel(), runtime.Version(), pgVersion, *duration, *concurrency, *rounds)
 	for _, b := range bins {
 		if len(bins) > 1 {
 			fmt.Printf("\n%s\n", b.name)
@@ -657,17 +657,4 @@ func serverVersion(ctx context.Context, admin string) string {
 	var v string
 	_ = conn.QueryRow(ctx, "SHOW server_version").Scan(&v)
 	return v
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "?"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-		}
-	}
-	return "?"
 }

@@ -225,3 +225,18 @@ func Command(ctx context.Context, bin string, env map[string]string, args ...str
 	}
 	return strings.TrimSpace(string(out)), nil
 }
+
+// CPUModel is the machine's CPU model name from /proc/cpuinfo, for the
+// headers of benchmark reports; "?" when it cannot be read.
+func CPUModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "?"
+}
